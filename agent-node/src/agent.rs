@@ -1,0 +1,302 @@
+//! The AgentActor: one per agent per session. It owns the agent's provider backend and runs
+//! each turn in a [`TurnWorker`] spawned linked to itself.
+//!
+//! Supervision: a worker that crashes (panics, or fails its handler on a stall) is restarted
+//! with exponential backoff, at most `max_restarts` times within `restart_window`; past that
+//! the agent reports `TurnFailed` and the coordinator goes on without it. A worker that
+//! outlives `turn_timeout` is killed and reported as a timeout. `Cancel` kills the worker at
+//! once, which drops its provider stream mid-flight.
+//!
+//! Commands are deduplicated by their sequence number, so a command re-sent after a reconnect
+//! is never applied twice.
+
+use std::sync::Arc;
+use std::time::{Duration, Instant};
+
+use conclave_protocol::{
+    AgentReport, CoordinatorCommand, Envelope, SequenceTracker, SessionId, TraceContext, TurnError,
+    TurnErrorKind, TurnEvent, TurnId, TurnSpec,
+};
+use ractor::{Actor, ActorCell, ActorProcessingErr, ActorRef, SupervisionEvent};
+use tracing::{debug, warn};
+
+use crate::turn::{AgentContext, TurnWorker, WorkerArgs};
+
+/// The agent actor.
+pub struct AgentActor;
+
+/// Messages of the agent actor.
+pub enum AgentMsg {
+    /// A command from the coordinator.
+    Command(Envelope<CoordinatorCommand>),
+    /// The turn's deadline passed.
+    TurnDeadline { turn: TurnId },
+    /// Backoff after a crash is over: start the turn's worker again.
+    RestartWorker { turn: TurnId },
+    /// A worker's final report. Forwarded only while its turn is still the active one, so a
+    /// turn that was cancelled or timed out meanwhile never reports twice.
+    TurnDone { turn: TurnId, report: AgentReport },
+}
+
+impl ractor::Message for AgentMsg {}
+
+/// Everything the agent needs; the backend is built (and its API key checked) by the caller.
+pub struct AgentArgs {
+    pub context: Arc<AgentContext>,
+}
+
+struct ActiveTurn {
+    spec: TurnSpec,
+    /// The StartTurn envelope's session and trace context: every worker of this turn (restarts
+    /// included) hangs its spans under that context.
+    session: SessionId,
+    trace: TraceContext,
+    worker: Option<ActorCell>,
+    /// Crash times inside the restart window.
+    crashes: Vec<Instant>,
+    last_crash: Option<String>,
+    /// The worker stopped normally: its final report is on the way as `TurnDone`. ractor
+    /// delivers supervision events before ordinary messages, so the exit can be seen first.
+    reported: bool,
+}
+
+pub struct AgentState {
+    context: Arc<AgentContext>,
+    commands_seen: SequenceTracker,
+    active: Option<ActiveTurn>,
+}
+
+/// Backoff before restarting a crashed worker: 250 ms, 500 ms, 1 s, ... capped at 8 s.
+pub fn restart_backoff(crashes: u32) -> Duration {
+    let exp = crashes.saturating_sub(1).min(5);
+    Duration::from_millis(250u64 << exp).min(Duration::from_secs(8))
+}
+
+impl AgentActor {
+    async fn start_worker(
+        myself: &ActorRef<AgentMsg>,
+        state: &mut AgentState,
+    ) -> Result<(), ActorProcessingErr> {
+        let Some(active) = state.active.as_mut() else {
+            return Ok(());
+        };
+        let args = WorkerArgs {
+            spec: active.spec.clone(),
+            context: state.context.clone(),
+            session: active.session.clone(),
+            trace: active.trace.clone(),
+            agent: Some(myself.clone()),
+        };
+        let (worker, _) = Actor::spawn_linked(None, TurnWorker, args, myself.get_cell()).await?;
+        active.worker = Some(worker.get_cell());
+        Ok(())
+    }
+
+    fn kill_worker(state: &mut AgentState) {
+        if let Some(active) = state.active.take()
+            && let Some(worker) = active.worker
+        {
+            worker.kill();
+        }
+    }
+
+    fn fail_turn(state: &mut AgentState, kind: TurnErrorKind, message: String) {
+        if let Some(active) = state.active.take() {
+            if let Some(worker) = active.worker {
+                worker.kill();
+            }
+            state.context.outbox.send(AgentReport::TurnFailed {
+                turn: active.spec.turn,
+                error: TurnError { kind, message },
+            });
+        }
+    }
+}
+
+impl Actor for AgentActor {
+    type Msg = AgentMsg;
+    type State = AgentState;
+    type Arguments = AgentArgs;
+
+    async fn pre_start(
+        &self,
+        _myself: ActorRef<AgentMsg>,
+        args: AgentArgs,
+    ) -> Result<AgentState, ActorProcessingErr> {
+        Ok(AgentState {
+            context: args.context,
+            commands_seen: SequenceTracker::default(),
+            active: None,
+        })
+    }
+
+    async fn handle(
+        &self,
+        myself: ActorRef<AgentMsg>,
+        message: AgentMsg,
+        state: &mut AgentState,
+    ) -> Result<(), ActorProcessingErr> {
+        match message {
+            AgentMsg::Command(envelope) => {
+                if !state.commands_seen.accept(&envelope.sender, envelope.seq) {
+                    debug!(agent = %state.context.agent_id, seq = envelope.seq, "duplicate command dropped");
+                    return Ok(());
+                }
+                match envelope.body {
+                    CoordinatorCommand::StartTurn(spec) => {
+                        Self::kill_worker(state);
+                        let turn = spec.turn;
+                        state.active = Some(ActiveTurn {
+                            spec,
+                            session: envelope.session,
+                            trace: envelope.trace,
+                            worker: None,
+                            crashes: Vec::new(),
+                            last_crash: None,
+                            reported: false,
+                        });
+                        Self::start_worker(&myself, state).await?;
+                        let timeout = state.context.settings.turn_timeout;
+                        myself.send_after(timeout, move || AgentMsg::TurnDeadline { turn });
+                    }
+                    CoordinatorCommand::Cancel { turn } => {
+                        if state.active.as_ref().is_some_and(|a| a.spec.turn == turn) {
+                            debug!(agent = %state.context.agent_id, %turn, "turn cancelled");
+                            Self::kill_worker(state);
+                        }
+                    }
+                    CoordinatorCommand::Stop => {
+                        Self::kill_worker(state);
+                        myself.stop(Some("session ended".into()));
+                    }
+                }
+            }
+            AgentMsg::TurnDeadline { turn } => {
+                if state
+                    .active
+                    .as_ref()
+                    .is_some_and(|a| a.spec.turn == turn && !a.reported)
+                {
+                    let limit = state.context.settings.turn_timeout;
+                    warn!(agent = %state.context.agent_id, %turn, ?limit, "turn timed out");
+                    Self::fail_turn(
+                        state,
+                        TurnErrorKind::Timeout,
+                        format!("the turn took longer than {limit:?}"),
+                    );
+                }
+            }
+            AgentMsg::TurnDone { turn, report } => {
+                if state.active.as_ref().is_some_and(|a| a.spec.turn == turn) {
+                    // The worker stops itself; its exit is then no longer the active turn's.
+                    state.active = None;
+                    state.context.outbox.send(report);
+                } else {
+                    debug!(agent = %state.context.agent_id, %turn, "report of a turn no longer active dropped");
+                }
+            }
+            AgentMsg::RestartWorker { turn } => {
+                if state
+                    .active
+                    .as_ref()
+                    .is_some_and(|a| a.spec.turn == turn && a.worker.is_none())
+                {
+                    Self::start_worker(&myself, state).await?;
+                }
+            }
+        }
+        Ok(())
+    }
+
+    async fn handle_supervisor_evt(
+        &self,
+        myself: ActorRef<AgentMsg>,
+        event: SupervisionEvent,
+        state: &mut AgentState,
+    ) -> Result<(), ActorProcessingErr> {
+        let is_active = |cell: &ActorCell, state: &AgentState| {
+            state
+                .active
+                .as_ref()
+                .and_then(|a| a.worker.as_ref())
+                .is_some_and(|w| w.get_id() == cell.get_id())
+        };
+        match event {
+            SupervisionEvent::ActorTerminated(cell, _, _) if is_active(&cell, state) => {
+                // The worker handed its report over and stopped; the turn ends when that
+                // report (`TurnDone`, queued behind this event) is forwarded.
+                if let Some(active) = state.active.as_mut() {
+                    active.worker = None;
+                    active.reported = true;
+                }
+            }
+            SupervisionEvent::ActorFailed(cell, error) if is_active(&cell, state) => {
+                let settings = state.context.settings.clone();
+                let Some(active) = state.active.as_mut() else {
+                    return Ok(());
+                };
+                active.worker = None;
+                let now = Instant::now();
+                active
+                    .crashes
+                    .retain(|t| now.duration_since(*t) <= settings.restart_window);
+                active.crashes.push(now);
+                let reason = error.to_string();
+                active.last_crash = Some(reason.clone());
+                let crashes = active.crashes.len() as u32;
+                let turn = active.spec.turn;
+                if crashes > settings.max_restarts {
+                    let kind = if reason.starts_with("stalled") {
+                        TurnErrorKind::Stalled
+                    } else {
+                        TurnErrorKind::Crashed
+                    };
+                    warn!(agent = %state.context.agent_id, %turn, crashes, %reason, "turn worker crashed too often; giving up");
+                    Self::fail_turn(
+                        state,
+                        kind,
+                        format!(
+                            "the turn worker failed {crashes} times within {:?}; last: {reason}",
+                            settings.restart_window
+                        ),
+                    );
+                } else {
+                    let wait = restart_backoff(crashes);
+                    warn!(agent = %state.context.agent_id, %turn, crashes, wait_ms = wait.as_millis() as u64, %reason, "turn worker crashed; restarting");
+                    state.context.outbox.send(AgentReport::TurnEvent {
+                        turn,
+                        event: TurnEvent::WorkerRestart {
+                            attempt: crashes,
+                            reason,
+                        },
+                    });
+                    myself.send_after(wait, move || AgentMsg::RestartWorker { turn });
+                }
+            }
+            _ => {}
+        }
+        Ok(())
+    }
+
+    async fn post_stop(
+        &self,
+        _myself: ActorRef<AgentMsg>,
+        state: &mut AgentState,
+    ) -> Result<(), ActorProcessingErr> {
+        Self::kill_worker(state);
+        Ok(())
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn backoff_grows_and_is_capped() {
+        assert_eq!(restart_backoff(1), Duration::from_millis(250));
+        assert_eq!(restart_backoff(2), Duration::from_millis(500));
+        assert_eq!(restart_backoff(3), Duration::from_secs(1));
+        assert_eq!(restart_backoff(50), Duration::from_secs(8));
+    }
+}

@@ -1,0 +1,666 @@
+//! The AgentHost: the root actor of an agent node (`conclave-agent`).
+//!
+//! It runs the node's ractor_cluster `NodeServer`, dials the orchestrator, says hello once
+//! the orchestrator's inbox shows up in the `orchestrators` pg group, and then hosts
+//! AgentActors on request: for each `Spawn` it builds the agent's provider backend from *this
+//! node's* environment (so API keys never cross the cluster), spawns the agent linked to
+//! itself, routes coordinator commands to it and sends its reports back.
+//!
+//! Link life cycle, and the choices behind it:
+//! - **Connecting.** A connection attempt (TCP/TLS connect, bounded by 5 s) must end in the
+//!   orchestrator's `Welcome` within `join_timeout` (10 s by default). If the orchestrator
+//!   closes the connection during ractor_cluster's cookie handshake, the log says so and
+//!   names the likely cause (a different cookie).
+//! - **Joined.** Both sides send a heartbeat every `interval`; silence past `deadline` (or the
+//!   node session closing, or the orchestrator's inbox leaving the pg group) is a lost link.
+//! - **Lost link.** Every hosted agent is stopped at once: the orchestrator has marked them
+//!   failed (or will, at its own deadline), and a node that comes back starts fresh. The node
+//!   session is torn down (a half-open TCP link would otherwise linger) and the host dials
+//!   again after a bounded exponential backoff (250 ms doubling to 5 s, with jitter), for as
+//!   long as the process runs. The backoff resets once a connection is welcomed.
+//! - **Stale events.** Every attempt has a generation number; results and events of an older
+//!   attempt or session are ignored, so a late "disconnected" never tears down a newer link.
+//! - **Agents that die on their own** (a crash past the agent's own supervision) are reported
+//!   as `AgentExited`; agents stopped by the session (`Stop`, `EndSession`) are not.
+
+use std::collections::HashMap;
+use std::sync::Arc;
+use std::time::Duration;
+
+use conclave_protocol::cluster::{
+    CLUSTER_PROTOCOL_VERSION, HOST_GROUP, NodeHello, ORCHESTRATOR_GROUP, SCOPE, SpawnAgent, ToHost,
+    ToOrchestrator, host_group,
+};
+use conclave_protocol::{AgentReport, Envelope, SessionId};
+use ractor::pg::GroupChangeMessage;
+use ractor::{Actor, ActorCell, ActorId, ActorProcessingErr, ActorRef, SupervisionEvent};
+use ractor_cluster::node::NodeServerSessionInformation;
+use tokio::time::Instant;
+use tracing::{debug, error, info, warn};
+
+use super::heartbeat::{Backoff, HeartbeatConfig, Liveness};
+use super::inbox::spawn_inbox;
+use super::node::{self, NodeEvent, NodeHandle, NodeOptions};
+use super::security::Tls;
+use super::wire::{OrchestratorInbox, send_to_orchestrator};
+use super::{NodeEnv, settings_from_limits};
+use crate::agent::{AgentActor, AgentArgs, AgentMsg};
+use crate::outbox::{Outbox, ReportSink};
+use crate::providers::{Backend, http_client};
+use crate::turn::AgentContext;
+
+/// Everything an agent node is started with.
+#[derive(Debug, Clone)]
+pub struct HostOptions {
+    /// The node's name (`--name`), matched against `node:` in session configs.
+    pub name: String,
+    /// This process's instance number (see `conclave_protocol::cluster::NodeHello`).
+    pub instance: u64,
+    /// The orchestrator's `HOST:PORT`.
+    pub join: String,
+    pub node: NodeOptions,
+    /// The TLS server name to expect from the orchestrator (when TLS is on).
+    pub tls_server_name: Option<rustls::pki_types::ServerName<'static>>,
+    pub heartbeat: HeartbeatConfig,
+    pub backoff: Backoff,
+    /// From connection to `Welcome`.
+    pub join_timeout: Duration,
+    pub env: Arc<NodeEnv>,
+}
+
+/// Messages of the host.
+pub enum HostMsg {
+    /// A frame from the orchestrator (through the inbox).
+    Frame(ToHost),
+    /// Start connection attempt `attempt` (ignored if a newer one exists).
+    Connect {
+        attempt: u64,
+    },
+    ConnectFailed {
+        attempt: u64,
+        error: String,
+    },
+    Node(NodeEvent),
+    Tick,
+    /// A hosted agent's report, to forward.
+    Report {
+        agent: u32,
+        incarnation: u64,
+        envelope: Envelope<AgentReport>,
+    },
+    /// Stop everything and exit.
+    Shutdown,
+}
+
+impl ractor::Message for HostMsg {}
+
+enum Phase {
+    /// Waiting for the next attempt (backoff).
+    Waiting,
+    Connecting {
+        since: Instant,
+    },
+    Joined,
+}
+
+struct Hosted {
+    incarnation: u64,
+    actor: ActorRef<AgentMsg>,
+}
+
+pub struct HostState {
+    opts: Arc<HostOptions>,
+    node: NodeHandle,
+    attempt: u64,
+    failures: u32,
+    phase: Phase,
+    /// Our outgoing node session of the current attempt.
+    session: Option<NodeServerSessionInformation>,
+    authenticated: bool,
+    gateway: Option<OrchestratorInbox>,
+    hello_sent: bool,
+    liveness: Liveness,
+    agents: HashMap<(SessionId, u32), Hosted>,
+    by_actor: HashMap<ActorId, (SessionId, u32)>,
+    http: HashMap<u64, reqwest::Client>,
+}
+
+/// The agent node's root actor.
+pub struct AgentHost;
+
+impl AgentHost {
+    fn schedule_retry(myself: &ActorRef<HostMsg>, state: &mut HostState) -> Duration {
+        let delay = state.opts.backoff.jittered(state.failures);
+        state.failures = state.failures.saturating_add(1);
+        state.attempt += 1;
+        state.phase = Phase::Waiting;
+        let attempt = state.attempt;
+        myself.send_after(delay, move || HostMsg::Connect { attempt });
+        delay
+    }
+
+    fn stop_agents(state: &mut HostState, reason: &str) {
+        state.by_actor.clear();
+        for ((session, agent), hosted) in state.agents.drain() {
+            debug!(%session, agent, %reason, "stopping hosted agent");
+            hosted.actor.kill();
+        }
+    }
+
+    /// The link is gone: stop the agents, drop the session, dial again later.
+    fn teardown(myself: &ActorRef<HostMsg>, state: &mut HostState, reason: &str) {
+        let hosted = state.agents.len();
+        Self::stop_agents(state, "link lost");
+        if let Some(session) = state.session.take() {
+            session.actor.stop(Some(reason.to_owned()));
+        }
+        state.gateway = None;
+        state.hello_sent = false;
+        state.authenticated = false;
+        let delay = Self::schedule_retry(myself, state);
+        warn!(
+            orchestrator = %state.opts.join,
+            %reason,
+            stopped_agents = hosted,
+            retry_in_ms = delay.as_millis() as u64,
+            "link to the orchestrator lost; reconnecting"
+        );
+    }
+
+    fn is_current(state: &HostState, info: &NodeServerSessionInformation) -> bool {
+        state
+            .session
+            .as_ref()
+            .is_some_and(|s| s.actor.get_id() == info.actor.get_id())
+    }
+
+    fn send(state: &HostState, message: ToOrchestrator) -> bool {
+        match &state.gateway {
+            Some(gateway) => match send_to_orchestrator(gateway, message) {
+                Ok(()) => true,
+                Err(error) => {
+                    debug!(%error, "frame to the orchestrator not sent");
+                    false
+                }
+            },
+            None => false,
+        }
+    }
+
+    fn maybe_hello(state: &mut HostState) {
+        if state.hello_sent || state.gateway.is_none() {
+            return;
+        }
+        let hello = NodeHello {
+            name: state.opts.name.clone(),
+            instance: state.opts.instance,
+            protocol: CLUSTER_PROTOCOL_VERSION,
+            version: env!("CARGO_PKG_VERSION").to_owned(),
+            provider_keys: state.opts.env.provider_key_names(),
+        };
+        state.hello_sent = Self::send(state, ToOrchestrator::Hello(hello));
+    }
+
+    fn on_pg(myself: &ActorRef<HostMsg>, state: &mut HostState, change: GroupChangeMessage) {
+        match change {
+            GroupChangeMessage::Join(scope, group, actors)
+                if scope == SCOPE && group == ORCHESTRATOR_GROUP =>
+            {
+                let session_node = state.session.as_ref().map(|s| s.node_id);
+                let Some(cell) = actors.into_iter().find(|cell| match cell.get_id() {
+                    ActorId::Remote { node_id, .. } => session_node == Some(node_id),
+                    ActorId::Local(_) => false,
+                }) else {
+                    return;
+                };
+                if state.gateway.is_none() {
+                    debug!(orchestrator = %state.opts.join, "orchestrator inbox found");
+                    state.gateway = Some(ActorRef::from(cell));
+                    Self::maybe_hello(state);
+                }
+            }
+            GroupChangeMessage::Leave(scope, group, actors)
+                if scope == SCOPE && group == ORCHESTRATOR_GROUP =>
+            {
+                let ours = state.gateway.as_ref().map(|g| g.get_id());
+                if actors.iter().any(|cell| Some(cell.get_id()) == ours) {
+                    Self::teardown(myself, state, "the orchestrator left the cluster");
+                }
+            }
+            _ => {}
+        }
+    }
+
+    fn on_node_event(myself: &ActorRef<HostMsg>, state: &mut HostState, event: NodeEvent) {
+        match event {
+            NodeEvent::Opened(info) => {
+                if !info.is_server
+                    && state.session.is_none()
+                    && matches!(state.phase, Phase::Connecting { .. })
+                {
+                    state.session = Some(info);
+                }
+            }
+            NodeEvent::Authenticated(info) => {
+                if Self::is_current(state, &info) {
+                    state.authenticated = true;
+                    debug!(orchestrator = %state.opts.join, "cookie accepted");
+                }
+            }
+            NodeEvent::Ready(info) => {
+                if Self::is_current(state, &info) {
+                    if state.gateway.is_none() {
+                        // The pg join may have been seen before this session was known.
+                        state.gateway = ractor::pg::get_scoped_members(
+                            &SCOPE.to_owned(),
+                            &ORCHESTRATOR_GROUP.to_owned(),
+                        )
+                        .into_iter()
+                        .find(|cell| {
+                            matches!(cell.get_id(), ActorId::Remote { node_id, .. } if node_id == info.node_id)
+                        })
+                        .map(ActorRef::from);
+                    }
+                    Self::maybe_hello(state);
+                }
+            }
+            NodeEvent::Disconnected(info) => {
+                if Self::is_current(state, &info) {
+                    state.session = None;
+                    let reason = if state.authenticated {
+                        "the connection to the orchestrator closed"
+                    } else {
+                        "the orchestrator closed the connection during the cookie handshake (is the cookie the same on both nodes?)"
+                    };
+                    Self::teardown(myself, state, reason);
+                }
+            }
+        }
+    }
+
+    async fn spawn_agent(
+        myself: &ActorRef<HostMsg>,
+        state: &mut HostState,
+        request: SpawnAgent,
+    ) -> Option<String> {
+        let key = (request.session.clone(), request.agent);
+        if let Some(old) = state.agents.remove(&key) {
+            state.by_actor.remove(&old.actor.get_id());
+            old.actor.kill();
+        }
+        let connect_ms = request.limits.connect_timeout_ms.max(1);
+        let http = match state.http.get(&connect_ms) {
+            Some(client) => client.clone(),
+            None => match http_client(Duration::from_millis(connect_ms)) {
+                Ok(client) => {
+                    state.http.insert(connect_ms, client.clone());
+                    client
+                }
+                Err(error) => return Some(format!("cannot build an HTTP client: {error}")),
+            },
+        };
+        let env = state.opts.env.clone();
+        let backend = match Backend::new(&request.spec.backend, http, &|key| env.get(key)) {
+            Ok(backend) => Arc::new(backend),
+            Err(error) => return Some(format!("on node `{}`: {error}", state.opts.name)),
+        };
+        let (agent, incarnation) = (request.agent, request.incarnation);
+        let to_host = myself.clone();
+        let sink: ReportSink = Arc::new(move |envelope| {
+            to_host
+                .send_message(HostMsg::Report {
+                    agent,
+                    incarnation,
+                    envelope,
+                })
+                .is_ok()
+        });
+        let context = Arc::new(AgentContext {
+            agent_id: request.spec.id.clone(),
+            backend,
+            outbox: Arc::new(Outbox::new(
+                request.session.clone(),
+                request.spec.id.clone(),
+                sink,
+            )),
+            system_message: request.spec.system_message.clone(),
+            settings: settings_from_limits(&request.limits),
+        });
+        match Actor::spawn_linked(None, AgentActor, AgentArgs { context }, myself.get_cell()).await
+        {
+            Ok((actor, _)) => {
+                info!(
+                    session = %request.session,
+                    agent = %request.spec.id,
+                    incarnation,
+                    model = %request.spec.backend.model,
+                    "agent started"
+                );
+                state.by_actor.insert(actor.get_id(), key.clone());
+                state.agents.insert(key, Hosted { incarnation, actor });
+                None
+            }
+            Err(error) => Some(format!("the agent actor did not start: {error}")),
+        }
+    }
+
+    async fn on_frame(myself: &ActorRef<HostMsg>, state: &mut HostState, frame: ToHost) {
+        match frame {
+            ToHost::Welcome { orchestrator } => {
+                if matches!(state.phase, Phase::Connecting { .. }) {
+                    state.phase = Phase::Joined;
+                    state.failures = 0;
+                    state.liveness = Liveness::new(Instant::now(), state.opts.heartbeat.deadline);
+                    info!(
+                        orchestrator = %state.opts.join,
+                        orchestrator_version = %orchestrator,
+                        node = %state.opts.name,
+                        "joined the orchestrator"
+                    );
+                }
+            }
+            ToHost::Refused { reason } => {
+                error!(orchestrator = %state.opts.join, %reason, "the orchestrator refused this node");
+                Self::teardown(myself, state, "refused by the orchestrator");
+            }
+            ToHost::Heartbeat => state.liveness.saw(Instant::now()),
+            ToHost::Spawn(request) => {
+                let (session, agent, incarnation) =
+                    (request.session.clone(), request.agent, request.incarnation);
+                let error = Self::spawn_agent(myself, state, *request).await;
+                if let Some(error) = &error {
+                    warn!(%session, agent, %error, "agent could not start");
+                }
+                Self::send(
+                    state,
+                    ToOrchestrator::Spawned {
+                        session,
+                        agent,
+                        incarnation,
+                        error,
+                    },
+                );
+            }
+            ToHost::Command {
+                agent,
+                incarnation,
+                envelope,
+            } => {
+                let key = (envelope.session.clone(), agent);
+                match state.agents.get(&key) {
+                    Some(hosted) if hosted.incarnation == incarnation => {
+                        let _ = hosted.actor.send_message(AgentMsg::Command(envelope));
+                    }
+                    _ => debug!(
+                        session = %envelope.session,
+                        agent,
+                        incarnation,
+                        "command for an agent not hosted here dropped"
+                    ),
+                }
+            }
+            ToHost::EndSession { session } => {
+                let ended: Vec<_> = state
+                    .agents
+                    .keys()
+                    .filter(|(s, _)| *s == session)
+                    .cloned()
+                    .collect();
+                for key in ended {
+                    if let Some(hosted) = state.agents.remove(&key) {
+                        state.by_actor.remove(&hosted.actor.get_id());
+                        hosted.actor.stop(Some("session ended".into()));
+                    }
+                }
+            }
+            ToHost::Echo { nonce, payload } => {
+                Self::send(state, ToOrchestrator::EchoReply { nonce, payload });
+            }
+            ToHost::Flood {
+                agent,
+                incarnation,
+                first_seq,
+                count,
+                template,
+            } => {
+                for i in 0..u64::from(count) {
+                    let mut envelope = template.clone();
+                    envelope.seq = first_seq + i;
+                    if !Self::send(
+                        state,
+                        ToOrchestrator::Report {
+                            agent,
+                            incarnation,
+                            envelope,
+                        },
+                    ) {
+                        break;
+                    }
+                }
+            }
+        }
+    }
+}
+
+impl Actor for AgentHost {
+    type Msg = HostMsg;
+    type State = HostState;
+    type Arguments = HostOptions;
+
+    async fn pre_start(
+        &self,
+        myself: ActorRef<HostMsg>,
+        opts: HostOptions,
+    ) -> Result<HostState, ActorProcessingErr> {
+        let node = node::start_node(&opts.node).await?;
+        node.server.get_cell().link(myself.get_cell());
+        let to_host = myself.clone();
+        node::subscribe(&node.server, "conclave-host", move |event| {
+            let _ = to_host.send_message(HostMsg::Node(event));
+        })?;
+        ractor::pg::monitor_scope(SCOPE.to_owned(), myself.get_cell());
+        let to_host = myself.clone();
+        spawn_inbox::<ToHost>(
+            myself.get_cell(),
+            &[HOST_GROUP.to_owned(), host_group(opts.instance)],
+            Arc::new(move |frame| to_host.send_message(HostMsg::Frame(frame)).is_ok()),
+        )
+        .await?;
+        info!(
+            node = %opts.name,
+            orchestrator = %opts.join,
+            listen = %opts.node.listen,
+            tls = opts.node.tls.is_some(),
+            provider_keys = ?opts.env.provider_key_names(),
+            "agent node started"
+        );
+        myself.send_interval(opts.heartbeat.interval, || HostMsg::Tick);
+        myself.send_message(HostMsg::Connect { attempt: 0 })?;
+        let deadline = opts.heartbeat.deadline;
+        Ok(HostState {
+            opts: Arc::new(opts),
+            node,
+            attempt: 0,
+            failures: 0,
+            phase: Phase::Waiting,
+            session: None,
+            authenticated: false,
+            gateway: None,
+            hello_sent: false,
+            liveness: Liveness::new(Instant::now(), deadline),
+            agents: HashMap::new(),
+            by_actor: HashMap::new(),
+            http: HashMap::new(),
+        })
+    }
+
+    async fn handle(
+        &self,
+        myself: ActorRef<HostMsg>,
+        message: HostMsg,
+        state: &mut HostState,
+    ) -> Result<(), ActorProcessingErr> {
+        match message {
+            HostMsg::Connect { attempt } => {
+                if attempt != state.attempt {
+                    return Ok(());
+                }
+                state.phase = Phase::Connecting {
+                    since: Instant::now(),
+                };
+                state.session = None;
+                state.authenticated = false;
+                state.gateway = None;
+                state.hello_sent = false;
+                let server = state.node.server.clone();
+                let join = state.opts.join.clone();
+                let tls: Option<(Tls, _)> =
+                    match (&state.opts.node.tls, &state.opts.tls_server_name) {
+                        (Some(tls), Some(name)) => Some((tls.clone(), name.clone())),
+                        _ => None,
+                    };
+                let reply = myself.clone();
+                tokio::spawn(async move {
+                    let tls = tls.as_ref().map(|(tls, name)| (tls, name.clone()));
+                    if let Err(error) = node::connect(&server, &join, tls).await {
+                        let _ = reply.send_message(HostMsg::ConnectFailed {
+                            attempt,
+                            error: error.to_string(),
+                        });
+                    }
+                });
+            }
+            HostMsg::ConnectFailed { attempt, error } => {
+                if attempt == state.attempt {
+                    let delay = Self::schedule_retry(&myself, state);
+                    warn!(
+                        %error,
+                        retry_in_ms = delay.as_millis() as u64,
+                        "cannot reach the orchestrator"
+                    );
+                }
+            }
+            HostMsg::Node(event) => Self::on_node_event(&myself, state, event),
+            HostMsg::Frame(frame) => Self::on_frame(&myself, state, frame).await,
+            HostMsg::Tick => match state.phase {
+                Phase::Joined => {
+                    let now = Instant::now();
+                    if state.liveness.expired(now) {
+                        let silent = state.liveness.silent_for(now);
+                        Self::teardown(
+                            &myself,
+                            state,
+                            &format!(
+                                "no heartbeat from the orchestrator for {} ms (deadline {} ms)",
+                                silent.as_millis(),
+                                state.opts.heartbeat.deadline.as_millis()
+                            ),
+                        );
+                    } else {
+                        Self::send(
+                            state,
+                            ToOrchestrator::Heartbeat {
+                                node: state.opts.name.clone(),
+                                instance: state.opts.instance,
+                            },
+                        );
+                    }
+                }
+                Phase::Connecting { since } if since.elapsed() > state.opts.join_timeout => {
+                    let reason = if state.session.is_some() && !state.authenticated {
+                        "connected, but the cookie handshake did not complete (is the cookie the same on both nodes?)"
+                    } else {
+                        "connected, but the orchestrator did not admit this node"
+                    };
+                    Self::teardown(
+                        &myself,
+                        state,
+                        &format!("{reason} within {} s", state.opts.join_timeout.as_secs()),
+                    );
+                }
+                _ => {}
+            },
+            HostMsg::Report {
+                agent,
+                incarnation,
+                envelope,
+            } => {
+                if matches!(state.phase, Phase::Joined) {
+                    Self::send(
+                        state,
+                        ToOrchestrator::Report {
+                            agent,
+                            incarnation,
+                            envelope,
+                        },
+                    );
+                }
+            }
+            HostMsg::Shutdown => {
+                info!(node = %state.opts.name, "shutting down");
+                Self::stop_agents(state, "node shutting down");
+                if let Some(session) = state.session.take() {
+                    session.actor.stop(Some("node shutting down".into()));
+                }
+                myself.stop(Some("shutdown".into()));
+            }
+        }
+        Ok(())
+    }
+
+    async fn handle_supervisor_evt(
+        &self,
+        myself: ActorRef<HostMsg>,
+        event: SupervisionEvent,
+        state: &mut HostState,
+    ) -> Result<(), ActorProcessingErr> {
+        let (cell, failure): (ActorCell, Option<String>) = match event {
+            SupervisionEvent::ProcessGroupChanged(change) => {
+                Self::on_pg(&myself, state, change);
+                return Ok(());
+            }
+            SupervisionEvent::ActorTerminated(cell, _, _) => (cell, None),
+            SupervisionEvent::ActorFailed(cell, error) => (cell, Some(error.to_string())),
+            _ => return Ok(()),
+        };
+        if cell.get_id() == state.node.server.get_id() {
+            error!("the cluster node server stopped; the agent node cannot continue");
+            myself.stop(Some("node server stopped".into()));
+            return Ok(());
+        }
+        if let Some(key) = state.by_actor.remove(&cell.get_id()) {
+            let Some(hosted) = state.agents.remove(&key) else {
+                return Ok(());
+            };
+            if let Some(reason) = failure {
+                warn!(session = %key.0, agent = key.1, %reason, "hosted agent crashed");
+                Self::send(
+                    state,
+                    ToOrchestrator::AgentExited {
+                        session: key.0,
+                        agent: key.1,
+                        incarnation: hosted.incarnation,
+                        reason,
+                    },
+                );
+            }
+            return Ok(());
+        }
+        if failure.is_some() {
+            // The inbox: without it the node cannot hear the orchestrator.
+            error!("the agent node's inbox failed; stopping");
+            myself.stop(Some("inbox failed".into()));
+        }
+        Ok(())
+    }
+
+    async fn post_stop(
+        &self,
+        _myself: ActorRef<HostMsg>,
+        state: &mut HostState,
+    ) -> Result<(), ActorProcessingErr> {
+        Self::stop_agents(state, "host stopped");
+        state.node.server.stop(Some("host stopped".into()));
+        Ok(())
+    }
+}

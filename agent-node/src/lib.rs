@@ -1,0 +1,23 @@
+//! # conclave-agent
+//!
+//! The agent side of conclave: the [`agent::AgentActor`] (one per agent per session), the
+//! [`turn::TurnWorker`] that runs one LLM turn, the workflow tools and prompts
+//! ([`workflow`]), the provider backends (one module per wire format under [`providers`]),
+//! the shared SSE reader, stream accumulator and retry policy, and trace-context propagation
+//! across nodes ([`telemetry`]).
+//!
+//! The orchestrator binary links this library so one process can host everything; an agent
+//! node (the `conclave-agent` binary, [`cluster::host::AgentHost`]) runs the same actors on
+//! another machine, joined to the orchestrator through [`cluster`].
+
+pub mod accumulate;
+pub mod agent;
+pub mod cluster;
+pub mod llm;
+pub mod outbox;
+pub mod providers;
+pub mod retry;
+pub mod sse;
+pub mod telemetry;
+pub mod turn;
+pub mod workflow;

@@ -1,0 +1,95 @@
+//! How an agent talks back to its coordinator: every report is wrapped in an [`Envelope`]
+//! with the agent's name and the next per-sender sequence number.
+//!
+//! The outbox is shared by the agent actor and its turn worker, which both report. Numbering
+//! and sending happen under one lock so reports leave in sequence order; the receiver drops
+//! anything at or below the highest number it has seen, so an out-of-order send would lose a
+//! message. The sink itself never blocks (actor mailboxes are unbounded), so the lock is only
+//! held for a push.
+
+use std::sync::{Arc, Mutex};
+
+use conclave_protocol::{AgentReport, Envelope, SessionId, TraceContext};
+
+/// Delivers one report to the coordinator. Returns false when the coordinator is gone (the
+/// session ended), so senders can stop early. In one process this pushes into the
+/// coordinator's mailbox; across nodes it sends a cluster frame.
+pub type ReportSink = Arc<dyn Fn(Envelope<AgentReport>) -> bool + Send + Sync>;
+
+/// The numbered, ordered report channel of one agent in one session.
+pub struct Outbox {
+    session: SessionId,
+    sender: String,
+    next_seq: Mutex<u64>,
+    sink: ReportSink,
+}
+
+impl std::fmt::Debug for Outbox {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        f.debug_struct("Outbox")
+            .field("session", &self.session)
+            .field("sender", &self.sender)
+            .finish()
+    }
+}
+
+impl Outbox {
+    pub fn new(session: SessionId, sender: String, sink: ReportSink) -> Self {
+        Self {
+            session,
+            sender,
+            next_seq: Mutex::new(1),
+            sink,
+        }
+    }
+
+    /// Sends a report with the given trace context. Returns false if the coordinator is gone.
+    pub fn send_traced(&self, body: AgentReport, trace: TraceContext) -> bool {
+        // A poisoned lock only means another sender panicked mid-push; the counter is intact.
+        let mut seq = self
+            .next_seq
+            .lock()
+            .unwrap_or_else(|poisoned| poisoned.into_inner());
+        let envelope = Envelope {
+            session: self.session.clone(),
+            sender: self.sender.clone(),
+            seq: *seq,
+            trace,
+            body,
+        };
+        *seq += 1;
+        (self.sink)(envelope)
+    }
+
+    /// Sends a report without trace context.
+    pub fn send(&self, body: AgentReport) -> bool {
+        self.send_traced(body, TraceContext::default())
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use conclave_protocol::{StreamChunk, TurnId};
+
+    #[test]
+    fn reports_are_numbered_in_order() {
+        let seen = Arc::new(Mutex::new(Vec::new()));
+        let sink_seen = seen.clone();
+        let outbox = Outbox::new(
+            SessionId::parse("s").unwrap(),
+            "a".into(),
+            Arc::new(move |e: Envelope<AgentReport>| {
+                sink_seen.lock().unwrap().push(e.seq);
+                true
+            }),
+        );
+        for _ in 0..3 {
+            outbox.send(AgentReport::Chunk {
+                turn: TurnId(1),
+                chunk: StreamChunk::Content { text: "x".into() },
+            });
+        }
+        assert_eq!(*seen.lock().unwrap(), vec![1, 2, 3]);
+    }
+}

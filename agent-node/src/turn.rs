@@ -1,0 +1,617 @@
+//! The TurnWorker: one actor per LLM turn, spawned linked to its AgentActor.
+//!
+//! A worker builds the turn's messages, calls the provider (streaming every chunk to the
+//! coordinator), retries failed provider calls under the shared [`RetryPolicy`], checks that a
+//! coordination turn ended in exactly one valid workflow call (asking again with a corrective
+//! message, a bounded number of times), and reports the outcome through the agent's
+//! [`Outbox`]. Then it stops.
+//!
+//! What is a crash and what is a failure:
+//! * A provider that keeps failing after its retries, or a model that never makes a valid
+//!   call, is a *failure*: the worker reports `TurnFailed` itself and stops normally.
+//! * A panic, or a provider that goes silent for `stall_timeout` (accepts the request and then
+//!   sends nothing), is a *crash*: the worker's handler fails, ractor tells the AgentActor, and
+//!   the agent restarts the turn with backoff under its restart-intensity limit.
+//! * Cancellation is a kill from the AgentActor: the handler future is dropped mid-await,
+//!   which drops the HTTP response and closes the provider stream at once.
+//!
+//! Tracing (OpenTelemetry GenAI conventions): one `invoke_agent {agent}` span per worker, whose
+//! parent is taken only from the StartTurn envelope's trace context (never from whatever span
+//! is current on this node, so an agent on another machine joins the session's trace); under
+//! it one `chat {model}` span per provider call (retries included) and, for a valid workflow
+//! call, one `execute_tool new_answer|vote` span. Prompts and completions are recorded only
+//! when `OTEL_INSTRUMENTATION_GENAI_CAPTURE_MESSAGE_CONTENT=true`. API keys never reach a span.
+
+use std::sync::Arc;
+use std::time::Duration;
+
+use conclave_protocol::{
+    AgentReport, Decision, SessionId, StreamChunk, TraceContext, TurnError, TurnErrorKind,
+    TurnEvent, TurnMode, TurnSpec,
+};
+use futures::StreamExt;
+use opentelemetry::{Array, StringValue, Value};
+use ractor::{Actor, ActorProcessingErr, ActorRef};
+use tracing::{Instrument, Span, debug, info_span, warn};
+use tracing_opentelemetry::OpenTelemetrySpanExt;
+
+use crate::accumulate::TurnOutput;
+use crate::agent::AgentMsg;
+use crate::llm::{ChatRequest, ToolChoice};
+use crate::outbox::Outbox;
+use crate::providers::{Backend, ProviderError};
+use crate::retry::RetryPolicy;
+use crate::telemetry;
+use crate::workflow;
+
+/// Limits that shape every turn of an agent.
+#[derive(Debug, Clone)]
+pub struct TurnSettings {
+    /// Corrective retries after a turn without exactly one valid workflow call.
+    pub max_workflow_retries: u32,
+    /// The whole turn, retries included.
+    pub turn_timeout: Duration,
+    /// No chunk for this long: the provider stalled.
+    pub stall_timeout: Duration,
+    /// Worker crashes tolerated within `restart_window` before the agent gives up on a turn.
+    pub max_restarts: u32,
+    pub restart_window: Duration,
+}
+
+impl Default for TurnSettings {
+    fn default() -> Self {
+        Self {
+            max_workflow_retries: 3,
+            turn_timeout: Duration::from_secs(600),
+            stall_timeout: Duration::from_secs(120),
+            max_restarts: 3,
+            restart_window: Duration::from_secs(60),
+        }
+    }
+}
+
+/// What every turn of one agent shares.
+#[derive(Debug)]
+pub struct AgentContext {
+    pub agent_id: String,
+    pub backend: Arc<Backend>,
+    pub outbox: Arc<Outbox>,
+    pub system_message: Option<String>,
+    pub settings: TurnSettings,
+}
+
+/// The turn worker actor.
+pub struct TurnWorker;
+
+/// Arguments of one worker: the turn and the agent it works for.
+pub struct WorkerArgs {
+    pub spec: TurnSpec,
+    pub context: Arc<AgentContext>,
+    /// The session: the `gen_ai.conversation.id` of the turn's spans.
+    pub session: SessionId,
+    /// The StartTurn envelope's trace context: the only parent the turn's span ever takes.
+    pub trace: TraceContext,
+    /// The agent the final report goes through, so it is ordered with the agent's own
+    /// deadline and cancellation (a turn that timed out never also reports a result). `None`
+    /// sends it straight to the outbox (a worker run on its own, in tests).
+    pub agent: Option<ActorRef<AgentMsg>>,
+}
+
+/// The worker's only message: run the turn (sent to itself once it has started, so the
+/// actor is fully linked and killable before any I/O begins).
+pub enum WorkerMsg {
+    Run,
+}
+
+impl ractor::Message for WorkerMsg {}
+
+pub struct WorkerState {
+    spec: TurnSpec,
+    context: Arc<AgentContext>,
+    session: SessionId,
+    trace: TraceContext,
+    agent: Option<ActorRef<AgentMsg>>,
+}
+
+impl WorkerState {
+    /// Hands the turn's final report over (see [`WorkerArgs::agent`]).
+    fn deliver(&self, report: AgentReport) {
+        match &self.agent {
+            // If the agent is gone the session is over: nothing waits for the report.
+            Some(agent) => {
+                let _ = agent.send_message(AgentMsg::TurnDone {
+                    turn: self.spec.turn,
+                    report,
+                });
+            }
+            None => {
+                self.context.outbox.send(report);
+            }
+        }
+    }
+}
+
+/// Why a single provider call did not produce a complete output.
+enum CallError {
+    Provider(ProviderError),
+    Stalled(Duration),
+}
+
+impl Actor for TurnWorker {
+    type Msg = WorkerMsg;
+    type State = WorkerState;
+    type Arguments = WorkerArgs;
+
+    async fn pre_start(
+        &self,
+        myself: ActorRef<Self::Msg>,
+        args: WorkerArgs,
+    ) -> Result<WorkerState, ActorProcessingErr> {
+        myself.send_message(WorkerMsg::Run)?;
+        Ok(WorkerState {
+            spec: args.spec,
+            context: args.context,
+            session: args.session,
+            trace: args.trace,
+            agent: args.agent,
+        })
+    }
+
+    async fn handle(
+        &self,
+        myself: ActorRef<Self::Msg>,
+        message: WorkerMsg,
+        state: &mut WorkerState,
+    ) -> Result<(), ActorProcessingErr> {
+        match message {
+            WorkerMsg::Run => {
+                let span = turn_span(state);
+                let result = run_turn(&state.spec, &state.context, &state.session)
+                    .instrument(span.clone())
+                    .await;
+                match result {
+                    Ok(report) => {
+                        if let AgentReport::TurnFailed { error, .. } = &report {
+                            record_error(&span, error.kind.as_str());
+                        }
+                        state.deliver(report);
+                        myself.stop(None);
+                        Ok(())
+                    }
+                    // A stall is a crash: fail the handler so the agent restarts the turn.
+                    Err(CallError::Stalled(after)) => {
+                        record_error(&span, TurnErrorKind::Stalled.as_str());
+                        Err(format!("stalled: no data from the provider for {after:?}").into())
+                    }
+                    Err(CallError::Provider(error)) => {
+                        record_error(&span, error_kind(&error).as_str());
+                        state.deliver(AgentReport::TurnFailed {
+                            turn: state.spec.turn,
+                            error: TurnError {
+                                kind: error_kind(&error),
+                                message: error.to_string(),
+                            },
+                        });
+                        myself.stop(None);
+                        Ok(())
+                    }
+                }
+            }
+        }
+    }
+}
+
+/// The `invoke_agent {agent}` span of one worker, parented on the StartTurn envelope's trace
+/// context only (`parent: None` keeps any span current on this node out of it).
+fn turn_span(state: &WorkerState) -> Span {
+    let backend = state.context.backend.spec();
+    let span = info_span!(
+        parent: None,
+        "invoke_agent",
+        otel.name = %format!("invoke_agent {}", state.context.agent_id),
+        gen_ai.operation.name = "invoke_agent",
+        gen_ai.agent.name = %state.context.agent_id,
+        gen_ai.conversation.id = %state.session,
+        gen_ai.provider.name = %telemetry::provider_name(&backend.provider),
+        gen_ai.request.model = %backend.model,
+        conclave.turn = state.spec.turn.0 as i64,
+        conclave.turn.mode = match state.spec.mode {
+            TurnMode::Coordinate => "coordinate",
+            TurnMode::Present => "present",
+        },
+        conclave.revision = state.spec.revision as i64,
+        error.type = tracing::field::Empty,
+        otel.status_code = tracing::field::Empty,
+    );
+    telemetry::set_parent(&span, &state.trace);
+    span
+}
+
+/// Marks a span as failed with a low-cardinality `error.type`.
+fn record_error(span: &Span, kind: &str) {
+    span.record("error.type", kind);
+    span.record("otel.status_code", "ERROR");
+}
+
+fn error_kind(error: &ProviderError) -> TurnErrorKind {
+    match error {
+        ProviderError::MissingApiKey { .. } => TurnErrorKind::Auth,
+        ProviderError::Http {
+            status: 401 | 403, ..
+        } => TurnErrorKind::Auth,
+        ProviderError::Config(_) => TurnErrorKind::Config,
+        _ => TurnErrorKind::Provider,
+    }
+}
+
+/// Runs one turn to its final report (Decided, Presented or a TurnFailed for an invalid
+/// decision). Provider failures past the retry policy come back as errors.
+async fn run_turn(
+    spec: &TurnSpec,
+    context: &AgentContext,
+    session: &SessionId,
+) -> Result<AgentReport, CallError> {
+    let own_system = context.system_message.as_deref();
+    match spec.mode {
+        TurnMode::Present => {
+            let request = ChatRequest {
+                messages: workflow::presentation_messages(spec, own_system),
+                tools: Vec::new(),
+                tool_choice: ToolChoice::None,
+            };
+            let output = call_with_retries(spec, context, session, &request).await?;
+            Ok(AgentReport::Presented {
+                turn: spec.turn,
+                content: output.text,
+            })
+        }
+        TurnMode::Coordinate => {
+            let mut request = ChatRequest {
+                messages: workflow::coordination_messages(spec, own_system),
+                tools: workflow::workflow_tools(spec),
+                tool_choice: ToolChoice::Auto,
+            };
+            let mut last_problem = None;
+            for attempt in 0..=context.settings.max_workflow_retries {
+                let output = call_with_retries(spec, context, session, &request).await?;
+                match workflow::parse_decision(spec, &output.tool_calls) {
+                    Ok(decision) => {
+                        record_tool_call(&output, &decision);
+                        return Ok(AgentReport::Decided {
+                            turn: spec.turn,
+                            decision,
+                            seen_revision: spec.revision,
+                        });
+                    }
+                    Err(problem) => {
+                        debug!(agent = %context.agent_id, turn = %spec.turn, code = problem.code(), "invalid workflow call");
+                        if attempt < context.settings.max_workflow_retries {
+                            context.outbox.send(AgentReport::TurnEvent {
+                                turn: spec.turn,
+                                event: TurnEvent::CorrectiveRetry {
+                                    attempt: attempt + 1,
+                                    problem: problem.to_string(),
+                                },
+                            });
+                            workflow::correction(&mut request.messages, &output, &problem);
+                        }
+                        last_problem = Some(problem);
+                    }
+                }
+            }
+            let problem = last_problem.map(|p| p.to_string()).unwrap_or_default();
+            Ok(AgentReport::TurnFailed {
+                turn: spec.turn,
+                error: TurnError {
+                    kind: TurnErrorKind::InvalidDecision,
+                    message: format!(
+                        "no valid workflow call after {} corrective retries: {problem}",
+                        context.settings.max_workflow_retries
+                    ),
+                },
+            })
+        }
+    }
+}
+
+/// One provider call with the retry policy around it. Partial output of a failed attempt is
+/// discarded; the whole call is made again.
+async fn call_with_retries(
+    spec: &TurnSpec,
+    context: &AgentContext,
+    session: &SessionId,
+    request: &ChatRequest,
+) -> Result<TurnOutput, CallError> {
+    let policy = RetryPolicy {
+        max_retries: context.backend.spec().max_retries,
+    };
+    // A stall is not a provider error and is never retried here (the agent restarts the
+    // worker): it travels through the shared retry loop as a successful attempt's value.
+    let outcome = crate::retry::call_with_retries(
+        &policy,
+        || async move {
+            match call_once(spec, context, session, request).await {
+                Ok(output) => Ok(Ok(output)),
+                Err(CallError::Provider(error)) => Err(error),
+                Err(stalled) => Ok(Err(stalled)),
+            }
+        },
+        |attempt, wait, error| {
+            warn!(agent = %context.agent_id, turn = %spec.turn, attempt, wait_ms = wait.as_millis() as u64, %error, "provider call failed; retrying");
+            context.outbox.send(AgentReport::TurnEvent {
+                turn: spec.turn,
+                event: TurnEvent::ProviderRetry {
+                    attempt,
+                    wait_ms: wait.as_millis() as u64,
+                    reason: error.to_string(),
+                },
+            });
+        },
+    )
+    .await;
+    match outcome {
+        Ok(result) => result,
+        Err(error) => Err(CallError::Provider(error)),
+    }
+}
+
+/// One streaming provider call, folded into a [`TurnOutput`], forwarding display chunks.
+async fn call_once(
+    spec: &TurnSpec,
+    context: &AgentContext,
+    session: &SessionId,
+    request: &ChatRequest,
+) -> Result<TurnOutput, CallError> {
+    let span = chat_span(context, session, request);
+    let stall = context.settings.stall_timeout;
+    let result = async {
+        let mut stream = match tokio::time::timeout(stall, context.backend.stream(request)).await {
+            Err(_) => return Err(CallError::Stalled(stall)),
+            Ok(Err(error)) => return Err(CallError::Provider(error)),
+            Ok(Ok(stream)) => stream,
+        };
+        let mut output = TurnOutput::default();
+        loop {
+            let next = match tokio::time::timeout(stall, stream.next()).await {
+                Err(_) => return Err(CallError::Stalled(stall)),
+                Ok(next) => next,
+            };
+            match next {
+                None => break,
+                Some(Err(error)) => return Err(CallError::Provider(error)),
+                Some(Ok(chunk)) => {
+                    output.apply(&chunk);
+                    if forwarded(&chunk) {
+                        context.outbox.send(AgentReport::Chunk {
+                            turn: spec.turn,
+                            chunk,
+                        });
+                    }
+                }
+            }
+        }
+        Ok(output)
+    }
+    .instrument(span.clone())
+    .await;
+    match &result {
+        Ok(output) => record_response(&span, output),
+        Err(CallError::Stalled(_)) => record_error(&span, TurnErrorKind::Stalled.as_str()),
+        Err(CallError::Provider(error)) => record_error(&span, &provider_error_type(error)),
+    }
+    result
+}
+
+/// The `chat {model}` span of one provider call, with the request's GenAI attributes (and its
+/// messages, when content capture is on).
+fn chat_span(context: &AgentContext, session: &SessionId, request: &ChatRequest) -> Span {
+    let backend = context.backend.spec();
+    let span = info_span!(
+        "chat",
+        otel.name = %format!("chat {}", backend.model),
+        otel.kind = "client",
+        gen_ai.operation.name = "chat",
+        gen_ai.provider.name = %telemetry::provider_name(&backend.provider),
+        gen_ai.request.model = %backend.model,
+        gen_ai.conversation.id = %session,
+        gen_ai.request.temperature = tracing::field::Empty,
+        gen_ai.request.top_p = tracing::field::Empty,
+        gen_ai.request.max_tokens = tracing::field::Empty,
+        server.address = tracing::field::Empty,
+        server.port = tracing::field::Empty,
+        gen_ai.usage.input_tokens = tracing::field::Empty,
+        gen_ai.usage.output_tokens = tracing::field::Empty,
+        gen_ai.system_instructions = tracing::field::Empty,
+        gen_ai.input.messages = tracing::field::Empty,
+        gen_ai.output.messages = tracing::field::Empty,
+        error.type = tracing::field::Empty,
+        otel.status_code = tracing::field::Empty,
+    );
+    if span.is_disabled() {
+        return span;
+    }
+    if let Some(temperature) = backend.temperature {
+        span.record("gen_ai.request.temperature", temperature);
+    }
+    if let Some(top_p) = backend.top_p {
+        span.record("gen_ai.request.top_p", top_p);
+    }
+    if let Some(max_tokens) = backend.max_tokens {
+        span.record("gen_ai.request.max_tokens", i64::from(max_tokens));
+    }
+    if let Ok(url) = reqwest::Url::parse(&backend.base_url) {
+        if let Some(host) = url.host_str() {
+            span.record("server.address", host);
+        }
+        if let Some(port) = url.port_or_known_default() {
+            span.record("server.port", i64::from(port));
+        }
+    }
+    if telemetry::is_active() && telemetry::capture_content() {
+        let (system, messages) = content::input_messages(&request.messages);
+        if let Some(system) = system {
+            span.record("gen_ai.system_instructions", system.as_str());
+        }
+        span.record("gen_ai.input.messages", messages.as_str());
+    }
+    span
+}
+
+/// Records what the provider answered on the call's `chat` span. (Integers go in as `i64`:
+/// the OpenTelemetry layer records other integer types as strings.)
+fn record_response(span: &Span, output: &TurnOutput) {
+    if span.is_disabled() {
+        return;
+    }
+    if let Some(usage) = output.usage {
+        span.record("gen_ai.usage.input_tokens", usage.input_tokens as i64);
+        span.record("gen_ai.usage.output_tokens", usage.output_tokens as i64);
+    }
+    if let Some(reason) = &output.finish_reason {
+        // A string array per the conventions, which `tracing` fields cannot express.
+        span.set_attribute(
+            "gen_ai.response.finish_reasons",
+            Value::Array(Array::String(vec![StringValue::from(reason.clone())])),
+        );
+    }
+    if telemetry::is_active() && telemetry::capture_content() {
+        span.record(
+            "gen_ai.output.messages",
+            content::output_messages(output).as_str(),
+        );
+    }
+}
+
+/// A low-cardinality `error.type` for a failed provider call: the HTTP status, or the kind of
+/// failure.
+fn provider_error_type(error: &ProviderError) -> String {
+    match error {
+        ProviderError::MissingApiKey { .. } => "missing_api_key".into(),
+        ProviderError::Config(_) => "config".into(),
+        ProviderError::Http { status, .. } => status.to_string(),
+        ProviderError::Connect(_) => "connect".into(),
+        ProviderError::InStream { kind, .. } => kind.clone(),
+        ProviderError::Malformed(_) => "malformed".into(),
+        ProviderError::Truncated => "truncated".into(),
+    }
+}
+
+/// Records a valid workflow call as an `execute_tool {tool}` span under the turn's span: the
+/// decision is the tool's effect (the coordinator applies it). Tool arguments are content.
+fn record_tool_call(output: &TurnOutput, decision: &Decision) {
+    let tool = decision.kind();
+    let span = info_span!(
+        "execute_tool",
+        otel.name = %format!("execute_tool {tool}"),
+        gen_ai.operation.name = "execute_tool",
+        gen_ai.tool.name = tool,
+        gen_ai.tool.type = "function",
+        gen_ai.tool.call.id = tracing::field::Empty,
+        gen_ai.tool.call.arguments = tracing::field::Empty,
+        conclave.vote.label = tracing::field::Empty,
+    );
+    if span.is_disabled() {
+        return;
+    }
+    let call = output.tool_calls.iter().find(|call| call.name == tool);
+    if let Some(call) = call {
+        span.record("gen_ai.tool.call.id", call.id.as_str());
+        if telemetry::is_active() && telemetry::capture_content() {
+            span.record("gen_ai.tool.call.arguments", call.arguments.as_str());
+        }
+    }
+    if let Decision::Vote { label, .. } = decision {
+        span.record("conclave.vote.label", tracing::field::display(label));
+    }
+}
+
+/// The opt-in message content attributes, in the JSON shapes of the GenAI conventions
+/// (`gen_ai.input.messages`, `gen_ai.output.messages`, `gen_ai.system_instructions`).
+mod content {
+    use serde_json::{Value, json};
+
+    use crate::accumulate::TurnOutput;
+    use crate::llm::ChatMessage;
+
+    fn text(content: &str) -> Value {
+        json!({ "type": "text", "content": content })
+    }
+
+    fn tool_call(id: &str, name: &str, arguments: &str) -> Value {
+        let arguments = serde_json::from_str::<Value>(arguments)
+            .unwrap_or_else(|_| Value::String(arguments.to_owned()));
+        json!({ "type": "tool_call", "id": id, "name": name, "arguments": arguments })
+    }
+
+    /// (system instructions, the other messages) as JSON text.
+    pub(super) fn input_messages(messages: &[ChatMessage]) -> (Option<String>, String) {
+        let mut system = Vec::new();
+        let mut rest = Vec::new();
+        for message in messages {
+            match message {
+                ChatMessage::System { content } => system.push(text(content)),
+                ChatMessage::User { content } => {
+                    rest.push(json!({ "role": "user", "parts": [text(content)] }))
+                }
+                ChatMessage::Assistant {
+                    content,
+                    tool_calls,
+                    ..
+                } => {
+                    let mut parts: Vec<Value> = content.iter().map(|c| text(c)).collect();
+                    parts.extend(
+                        tool_calls
+                            .iter()
+                            .map(|c| tool_call(&c.id, &c.name, &c.arguments)),
+                    );
+                    rest.push(json!({ "role": "assistant", "parts": parts }));
+                }
+                ChatMessage::Tool { call_id, content } => rest.push(json!({
+                    "role": "tool",
+                    "parts": [{ "type": "tool_call_response", "id": call_id, "response": content }],
+                })),
+            }
+        }
+        let system = (!system.is_empty()).then(|| Value::Array(system).to_string());
+        (system, Value::Array(rest).to_string())
+    }
+
+    /// The model's answer as one assistant output message.
+    pub(super) fn output_messages(output: &TurnOutput) -> String {
+        let mut parts = Vec::new();
+        if let Some(reasoning) = &output.reasoning {
+            parts.push(json!({ "type": "reasoning", "content": reasoning }));
+        }
+        if !output.text.is_empty() {
+            parts.push(text(&output.text));
+        }
+        if let Some(refusal) = &output.refusal {
+            parts.push(text(refusal));
+        }
+        parts.extend(
+            output
+                .tool_calls
+                .iter()
+                .map(|c| tool_call(&c.id, &c.name, &c.arguments)),
+        );
+        json!([{
+            "role": "assistant",
+            "parts": parts,
+            "finish_reason": output.finish_reason.as_deref().unwrap_or(""),
+        }])
+        .to_string()
+    }
+}
+
+/// Chunks the coordinator wants: what the display shows and what accounting counts. Complete
+/// tool calls travel inside the decision; in-stream errors become retries.
+fn forwarded(chunk: &StreamChunk) -> bool {
+    matches!(
+        chunk,
+        StreamChunk::Content { .. }
+            | StreamChunk::Reasoning { .. }
+            | StreamChunk::Refusal { .. }
+            | StreamChunk::ToolCallDelta { .. }
+            | StreamChunk::Usage(_)
+    )
+}

@@ -1,0 +1,822 @@
+//! The Gateway actor: the orchestrator's one point of contact with its agent nodes.
+//!
+//! It owns the orchestrator's inbox (pg group `orchestrators`), watches the `conclave` pg
+//! scope and the node server's session events, admits nodes that say hello, heartbeats them,
+//! and routes each session's traffic: commands out to the node hosting the agent, reports in to
+//! the session's coordinator.
+//!
+//! Choices, and why:
+//! - **Admission.** A node is admitted on its `Hello` (after ractor_cluster accepted its
+//!   cookie). A hello under a name already admitted replaces the earlier node (a restarted or
+//!   reconnected node is the same machine coming back); the earlier one is treated as lost.
+//!   A node speaking another cluster protocol version is refused with a reason.
+//! - **Loss.** A node is lost when its heartbeats stop past the deadline, when its inbox leaves
+//!   the `hosts` pg group, or when its node session closes, whichever comes first. Its node
+//!   session is then torn down (a half-open link would otherwise linger), and every live agent
+//!   it hosted gets `CoordinatorMsg::AgentDown`: the session goes on with the others.
+//! - **Return.** When a node with agents in a running session says hello again, each of those
+//!   agents is spawned anew under a fresh *incarnation* number; once the node confirms,
+//!   the coordinator gets `CoordinatorMsg::AgentBack` (its machine gives the agent a fresh
+//!   turn with the current answers). Reports carry the incarnation: anything from an older
+//!   one is dropped here, so nothing is applied twice, and the coordinator can forget the
+//!   agent's old sequence numbers on purpose. What the lost incarnation had in flight is lost,
+//!   and the journal says so (`agent_lost`, `agent_failed`).
+//! - **Refusals.** A connection that fails ractor_cluster's cookie handshake is logged at
+//!   `warn` with the peer address (and the name it claimed), never admitted, and never seen by
+//!   a session.
+
+use std::collections::{BTreeMap, HashMap, HashSet};
+use std::net::SocketAddr;
+
+use conclave_agent::cluster::heartbeat::{HeartbeatConfig, Liveness};
+use conclave_agent::cluster::inbox::spawn_inbox;
+use conclave_agent::cluster::node::{self, NodeEvent, NodeHandle};
+use conclave_agent::cluster::wire::{HostInbox, send_to_host};
+use conclave_protocol::cluster::TurnLimits;
+use conclave_protocol::cluster::{
+    CLUSTER_PROTOCOL_VERSION, HOST_GROUP, NodeHello, ORCHESTRATOR_GROUP, SCOPE, SpawnAgent, ToHost,
+    ToOrchestrator, host_group,
+};
+use conclave_protocol::config::AgentSpec;
+use conclave_protocol::{AgentReport, CoordinatorCommand, Envelope, SessionId};
+use ractor::pg::GroupChangeMessage;
+use ractor::{Actor, ActorId, ActorProcessingErr, ActorRef, SupervisionEvent};
+use ractor_cluster::NodeId;
+use ractor_cluster::node::NodeServerSessionInformation;
+use tokio::sync::{oneshot, watch};
+use tokio::time::Instant;
+use tracing::{debug, info, warn};
+
+use super::{PLACE_TIMEOUT, PlaceError, Placement};
+use crate::coordinator::CoordinatorMsg;
+
+/// A joined agent node, as sessions see it.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct NodeInfo {
+    pub instance: u64,
+    pub version: String,
+    /// Names of the provider-key variables the node holds.
+    pub provider_keys: Vec<String>,
+    pub peer_addr: String,
+}
+
+/// Messages of the gateway.
+pub enum GatewayMsg {
+    /// A frame from an agent node (through the inbox).
+    FromNode(ToOrchestrator),
+    Node(NodeEvent),
+    Tick,
+    Place {
+        session: SessionId,
+        placements: Vec<Placement>,
+        reply: PlaceReply,
+    },
+    PlaceTimeout {
+        session: SessionId,
+    },
+    Attach {
+        session: SessionId,
+        coordinator: ActorRef<CoordinatorMsg>,
+    },
+    Command {
+        session: SessionId,
+        agent: u32,
+        envelope: Envelope<CoordinatorCommand>,
+    },
+    EndSession {
+        session: SessionId,
+    },
+    Echo {
+        node: String,
+        payload: Envelope<AgentReport>,
+        reply: oneshot::Sender<Envelope<AgentReport>>,
+    },
+    Flood {
+        agent: u32,
+        first_seq: u64,
+        count: u32,
+        template: Envelope<AgentReport>,
+    },
+}
+
+impl ractor::Message for GatewayMsg {}
+
+pub struct GatewayArgs {
+    pub node: NodeHandle,
+    pub heartbeat: HeartbeatConfig,
+    pub nodes: watch::Sender<BTreeMap<String, NodeInfo>>,
+    pub tls: bool,
+    pub listen: SocketAddr,
+}
+
+struct Joined {
+    info: NodeInfo,
+    host: HostInbox,
+    node_id: NodeId,
+    liveness: Liveness,
+}
+
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+enum Link {
+    /// Spawn sent, waiting for `Spawned`; `rejoin` when it replaces a lost incarnation.
+    Spawning {
+        rejoin: bool,
+    },
+    Live,
+    Down,
+}
+
+struct Placed {
+    node: String,
+    spec: AgentSpec,
+    limits: TurnLimits,
+    incarnation: u64,
+    link: Link,
+    /// Why the agent went down before a coordinator was attached (told on attach).
+    untold_loss: Option<String>,
+}
+
+/// Where a placement's answer goes.
+type PlaceReply = oneshot::Sender<Result<(), PlaceError>>;
+
+struct Route {
+    coordinator: Option<ActorRef<CoordinatorMsg>>,
+    agents: HashMap<u32, Placed>,
+    /// While placing: the reply and the agents not yet confirmed.
+    placing: Option<(PlaceReply, HashSet<u32>)>,
+}
+
+/// A connection the node server opened, before and after authentication.
+struct Peer {
+    addr: String,
+    authenticated: bool,
+    refusal_logged: bool,
+}
+
+pub struct GatewayState {
+    node: NodeHandle,
+    heartbeat: HeartbeatConfig,
+    nodes_tx: watch::Sender<BTreeMap<String, NodeInfo>>,
+    joined: HashMap<String, Joined>,
+    peers: HashMap<ActorId, Peer>,
+    sessions_by_node: HashMap<NodeId, NodeServerSessionInformation>,
+    routes: HashMap<SessionId, Route>,
+    next_incarnation: u64,
+    next_nonce: u64,
+    echoes: HashMap<u64, oneshot::Sender<Envelope<AgentReport>>>,
+}
+
+/// The gateway actor.
+pub struct Gateway;
+
+impl GatewayState {
+    fn publish(&self) {
+        let nodes = self
+            .joined
+            .iter()
+            .map(|(name, joined)| (name.clone(), joined.info.clone()))
+            .collect();
+        self.nodes_tx.send_replace(nodes);
+    }
+
+    fn send(&self, node: &str, message: ToHost) -> bool {
+        match self.joined.get(node) {
+            Some(joined) => match send_to_host(&joined.host, message) {
+                Ok(()) => true,
+                Err(error) => {
+                    debug!(%node, %error, "frame to node not sent");
+                    false
+                }
+            },
+            None => false,
+        }
+    }
+
+    fn incarnation(&mut self) -> u64 {
+        self.next_incarnation += 1;
+        self.next_incarnation
+    }
+
+    fn spawn_request(session: &SessionId, agent: u32, placed: &Placed) -> ToHost {
+        ToHost::Spawn(Box::new(SpawnAgent {
+            session: session.clone(),
+            agent,
+            incarnation: placed.incarnation,
+            spec: placed.spec.clone(),
+            limits: placed.limits.clone(),
+        }))
+    }
+
+    /// A node is gone: tear its link down and fail its agents.
+    fn node_lost(&mut self, name: &str, reason: &str) {
+        let Some(joined) = self.joined.remove(name) else {
+            return;
+        };
+        warn!(node = %name, %reason, "agent node lost");
+        self.publish();
+        if let Some(session) = self.sessions_by_node.get(&joined.node_id) {
+            session.actor.stop(Some(format!("node lost: {reason}")));
+        }
+        for (session, route) in &mut self.routes {
+            for (&agent, placed) in &mut route.agents {
+                if placed.node != name {
+                    continue;
+                }
+                let was = placed.link;
+                placed.link = Link::Down;
+                let why = format!("node `{name}` lost: {reason}");
+                match was {
+                    Link::Live => match &route.coordinator {
+                        Some(coordinator) => {
+                            let _ = coordinator
+                                .send_message(CoordinatorMsg::AgentDown { agent, reason: why });
+                        }
+                        None => placed.untold_loss = Some(why),
+                    },
+                    Link::Spawning { rejoin: false } => {
+                        if let Some((reply, _)) = route.placing.take() {
+                            let _ = reply.send(Err(PlaceError::Cluster(format!(
+                                "{why} while starting agent `{}`",
+                                placed.spec.id
+                            ))));
+                        }
+                    }
+                    Link::Spawning { rejoin: true } | Link::Down => {}
+                }
+                debug!(%session, agent, "agent marked down");
+            }
+        }
+    }
+
+    fn on_hello(&mut self, hello: NodeHello) {
+        // After a reconnect the group can still hold the previous session's stand-in for a
+        // moment; node ids only grow, so the newest session's is the highest.
+        let members =
+            ractor::pg::get_scoped_members(&SCOPE.to_owned(), &host_group(hello.instance));
+        let Some(cell) = members
+            .into_iter()
+            .filter(|c| !c.get_id().is_local())
+            .max_by_key(|c| match c.get_id() {
+                ActorId::Remote { node_id, .. } => node_id,
+                ActorId::Local(_) => 0,
+            })
+        else {
+            warn!(node = %hello.name, "hello from a node whose inbox is not in the cluster; ignored");
+            return;
+        };
+        let node_id = match cell.get_id() {
+            ActorId::Remote { node_id, .. } => node_id,
+            ActorId::Local(_) => return,
+        };
+        let host: HostInbox = ActorRef::from(cell);
+        if hello.protocol != CLUSTER_PROTOCOL_VERSION {
+            let reason = format!(
+                "cluster protocol {} is not this orchestrator's {CLUSTER_PROTOCOL_VERSION}; run the same conclave version on every node",
+                hello.protocol
+            );
+            warn!(node = %hello.name, version = %hello.version, %reason, "node refused");
+            let _ = send_to_host(&host, ToHost::Refused { reason });
+            return;
+        }
+        if let Some(previous) = self.joined.get(&hello.name) {
+            if previous.host.get_id() == host.get_id() {
+                let _ = send_to_host(
+                    &host,
+                    ToHost::Welcome {
+                        orchestrator: env!("CARGO_PKG_VERSION").to_owned(),
+                    },
+                );
+                return;
+            }
+            self.node_lost(&hello.name, "it joined again (restarted or reconnected)");
+        }
+        let peer_addr = self
+            .sessions_by_node
+            .get(&node_id)
+            .map(|s| s.peer_addr.clone())
+            .unwrap_or_default();
+        info!(
+            node = %hello.name,
+            peer = %peer_addr,
+            version = %hello.version,
+            provider_keys = ?hello.provider_keys,
+            "agent node joined"
+        );
+        let _ = send_to_host(
+            &host,
+            ToHost::Welcome {
+                orchestrator: env!("CARGO_PKG_VERSION").to_owned(),
+            },
+        );
+        self.joined.insert(
+            hello.name.clone(),
+            Joined {
+                info: NodeInfo {
+                    instance: hello.instance,
+                    version: hello.version,
+                    provider_keys: hello.provider_keys,
+                    peer_addr,
+                },
+                host,
+                node_id,
+                liveness: Liveness::new(Instant::now(), self.heartbeat.deadline),
+            },
+        );
+        self.publish();
+        self.offer_rejoin(&hello.name);
+    }
+
+    /// Re-spawns, under new incarnations, the agents of running sessions placed on `name`
+    /// that are down.
+    fn offer_rejoin(&mut self, name: &str) {
+        let mut requests = Vec::new();
+        for (session, route) in &mut self.routes {
+            if route.coordinator.is_none() {
+                continue;
+            }
+            for (&agent, placed) in &mut route.agents {
+                if placed.node == name && placed.link == Link::Down {
+                    self.next_incarnation += 1;
+                    placed.incarnation = self.next_incarnation;
+                    placed.link = Link::Spawning { rejoin: true };
+                    info!(%session, agent = %placed.spec.id, node = %name, "offering the returning node its agent back");
+                    requests.push(Self::spawn_request(session, agent, placed));
+                }
+            }
+        }
+        for request in requests {
+            self.send(name, request);
+        }
+    }
+
+    fn on_spawned(
+        &mut self,
+        session: SessionId,
+        agent: u32,
+        incarnation: u64,
+        error: Option<String>,
+    ) {
+        let Some(route) = self.routes.get_mut(&session) else {
+            return;
+        };
+        let Some(placed) = route.agents.get_mut(&agent) else {
+            return;
+        };
+        if placed.incarnation != incarnation {
+            return;
+        }
+        let Link::Spawning { rejoin } = placed.link else {
+            return;
+        };
+        match error {
+            None => {
+                placed.link = Link::Live;
+                if rejoin {
+                    info!(%session, agent = %placed.spec.id, node = %placed.node, "agent back on its node");
+                    if let Some(coordinator) = &route.coordinator {
+                        let _ = coordinator.send_message(CoordinatorMsg::AgentBack { agent });
+                    }
+                }
+                if let Some((_, pending)) = &mut route.placing {
+                    pending.remove(&agent);
+                    if pending.is_empty()
+                        && let Some((reply, _)) = route.placing.take()
+                    {
+                        let _ = reply.send(Ok(()));
+                    }
+                }
+            }
+            Some(message) => {
+                placed.link = Link::Down;
+                warn!(%session, agent = %placed.spec.id, node = %placed.node, %message, "agent could not start on its node");
+                if let Some((reply, _)) = route.placing.take() {
+                    let _ = reply.send(Err(PlaceError::Agent {
+                        agent: placed.spec.id.clone(),
+                        node: placed.node.clone(),
+                        message,
+                    }));
+                }
+            }
+        }
+    }
+
+    fn on_frame(&mut self, frame: ToOrchestrator) {
+        match frame {
+            ToOrchestrator::Hello(hello) => self.on_hello(hello),
+            ToOrchestrator::Heartbeat { node, instance } => {
+                if let Some(joined) = self.joined.get_mut(&node)
+                    && joined.info.instance == instance
+                {
+                    joined.liveness.saw(Instant::now());
+                }
+            }
+            ToOrchestrator::Spawned {
+                session,
+                agent,
+                incarnation,
+                error,
+            } => self.on_spawned(session, agent, incarnation, error),
+            ToOrchestrator::Report {
+                agent,
+                incarnation,
+                envelope,
+            } => {
+                let route = self.routes.get(&envelope.session);
+                let current = route.and_then(|r| {
+                    let placed = r.agents.get(&agent)?;
+                    (placed.incarnation == incarnation && placed.link == Link::Live)
+                        .then_some(r.coordinator.as_ref())
+                        .flatten()
+                });
+                match current {
+                    Some(coordinator) => {
+                        let _ = coordinator.send_message(CoordinatorMsg::Report(envelope));
+                    }
+                    None => debug!(
+                        session = %envelope.session,
+                        agent,
+                        incarnation,
+                        seq = envelope.seq,
+                        "report of an agent incarnation that is not live dropped"
+                    ),
+                }
+            }
+            ToOrchestrator::AgentExited {
+                session,
+                agent,
+                incarnation,
+                reason,
+            } => {
+                let Some(route) = self.routes.get_mut(&session) else {
+                    return;
+                };
+                let Some(placed) = route.agents.get_mut(&agent) else {
+                    return;
+                };
+                if placed.incarnation == incarnation && placed.link == Link::Live {
+                    placed.link = Link::Down;
+                    if let Some(coordinator) = &route.coordinator {
+                        let _ = coordinator.send_message(CoordinatorMsg::AgentDown {
+                            agent,
+                            reason: format!("agent on node `{}` exited: {reason}", placed.node),
+                        });
+                    }
+                }
+            }
+            ToOrchestrator::EchoReply { nonce, payload } => {
+                if let Some(reply) = self.echoes.remove(&nonce) {
+                    let _ = reply.send(payload);
+                }
+            }
+        }
+    }
+
+    fn on_node_event(&mut self, myself: &ActorRef<GatewayMsg>, event: NodeEvent) {
+        match event {
+            NodeEvent::Opened(info) => {
+                // Monitoring the session gives its exit reason (`auth_fail` for a wrong cookie).
+                myself.get_cell().monitor(info.actor.get_cell());
+                self.peers.insert(
+                    info.actor.get_id(),
+                    Peer {
+                        addr: info.peer_addr.clone(),
+                        authenticated: false,
+                        refusal_logged: false,
+                    },
+                );
+            }
+            NodeEvent::Authenticated(info) => {
+                if let Some(peer) = self.peers.get_mut(&info.actor.get_id()) {
+                    peer.authenticated = true;
+                }
+                info!(peer = %info.peer_addr, "node connection authenticated");
+                self.sessions_by_node.insert(info.node_id, info);
+            }
+            NodeEvent::Ready(_) => {}
+            NodeEvent::Disconnected(info) => {
+                if let Some(peer) = self.peers.remove(&info.actor.get_id())
+                    && !peer.authenticated
+                    && !peer.refusal_logged
+                {
+                    warn!(
+                        peer = %peer.addr,
+                        claimed_name = ?info.peer_name.as_ref().map(|n| n.name.clone()),
+                        "refused a node connection: it closed before authenticating"
+                    );
+                }
+                let lost: Vec<String> = self
+                    .joined
+                    .iter()
+                    .filter(|(_, j)| j.node_id == info.node_id)
+                    .map(|(name, _)| name.clone())
+                    .collect();
+                let closed_current = self
+                    .sessions_by_node
+                    .get(&info.node_id)
+                    .is_some_and(|s| s.actor.get_id() == info.actor.get_id());
+                if closed_current {
+                    self.sessions_by_node.remove(&info.node_id);
+                }
+                for name in lost {
+                    self.node_lost(&name, "its connection closed");
+                }
+            }
+        }
+    }
+
+    fn on_session_exit(&mut self, id: ActorId, reason: Option<String>) {
+        let Some(peer) = self.peers.get_mut(&id) else {
+            return;
+        };
+        if !peer.authenticated && reason.as_deref() == Some("auth_fail") {
+            peer.refusal_logged = true;
+            warn!(
+                peer = %peer.addr,
+                "refused a node connection: authentication failed (wrong cookie)"
+            );
+        }
+    }
+
+    fn check_heartbeats(&mut self) {
+        let now = Instant::now();
+        let expired: Vec<(String, u128)> = self
+            .joined
+            .iter()
+            .filter(|(_, j)| j.liveness.expired(now))
+            .map(|(name, j)| (name.clone(), j.liveness.silent_for(now).as_millis()))
+            .collect();
+        for (name, silent_ms) in expired {
+            self.node_lost(
+                &name,
+                &format!(
+                    "no heartbeat for {silent_ms} ms (deadline {} ms)",
+                    self.heartbeat.deadline.as_millis()
+                ),
+            );
+        }
+        for (name, joined) in &self.joined {
+            if let Err(error) = send_to_host(&joined.host, ToHost::Heartbeat) {
+                debug!(node = %name, %error, "heartbeat not sent");
+            }
+        }
+    }
+}
+
+impl Actor for Gateway {
+    type Msg = GatewayMsg;
+    type State = GatewayState;
+    type Arguments = GatewayArgs;
+
+    async fn pre_start(
+        &self,
+        myself: ActorRef<GatewayMsg>,
+        args: GatewayArgs,
+    ) -> Result<GatewayState, ActorProcessingErr> {
+        args.node.server.get_cell().link(myself.get_cell());
+        let to_gateway = myself.clone();
+        node::subscribe(&args.node.server, "conclave-gateway", move |event| {
+            let _ = to_gateway.send_message(GatewayMsg::Node(event));
+        })?;
+        ractor::pg::monitor_scope(SCOPE.to_owned(), myself.get_cell());
+        let to_gateway = myself.clone();
+        spawn_inbox::<ToOrchestrator>(
+            myself.get_cell(),
+            &[ORCHESTRATOR_GROUP.to_owned()],
+            std::sync::Arc::new(move |frame| {
+                to_gateway.send_message(GatewayMsg::FromNode(frame)).is_ok()
+            }),
+        )
+        .await?;
+        myself.send_interval(args.heartbeat.interval, || GatewayMsg::Tick);
+        info!(listen = %args.listen, tls = args.tls, "cluster listening for agent nodes");
+        Ok(GatewayState {
+            node: args.node,
+            heartbeat: args.heartbeat,
+            nodes_tx: args.nodes,
+            joined: HashMap::new(),
+            peers: HashMap::new(),
+            sessions_by_node: HashMap::new(),
+            routes: HashMap::new(),
+            next_incarnation: 0,
+            next_nonce: 0,
+            echoes: HashMap::new(),
+        })
+    }
+
+    async fn handle(
+        &self,
+        myself: ActorRef<GatewayMsg>,
+        message: GatewayMsg,
+        state: &mut GatewayState,
+    ) -> Result<(), ActorProcessingErr> {
+        match message {
+            GatewayMsg::FromNode(frame) => state.on_frame(frame),
+            GatewayMsg::Node(event) => state.on_node_event(&myself, event),
+            GatewayMsg::Tick => state.check_heartbeats(),
+            GatewayMsg::Place {
+                session,
+                placements,
+                reply,
+            } => {
+                let mut route = Route {
+                    coordinator: None,
+                    agents: HashMap::new(),
+                    placing: None,
+                };
+                let mut pending = HashSet::new();
+                let mut requests = Vec::new();
+                for placement in placements {
+                    if !state.joined.contains_key(&placement.node) {
+                        let _ = reply.send(Err(PlaceError::Cluster(format!(
+                            "node `{}` of agent `{}` is not joined",
+                            placement.node, placement.spec.id
+                        ))));
+                        return Ok(());
+                    }
+                    let placed = Placed {
+                        node: placement.node,
+                        spec: placement.spec,
+                        limits: placement.limits,
+                        incarnation: state.incarnation(),
+                        link: Link::Spawning { rejoin: false },
+                        untold_loss: None,
+                    };
+                    requests.push((
+                        placed.node.clone(),
+                        GatewayState::spawn_request(&session, placement.agent, &placed),
+                    ));
+                    pending.insert(placement.agent);
+                    route.agents.insert(placement.agent, placed);
+                }
+                route.placing = Some((reply, pending));
+                state.routes.insert(session.clone(), route);
+                for (node, request) in requests {
+                    state.send(&node, request);
+                }
+                myself.send_after(PLACE_TIMEOUT, move || GatewayMsg::PlaceTimeout { session });
+            }
+            GatewayMsg::PlaceTimeout { session } => {
+                if let Some(route) = state.routes.get_mut(&session)
+                    && let Some((reply, pending)) = route.placing.take()
+                {
+                    let names: Vec<String> = pending
+                        .iter()
+                        .filter_map(|a| route.agents.get(a))
+                        .map(|p| format!("`{}` on `{}`", p.spec.id, p.node))
+                        .collect();
+                    let _ = reply.send(Err(PlaceError::Cluster(format!(
+                        "no answer within {} s from the nodes starting {}",
+                        PLACE_TIMEOUT.as_secs(),
+                        names.join(", ")
+                    ))));
+                }
+            }
+            GatewayMsg::Attach {
+                session,
+                coordinator,
+            } => {
+                if let Some(route) = state.routes.get_mut(&session) {
+                    for (&agent, placed) in &mut route.agents {
+                        if let Some(reason) = placed.untold_loss.take() {
+                            let _ = coordinator
+                                .send_message(CoordinatorMsg::AgentDown { agent, reason });
+                        }
+                    }
+                    route.coordinator = Some(coordinator);
+                }
+            }
+            GatewayMsg::Command {
+                session,
+                agent,
+                envelope,
+            } => {
+                let target = state
+                    .routes
+                    .get(&session)
+                    .and_then(|r| r.agents.get(&agent))
+                    .filter(|p| p.link == Link::Live)
+                    .map(|p| (p.node.clone(), p.incarnation));
+                let sent = match target {
+                    Some((node, incarnation)) => state.send(
+                        &node,
+                        ToHost::Command {
+                            agent,
+                            incarnation,
+                            envelope,
+                        },
+                    ),
+                    None => false,
+                };
+                if !sent {
+                    debug!(%session, agent, "command for an agent that is not live dropped");
+                }
+            }
+            GatewayMsg::EndSession { session } => {
+                if let Some(mut route) = state.routes.remove(&session) {
+                    if let Some((reply, _)) = route.placing.take() {
+                        let _ = reply.send(Err(PlaceError::Cluster("the session ended".into())));
+                    }
+                    let nodes: HashSet<String> =
+                        route.agents.values().map(|p| p.node.clone()).collect();
+                    for node in nodes {
+                        state.send(
+                            &node,
+                            ToHost::EndSession {
+                                session: session.clone(),
+                            },
+                        );
+                    }
+                }
+            }
+            GatewayMsg::Echo {
+                node,
+                payload,
+                reply,
+            } => {
+                state.next_nonce += 1;
+                let nonce = state.next_nonce;
+                if state.send(&node, ToHost::Echo { nonce, payload }) {
+                    state.echoes.insert(nonce, reply);
+                }
+            }
+            GatewayMsg::Flood {
+                agent,
+                first_seq,
+                count,
+                template,
+            } => {
+                let target = state
+                    .routes
+                    .get(&template.session)
+                    .and_then(|r| r.agents.get(&agent))
+                    .map(|p| (p.node.clone(), p.incarnation));
+                if let Some((node, incarnation)) = target {
+                    state.send(
+                        &node,
+                        ToHost::Flood {
+                            agent,
+                            incarnation,
+                            first_seq,
+                            count,
+                            template,
+                        },
+                    );
+                }
+            }
+        }
+        Ok(())
+    }
+
+    async fn handle_supervisor_evt(
+        &self,
+        myself: ActorRef<GatewayMsg>,
+        event: SupervisionEvent,
+        state: &mut GatewayState,
+    ) -> Result<(), ActorProcessingErr> {
+        match event {
+            SupervisionEvent::ProcessGroupChanged(GroupChangeMessage::Leave(
+                scope,
+                group,
+                actors,
+            )) if scope == SCOPE && group == HOST_GROUP => {
+                let gone: HashSet<ActorId> = actors.iter().map(|a| a.get_id()).collect();
+                let lost: Vec<String> = state
+                    .joined
+                    .iter()
+                    .filter(|(_, j)| gone.contains(&j.host.get_id()))
+                    .map(|(name, _)| name.clone())
+                    .collect();
+                for name in lost {
+                    state.node_lost(&name, "it left the cluster");
+                }
+            }
+            SupervisionEvent::ActorTerminated(cell, _, reason) => {
+                if cell.get_id() == state.node.server.get_id() {
+                    warn!("the cluster node server stopped; stopping the gateway");
+                    myself.stop(Some("node server stopped".into()));
+                } else {
+                    state.on_session_exit(cell.get_id(), reason);
+                }
+            }
+            SupervisionEvent::ActorFailed(cell, error) => {
+                if cell.get_id() == state.node.server.get_id() {
+                    warn!(%error, "the cluster node server failed; stopping the gateway");
+                    myself.stop(Some("node server failed".into()));
+                } else {
+                    state.on_session_exit(cell.get_id(), Some(error.to_string()));
+                }
+            }
+            _ => {}
+        }
+        Ok(())
+    }
+
+    async fn post_stop(
+        &self,
+        _myself: ActorRef<GatewayMsg>,
+        state: &mut GatewayState,
+    ) -> Result<(), ActorProcessingErr> {
+        state.node.server.stop(Some("gateway stopped".into()));
+        Ok(())
+    }
+}

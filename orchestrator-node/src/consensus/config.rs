@@ -1,0 +1,80 @@
+//! What the consensus state machine needs to know about a session, and why a configuration is
+//! refused.
+
+use conclave_protocol::config::{OrchestratorSettings, RestartPolicy};
+use serde::{Deserialize, Serialize};
+
+/// How many rejected decisions (answers over a cap, votes for labels that are not current
+/// answers, decisions claiming a revision the agent was never sent) an agent may make before it
+/// is failed. The fourth rejection fails the agent.
+pub const DEFAULT_MAX_REJECTED_DECISIONS: u32 = 3;
+
+/// The rules of one session. Journaled with the session start, so a resumed session replays its
+/// inputs into a machine built from the very same values.
+#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
+pub struct ConsensusConfig {
+    /// How many agents take part; agent indices are `0..agents` in config order.
+    pub agents: u32,
+    /// An agent with this many accepted answers may only vote. `None`: unlimited (in practice
+    /// `u32::MAX`, so labels never overflow).
+    pub max_new_answers_per_agent: Option<u32>,
+    /// The session accepts at most this many answers in total; after that everyone may only
+    /// vote. `None`: unlimited.
+    pub max_total_answers: Option<u32>,
+    /// What happens to in-flight turns that a newly accepted answer makes stale.
+    pub restart_policy: RestartPolicy,
+    /// An agent whose rejected decisions exceed this number is failed, so a confused model
+    /// cannot keep a session busy forever.
+    pub max_rejected_decisions: u32,
+    /// Finish with the winning answer as it stands instead of asking its author to present it.
+    pub skip_final_presentation: bool,
+}
+
+impl ConsensusConfig {
+    /// Defaults for `agents` agents: no caps, cancel stale turns, present the winner.
+    pub fn new(agents: u32) -> Self {
+        Self::from_settings(agents, &OrchestratorSettings::default())
+    }
+
+    /// The consensus part of the resolved `orchestrator:` settings.
+    pub fn from_settings(agents: u32, settings: &OrchestratorSettings) -> Self {
+        Self {
+            agents,
+            max_new_answers_per_agent: settings.max_new_answers_per_agent,
+            max_total_answers: settings.max_total_answers,
+            restart_policy: settings.restart_policy,
+            max_rejected_decisions: DEFAULT_MAX_REJECTED_DECISIONS,
+            skip_final_presentation: settings.skip_final_presentation,
+        }
+    }
+
+    /// Refuses settings under which no session could ever produce an answer.
+    pub fn validate(&self) -> Result<(), ConsensusConfigError> {
+        if self.agents == 0 {
+            return Err(ConsensusConfigError::NoAgents);
+        }
+        if self.max_new_answers_per_agent == Some(0) {
+            return Err(ConsensusConfigError::ZeroCap {
+                setting: "max_new_answers_per_agent",
+            });
+        }
+        if self.max_total_answers == Some(0) {
+            return Err(ConsensusConfigError::ZeroCap {
+                setting: "max_total_answers",
+            });
+        }
+        Ok(())
+    }
+}
+
+/// Why [`ConsensusConfig::validate`] refused a configuration.
+#[derive(Debug, Clone, PartialEq, Eq, thiserror::Error)]
+pub enum ConsensusConfigError {
+    #[error("a session needs at least one agent; add an entry under `agents:`")]
+    NoAgents,
+    #[error(
+        "orchestrator setting `{setting}` is 0, so no answer could ever be accepted; \
+         set it to at least 1 or remove it for no limit"
+    )]
+    ZeroCap { setting: &'static str },
+}

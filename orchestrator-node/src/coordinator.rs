@@ -1,0 +1,718 @@
+//! The Coordinator actor: the sole writer of a session. It owns the consensus state machine
+//! and the journal, turns agent reports into machine inputs, and carries out the machine's
+//! actions (start or cancel turns, record events, finish).
+//!
+//! Every input is journaled before it is applied, in the order it is applied, so the journal
+//! alone rebuilds the session. Reports are deduplicated by (sender, sequence number) and
+//! checked against the session id; a report from an unknown sender is logged and dropped.
+//! The orchestrator timeout is a message the coordinator sends itself when it begins.
+
+use std::collections::HashMap;
+use std::sync::Arc;
+use std::time::{Duration, Instant};
+
+use conclave_protocol::{
+    AgentReport, CoordinatorCommand, Envelope, SequenceTracker, SessionId, StreamChunk, TaskSpec,
+    Usage,
+};
+use ractor::{Actor, ActorProcessingErr, ActorRef};
+use tokio::sync::oneshot;
+use tracing::{debug, error, info, warn};
+
+use crate::consensus::{Action, AgentIndex, Consensus, EndReason, Event, Input, Outcome, TurnPlan};
+use crate::display::{Display, Shown};
+use crate::journal::{AgentUsage, FINAL_FILE, Journal, JournalEvent};
+use crate::pricing::Price;
+
+/// Delivers a command to one agent. Returns false if the agent is unreachable.
+pub type CommandSink = Arc<dyn Fn(Envelope<CoordinatorCommand>) -> bool + Send + Sync>;
+
+/// How the coordinator reaches one agent.
+#[derive(Clone)]
+pub struct AgentLink {
+    pub id: Arc<str>,
+    pub commands: CommandSink,
+}
+
+/// How a session ended, as the caller sees it.
+#[derive(Debug, Clone)]
+pub struct SessionOutcome {
+    pub session: SessionId,
+    pub reason: EndReason,
+    pub final_answer: Option<String>,
+    /// The configured id of the winning answer's author.
+    pub winner: Option<String>,
+    pub label: Option<String>,
+    pub presented_by: Option<String>,
+    pub usage: Usage,
+    pub usage_by_agent: Vec<(String, Usage)>,
+    /// The priced part of the usage in US dollars; `None` when no agent's model has a price.
+    pub cost_usd: Option<f64>,
+    /// Agents whose model has no known price (their tokens are not in `cost_usd`).
+    pub unpriced: Vec<String>,
+    pub answers: u32,
+    pub turns: u64,
+    pub wall: Duration,
+}
+
+impl SessionOutcome {
+    /// The process exit code for this outcome.
+    pub fn exit_code(&self) -> i32 {
+        exit_code(self.reason)
+    }
+}
+
+/// The process exit code of a session that ended for `reason`: 0 done, 2 every agent failed,
+/// 3 timeout, 130 interrupted.
+pub fn exit_code(reason: EndReason) -> i32 {
+    match reason {
+        EndReason::Consensus => 0,
+        EndReason::AllAgentsFailed => 2,
+        EndReason::Timeout | EndReason::BudgetExhausted => 3,
+        EndReason::Interrupted => 130,
+    }
+}
+
+pub fn reason_name(reason: EndReason) -> &'static str {
+    match reason {
+        EndReason::Consensus => "consensus",
+        EndReason::Timeout => "timeout",
+        EndReason::AllAgentsFailed => "all_agents_failed",
+        EndReason::Interrupted => "interrupted",
+        EndReason::BudgetExhausted => "budget_exhausted",
+    }
+}
+
+/// Messages of the coordinator.
+pub enum CoordinatorMsg {
+    /// The agents are up: begin the session.
+    Begin { agents: Vec<AgentLink> },
+    /// A report from an agent.
+    Report(Envelope<AgentReport>),
+    /// The supervisor saw an agent actor die, or a node was lost.
+    AgentDown { agent: AgentIndex, reason: String },
+    /// A lost agent is running again (its node came back and a new incarnation of it was
+    /// started): it rejoins with the current answers. The new incarnation numbers its reports
+    /// from 1, so the agent's sequence numbers are forgotten here, on purpose; reports of the
+    /// old incarnation never get this far (the cluster gateway drops them).
+    AgentBack { agent: AgentIndex },
+    /// The orchestrator timeout expired.
+    Timeout,
+    /// The user pressed Ctrl-C.
+    Interrupt,
+}
+
+impl ractor::Message for CoordinatorMsg {}
+
+/// Everything a coordinator starts with.
+pub struct CoordinatorArgs {
+    pub session: SessionId,
+    pub session_dir: std::path::PathBuf,
+    pub task: Arc<TaskSpec>,
+    pub machine: Consensus,
+    pub journal: Journal,
+    pub display: Display,
+    pub timeout: Duration,
+    pub done: oneshot::Sender<SessionOutcome>,
+    /// Set when the session continues from its journal after a crash.
+    pub resumed: Option<Resumed>,
+    pub budget: Budget,
+}
+
+/// A session's spending limits and the price of each agent's model (by agent index).
+#[derive(Debug, Clone, Default)]
+pub struct Budget {
+    pub max_cost_usd: Option<f64>,
+    pub max_total_tokens: Option<u64>,
+    pub prices: Vec<Option<Price>>,
+}
+
+/// What a resumed coordinator carries over from the journal (see [`crate::resume`]).
+pub struct Resumed {
+    /// Turns in flight at the crash, to run again.
+    pub resend: Vec<(AgentIndex, TurnPlan)>,
+    pub usage: Vec<Usage>,
+    pub answers: u32,
+    pub turns: u64,
+}
+
+pub struct CoordinatorState {
+    session: SessionId,
+    session_dir: std::path::PathBuf,
+    task: Arc<TaskSpec>,
+    machine: Consensus,
+    journal: Option<Journal>,
+    display: Display,
+    timeout: Duration,
+    done: Option<oneshot::Sender<SessionOutcome>>,
+    agents: Vec<AgentLink>,
+    by_name: HashMap<Arc<str>, AgentIndex>,
+    seen: SequenceTracker,
+    next_seq: u64,
+    started: Instant,
+    usage: Vec<Usage>,
+    answers: u32,
+    turns: u64,
+    resumed: Option<Resumed>,
+    budget: Budget,
+    /// The session's root span `invoke_workflow conclave`, from Begin to finish; every command
+    /// carries its trace context.
+    span: tracing::Span,
+}
+
+impl CoordinatorState {
+    fn agent_name(&self, agent: AgentIndex) -> String {
+        self.agents
+            .get(agent as usize)
+            .map(|a| a.id.to_string())
+            .unwrap_or_else(|| format!("agent#{agent}"))
+    }
+
+    fn record(&self, event: JournalEvent) {
+        crate::telemetry::session_event(&self.span, &event);
+        if let Some(journal) = &self.journal
+            && let Err(error) = journal.record(event.clone())
+        {
+            error!(%error, "journal write failed");
+        }
+        self.display.show(Shown::Event(event));
+    }
+
+    fn send(&mut self, agent: AgentIndex, body: CoordinatorCommand) {
+        let Some(link) = self.agents.get(agent as usize) else {
+            return;
+        };
+        let envelope = Envelope {
+            session: self.session.clone(),
+            sender: "coordinator".to_owned(),
+            seq: self.next_seq,
+            trace: conclave_agent::telemetry::inject_span(&self.span),
+            body,
+        };
+        self.next_seq += 1;
+        if !(link.commands)(envelope) {
+            warn!(agent = %link.id, "agent unreachable; command dropped");
+        }
+    }
+
+    /// The priced part of the usage so far; `None` when no agent's model has a price.
+    fn cost(&self) -> Option<f64> {
+        let priced = self
+            .usage
+            .iter()
+            .zip(&self.budget.prices)
+            .filter_map(|(usage, price)| price.map(|p| p.cost(*usage)));
+        priced.fold(None, |sum, cost| Some(sum.unwrap_or(0.0) + cost))
+    }
+
+    /// Why the session must stop for its budget, if it must.
+    fn budget_exceeded(&self) -> Option<String> {
+        // Saturating: a provider reporting absurd usage must not crash the coordinator.
+        let tokens = self.usage.iter().fold(0u64, |sum, u| {
+            sum.saturating_add(u.input_tokens)
+                .saturating_add(u.output_tokens)
+        });
+        if let Some(limit) = self.budget.max_total_tokens
+            && tokens >= limit
+        {
+            return Some(format!(
+                "max_total_tokens reached: {tokens} tokens used, limit {limit}"
+            ));
+        }
+        if let (Some(limit), Some(cost)) = (self.budget.max_cost_usd, self.cost())
+            && cost >= limit
+        {
+            return Some(format!(
+                "max_cost_usd reached: ${cost:.4} spent, limit ${limit:.4}"
+            ));
+        }
+        None
+    }
+
+    /// Journals a turn and sends it to its agent.
+    fn start_turn(&mut self, agent: AgentIndex, plan: TurnPlan) {
+        let spec = plan.into_spec(self.task.clone(), agent);
+        self.turns += 1;
+        self.record(JournalEvent::TurnStarted {
+            agent: self.agent_name(agent),
+            turn: spec.turn.0,
+            mode: match spec.mode {
+                conclave_protocol::TurnMode::Coordinate => "coordinate".into(),
+                conclave_protocol::TurnMode::Present => "present".into(),
+            },
+            revision: spec.revision,
+            may_answer: spec.may_answer,
+            answers: spec.answers.iter().map(|a| a.label.to_string()).collect(),
+        });
+        self.send(agent, CoordinatorCommand::StartTurn(spec));
+    }
+
+    /// Feeds one input to the machine and carries out what it asks.
+    fn apply(&mut self, myself: &ActorRef<CoordinatorMsg>, input: Input) {
+        let actions = self.machine.handle(input);
+        for action in actions {
+            match action {
+                Action::StartTurn { agent, spec_parts } => self.start_turn(agent, spec_parts),
+                Action::CancelTurn { agent, turn } => {
+                    self.record(JournalEvent::TurnCancelled {
+                        agent: self.agent_name(agent),
+                        turn: turn.0,
+                    });
+                    self.send(agent, CoordinatorCommand::Cancel { turn });
+                }
+                Action::Record(event) => self.record_event(event),
+                Action::Finish(outcome) => self.finish(myself, outcome),
+            }
+        }
+    }
+
+    fn record_event(&mut self, event: Event) {
+        let journal_event = match event {
+            Event::AnswerAccepted {
+                agent,
+                label,
+                revision,
+                seen_revision,
+                stale,
+                ..
+            } => {
+                self.answers += 1;
+                let content = self
+                    .machine
+                    .answer_content(label)
+                    .map(|c| c.to_string())
+                    .unwrap_or_default();
+                info!(agent = %self.agent_name(agent), %label, revision, stale, "answer accepted");
+                JournalEvent::AnswerAccepted {
+                    agent: self.agent_name(agent),
+                    label: label.to_string(),
+                    revision,
+                    seen_revision,
+                    stale,
+                    content,
+                }
+            }
+            Event::AnswerRejected { agent, reason, .. } => JournalEvent::AnswerRejected {
+                agent: self.agent_name(agent),
+                reason,
+            },
+            Event::VoteAccepted {
+                agent,
+                label,
+                revision,
+                reason,
+                ..
+            } => {
+                info!(agent = %self.agent_name(agent), %label, revision, "vote accepted");
+                JournalEvent::VoteAccepted {
+                    agent: self.agent_name(agent),
+                    label: label.to_string(),
+                    revision,
+                    reason,
+                }
+            }
+            Event::VoteDiscarded {
+                agent,
+                label,
+                seen_revision,
+                revision,
+                why,
+                ..
+            } => JournalEvent::VoteDiscarded {
+                agent: self.agent_name(agent),
+                label: label.to_string(),
+                seen_revision,
+                revision,
+                why,
+            },
+            Event::VoteRejected {
+                agent,
+                label,
+                seen_revision,
+                revision,
+                why,
+                ..
+            } => JournalEvent::VoteRejected {
+                agent: self.agent_name(agent),
+                label: label.to_string(),
+                seen_revision,
+                revision,
+                why,
+            },
+            Event::TurnRestarted {
+                agent,
+                old_turn,
+                reason,
+                ..
+            } => JournalEvent::TurnRestarted {
+                agent: self.agent_name(agent),
+                old_turn: old_turn.map(|t| t.0),
+                reason,
+            },
+            Event::AgentFailed { agent, reason } => {
+                warn!(agent = %self.agent_name(agent), %reason, "agent failed");
+                JournalEvent::AgentFailed {
+                    agent: self.agent_name(agent),
+                    reason,
+                }
+            }
+            Event::AgentRejoined { agent } => JournalEvent::AgentRejoined {
+                agent: self.agent_name(agent),
+            },
+            Event::InputIgnored { agent, turn, why } => {
+                debug!(?agent, ?turn, %why, "input ignored");
+                JournalEvent::InputIgnored {
+                    agent: agent.map(|a| self.agent_name(a)),
+                    turn: turn.map(|t| t.0),
+                    why,
+                }
+            }
+            Event::ConsensusReached {
+                winner,
+                label,
+                votes,
+            } => {
+                info!(winner = %self.agent_name(winner), %label, votes, "consensus reached");
+                JournalEvent::ConsensusReached {
+                    winner: self.agent_name(winner),
+                    label: label.to_string(),
+                    votes,
+                }
+            }
+            Event::PresentationFailed { agent, reason, .. } => JournalEvent::PresentationFailed {
+                agent: self.agent_name(agent),
+                reason,
+            },
+            Event::TimedOut => JournalEvent::TimedOut {
+                after_ms: self.started.elapsed().as_millis() as u64,
+            },
+            Event::Interrupted => JournalEvent::Interrupted,
+            Event::AllAgentsFailed => JournalEvent::AllAgentsFailed,
+            Event::BudgetExhausted { reason } => JournalEvent::BudgetExhausted { reason },
+        };
+        self.record(journal_event);
+    }
+
+    fn finish(&mut self, myself: &ActorRef<CoordinatorMsg>, outcome: Outcome) {
+        let wall = self.started.elapsed();
+        let winner = outcome.winner.map(|(agent, _)| self.agent_name(agent));
+        let label = outcome.winner.map(|(_, label)| label.to_string());
+        let presented_by = outcome.presented_by.map(|a| self.agent_name(a));
+        let final_answer = outcome.final_answer.as_ref().map(|c| c.to_string());
+        let mut total = Usage::default();
+        for usage in &self.usage {
+            total.add(*usage);
+        }
+        let outcome = SessionOutcome {
+            session: self.session.clone(),
+            reason: outcome.reason,
+            final_answer,
+            winner,
+            label,
+            presented_by,
+            usage: total,
+            usage_by_agent: self
+                .agents
+                .iter()
+                .zip(&self.usage)
+                .map(|(a, u)| (a.id.to_string(), *u))
+                .collect(),
+            cost_usd: self.cost(),
+            unpriced: self
+                .agents
+                .iter()
+                .zip(&self.budget.prices)
+                .filter(|(_, price)| price.is_none())
+                .map(|(a, _)| a.id.to_string())
+                .collect(),
+            answers: self.answers,
+            turns: self.turns,
+            wall,
+        };
+        if let Some(content) = &outcome.final_answer {
+            self.record(JournalEvent::FinalAnswer {
+                winner: outcome.winner.clone(),
+                label: outcome.label.clone(),
+                presented_by: outcome.presented_by.clone(),
+                content: content.clone(),
+            });
+            let path = self.session_dir.join(FINAL_FILE);
+            let mut text = content.clone();
+            if !text.ends_with('\n') {
+                text.push('\n');
+            }
+            if let Err(error) = std::fs::write(&path, text) {
+                error!(%error, path = %path.display(), "could not write the final answer file");
+            }
+        }
+        if let Some(journal) = &self.journal {
+            let _ = journal.record(JournalEvent::SessionEnded {
+                reason: reason_name(outcome.reason).to_owned(),
+                exit_code: outcome.exit_code(),
+                wall_ms: wall.as_millis() as u64,
+                input_tokens: total.input_tokens,
+                output_tokens: total.output_tokens,
+                answers: outcome.answers,
+                turns: outcome.turns,
+                cost_usd: outcome.cost_usd,
+                usage_by_agent: self
+                    .agents
+                    .iter()
+                    .zip(&self.usage)
+                    .zip(&self.budget.prices)
+                    .map(|((a, u), price)| AgentUsage {
+                        agent: a.id.to_string(),
+                        input_tokens: u.input_tokens,
+                        output_tokens: u.output_tokens,
+                        cost_usd: price.map(|p| p.cost(*u)),
+                    })
+                    .collect(),
+            });
+        }
+        self.display.show(Shown::Final {
+            content: outcome
+                .final_answer
+                .clone()
+                .unwrap_or_else(|| "(no answer was produced)".to_owned()),
+            winner: outcome.winner.clone(),
+            label: outcome.label.clone(),
+            reason: reason_name(outcome.reason).to_owned(),
+        });
+        for agent in 0..self.agents.len() as AgentIndex {
+            self.send(agent, CoordinatorCommand::Stop);
+        }
+        if let Some(journal) = self.journal.take()
+            && let Err(error) = journal.close()
+        {
+            error!(%error, "journal could not be closed");
+        }
+        crate::telemetry::end_session(&self.span, &outcome);
+        // Dropping the span ends it.
+        self.span = tracing::Span::none();
+        if let Some(done) = self.done.take() {
+            let _ = done.send(outcome);
+        }
+        myself.stop(Some("session finished".into()));
+    }
+
+    fn on_report(&mut self, myself: &ActorRef<CoordinatorMsg>, envelope: Envelope<AgentReport>) {
+        if envelope.session != self.session {
+            warn!(session = %envelope.session, sender = %envelope.sender, "report for another session dropped");
+            return;
+        }
+        let Some(&agent) = self.by_name.get(envelope.sender.as_str()) else {
+            warn!(sender = %envelope.sender, "report from an unknown agent dropped");
+            return;
+        };
+        if !self.seen.accept(&envelope.sender, envelope.seq) {
+            debug!(sender = %envelope.sender, seq = envelope.seq, "duplicate report dropped");
+            return;
+        }
+        let name = self.agents[agent as usize].id.clone();
+        match envelope.body {
+            AgentReport::Chunk { turn, chunk } => {
+                if let StreamChunk::Usage(usage) = &chunk {
+                    if let Some(total) = self.usage.get_mut(agent as usize) {
+                        total.add(*usage);
+                    }
+                    let price = self.budget.prices.get(agent as usize).copied().flatten();
+                    if let Some(journal) = &self.journal {
+                        let _ = journal.record(JournalEvent::Usage {
+                            agent: name.to_string(),
+                            turn: turn.0,
+                            input_tokens: usage.input_tokens,
+                            output_tokens: usage.output_tokens,
+                            cost_usd: price.map(|p| p.cost(*usage)),
+                        });
+                    }
+                    if let Some(reason) = self.budget_exceeded() {
+                        warn!(%reason, "budget cap reached; ending the session");
+                        self.apply(myself, Input::BudgetExhausted { reason });
+                        return;
+                    }
+                }
+                if self.display.wants_chunks() {
+                    self.display.show(Shown::Chunk {
+                        agent: name,
+                        turn: turn.0,
+                        chunk,
+                    });
+                }
+            }
+            AgentReport::Decided {
+                turn,
+                decision,
+                seen_revision,
+            } => {
+                self.record(JournalEvent::DecisionReceived {
+                    agent: name.to_string(),
+                    turn: turn.0,
+                    seen_revision,
+                    decision: decision.clone(),
+                });
+                self.apply(
+                    myself,
+                    Input::Decided {
+                        agent,
+                        turn,
+                        decision,
+                        seen_revision,
+                    },
+                );
+            }
+            AgentReport::Presented { turn, content } => {
+                self.record(JournalEvent::PresentationReceived {
+                    agent: name.to_string(),
+                    turn: turn.0,
+                    content: content.clone(),
+                });
+                if content.trim().is_empty() {
+                    self.apply(
+                        myself,
+                        Input::TurnFailed {
+                            agent,
+                            turn,
+                            reason: "the presentation was empty".into(),
+                        },
+                    );
+                } else {
+                    self.apply(
+                        myself,
+                        Input::Presented {
+                            agent,
+                            turn,
+                            content,
+                        },
+                    );
+                }
+            }
+            AgentReport::TurnFailed { turn, error } => {
+                warn!(agent = %name, %turn, kind = error.kind.as_str(), message = %error.message, "turn failed");
+                self.record(JournalEvent::TurnFailed {
+                    agent: name.to_string(),
+                    turn: turn.0,
+                    kind: error.kind.as_str().to_owned(),
+                    message: error.message.clone(),
+                });
+                self.apply(
+                    myself,
+                    Input::TurnFailed {
+                        agent,
+                        turn,
+                        reason: format!("{}: {}", error.kind.as_str(), error.message),
+                    },
+                );
+            }
+            AgentReport::TurnEvent { turn, event } => {
+                self.record(JournalEvent::TurnProgress {
+                    agent: name.to_string(),
+                    turn: turn.0,
+                    event,
+                });
+            }
+        }
+    }
+}
+
+/// The coordinator actor.
+pub struct Coordinator;
+
+impl Actor for Coordinator {
+    type Msg = CoordinatorMsg;
+    type State = CoordinatorState;
+    type Arguments = CoordinatorArgs;
+
+    async fn pre_start(
+        &self,
+        _myself: ActorRef<CoordinatorMsg>,
+        args: CoordinatorArgs,
+    ) -> Result<CoordinatorState, ActorProcessingErr> {
+        Ok(CoordinatorState {
+            session: args.session,
+            session_dir: args.session_dir,
+            task: args.task,
+            machine: args.machine,
+            journal: Some(args.journal),
+            display: args.display,
+            timeout: args.timeout,
+            done: Some(args.done),
+            resumed: args.resumed,
+            budget: args.budget,
+            span: tracing::Span::none(),
+            agents: Vec::new(),
+            by_name: HashMap::new(),
+            seen: SequenceTracker::default(),
+            next_seq: 1,
+            started: Instant::now(),
+            usage: Vec::new(),
+            answers: 0,
+            turns: 0,
+        })
+    }
+
+    async fn handle(
+        &self,
+        myself: ActorRef<CoordinatorMsg>,
+        message: CoordinatorMsg,
+        state: &mut CoordinatorState,
+    ) -> Result<(), ActorProcessingErr> {
+        if let CoordinatorMsg::Begin { agents } = message {
+            state.by_name = agents
+                .iter()
+                .enumerate()
+                .map(|(i, a)| (a.id.clone(), i as AgentIndex))
+                .collect();
+            state.usage = vec![Usage::default(); agents.len()];
+            state.agents = agents;
+            state.started = Instant::now();
+            state.span = crate::telemetry::session_span(
+                &state.session,
+                state.agents.len(),
+                state.resumed.is_some(),
+            );
+            myself.send_after(state.timeout, || CoordinatorMsg::Timeout);
+            match state.resumed.take() {
+                None => state.apply(&myself, Input::Start),
+                Some(resumed) => {
+                    state.usage = resumed.usage;
+                    state.usage.resize(state.agents.len(), Usage::default());
+                    state.answers = resumed.answers;
+                    state.turns = resumed.turns;
+                    if let Some(outcome) = state.machine.outcome().cloned() {
+                        // The crash came after the end was decided but before it was written.
+                        state.finish(&myself, outcome);
+                    } else {
+                        for (agent, plan) in resumed.resend {
+                            state.start_turn(agent, plan);
+                        }
+                    }
+                }
+            }
+            return Ok(());
+        }
+        if state.machine.is_finished() {
+            return Ok(());
+        }
+        match message {
+            CoordinatorMsg::Begin { .. } => {}
+            CoordinatorMsg::Report(envelope) => state.on_report(&myself, envelope),
+            CoordinatorMsg::AgentDown { agent, reason } => {
+                let name = state.agent_name(agent);
+                state.record(JournalEvent::AgentLost {
+                    agent: name,
+                    reason: reason.clone(),
+                });
+                state.apply(&myself, Input::AgentLost { agent, reason });
+            }
+            CoordinatorMsg::AgentBack { agent } => {
+                let name = state.agent_name(agent);
+                state.seen.reset(&name);
+                info!(agent = %name, "agent back; it rejoins with the current answers");
+                state.apply(&myself, Input::AgentRejoined { agent });
+            }
+            CoordinatorMsg::Timeout => state.apply(&myself, Input::Timeout),
+            CoordinatorMsg::Interrupt => state.apply(&myself, Input::Interrupted),
+        }
+        Ok(())
+    }
+}

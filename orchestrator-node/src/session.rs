@@ -1,0 +1,689 @@
+//! Running one session: build the agents' backends (checking API keys before any call), open
+//! the journal, start the SessionSupervisor with its Coordinator and AgentActors, and wait for
+//! the outcome.
+//!
+//! Supervision: the SessionSupervisor is the parent of the coordinator and of every local
+//! agent actor. An agent actor that dies while the session runs is reported to the
+//! coordinator as lost (its turns are failed, the session goes on with the others). When the
+//! coordinator stops, the supervisor stops the agents and itself. A coordinator that crashes
+//! ends the session with an error; the journal keeps everything decided up to then.
+//!
+//! Remote agents (`node: NAME` in the config) need the orchestrator's cluster (`--listen`):
+//! the session first waits for their nodes (up to `timeout_settings.node_join_timeout_seconds`,
+//! then fails naming the missing ones, before any journal is written), has each node start its
+//! agents with the node's own API keys, and only then starts the coordinator. A remote agent's
+//! command channel goes through the cluster gateway; its reports come back to the coordinator
+//! as ordinary `CoordinatorMsg::Report`s, and its node's loss as `CoordinatorMsg::AgentDown`
+//! (see [`crate::cluster`]).
+
+use std::path::{Path, PathBuf};
+use std::sync::Arc;
+use std::time::{Duration, SystemTime, UNIX_EPOCH};
+
+use conclave_agent::agent::{AgentActor, AgentArgs, AgentMsg};
+use conclave_agent::outbox::{Outbox, ReportSink};
+use conclave_agent::providers::{Backend, ProviderError, http_client};
+use conclave_agent::turn::{AgentContext, TurnSettings};
+use conclave_protocol::config::SessionConfig;
+use conclave_protocol::{CoordinatorCommand, Envelope, SessionId, TaskSpec};
+use ractor::{Actor, ActorCell, ActorProcessingErr, ActorRef, SupervisionEvent};
+use tokio::sync::oneshot;
+use tokio_util::sync::CancellationToken;
+use tracing::{error, info, warn};
+
+use crate::cluster::{Cluster, PlaceError, Placement};
+use crate::consensus::{Consensus, ConsensusConfig, ConsensusConfigError};
+use crate::coordinator::{
+    AgentLink, Budget, CommandSink, Coordinator, CoordinatorArgs, CoordinatorMsg, Resumed,
+    SessionOutcome,
+};
+use crate::display::Display;
+use crate::journal::{AgentInfo, Journal, JournalError, JournalEvent};
+use crate::pricing::PriceBook;
+use crate::resume::ResumePlan;
+
+/// Looks up environment variables (process env merged with `.env`) on this node.
+pub type EnvFn = Arc<dyn Fn(&str) -> Option<String> + Send + Sync>;
+
+#[derive(Debug, thiserror::Error)]
+pub enum SessionError {
+    #[error("agent `{agent}`: {source}")]
+    Backend {
+        agent: String,
+        source: ProviderError,
+    },
+    #[error(
+        "agent `{agent}` is placed on node `{node}`, but this orchestrator has no cluster: start it with --listen HOST:PORT (and a cookie) so agent nodes can join, or remove `node:` from the agent"
+    )]
+    NoCluster { agent: String, node: String },
+    #[error(
+        "agent node(s) {} did not join within {waited_s} s (start `conclave-agent --join <this orchestrator's --listen address> --name NAME` with the same cookie on each)",
+        .nodes.iter().map(|n| format!("`{n}`")).collect::<Vec<_>>().join(", ")
+    )]
+    NodesMissing { nodes: Vec<String>, waited_s: u64 },
+    #[error("cannot start the remote agents: {0}")]
+    Placement(#[from] PlaceError),
+    #[error(transparent)]
+    Consensus(#[from] ConsensusConfigError),
+    #[error(transparent)]
+    Journal(#[from] JournalError),
+    #[error("could not start the session's actors: {0}")]
+    Spawn(String),
+    #[error(
+        "the coordinator stopped without an outcome (it crashed); the journal at {0} holds everything decided up to then"
+    )]
+    CoordinatorLost(PathBuf),
+}
+
+/// Everything needed to run one session.
+pub struct SessionPlan {
+    pub session: SessionId,
+    /// The session's own directory (journal and final answer go here).
+    pub dir: PathBuf,
+    pub config: SessionConfig,
+    pub task: TaskSpec,
+    pub env: EnvFn,
+    /// A shared HTTP client, or `None` to build one.
+    pub http: Option<reqwest::Client>,
+    /// The cluster agent nodes join, when the orchestrator listens for them (`--listen`).
+    pub cluster: Option<Cluster>,
+}
+
+/// A new session id: `YYYYMMDD-HHMMSS-xxxxxx` (UTC, then 6 random hex digits), sortable by
+/// start time and unique enough for concurrent batch sessions.
+pub fn new_session_id() -> SessionId {
+    use std::hash::{BuildHasher, Hasher};
+    let now = SystemTime::now()
+        .duration_since(UNIX_EPOCH)
+        .unwrap_or_default();
+    let secs = now.as_secs();
+    let (year, month, day) = civil_from_days((secs / 86_400) as i64);
+    let rem = secs % 86_400;
+    let mut hasher = std::collections::hash_map::RandomState::new().build_hasher();
+    hasher.write_u128(now.as_nanos());
+    hasher.write_u32(std::process::id());
+    let random = hasher.finish() & 0xff_ffff;
+    let id = format!(
+        "{year:04}{month:02}{day:02}-{:02}{:02}{:02}-{random:06x}",
+        rem / 3600,
+        (rem / 60) % 60,
+        rem % 60
+    );
+    SessionId(id)
+}
+
+/// Days since 1970-01-01 to a (year, month, day) civil date (Howard Hinnant's algorithm).
+fn civil_from_days(days: i64) -> (i64, u32, u32) {
+    let z = days + 719_468;
+    let era = z.div_euclid(146_097);
+    let doe = z.rem_euclid(146_097);
+    let yoe = (doe - doe / 1460 + doe / 36_524 - doe / 146_096) / 365;
+    let doy = doe - (365 * yoe + yoe / 4 - yoe / 100);
+    let mp = (5 * doy + 2) / 153;
+    let day = (doy - (153 * mp + 2) / 5 + 1) as u32;
+    let month = if mp < 10 { mp + 3 } else { mp - 9 } as u32;
+    let year = yoe + era * 400 + i64::from(month <= 2);
+    (year, month, day)
+}
+
+/// The directory of a session under a sessions root.
+pub fn session_dir(root: &Path, session: &SessionId) -> PathBuf {
+    root.join(session.as_str())
+}
+
+/// The turn limits of a session's agents, from its config.
+pub fn turn_settings(config: &SessionConfig) -> TurnSettings {
+    TurnSettings {
+        max_workflow_retries: config.orchestrator.max_workflow_retries,
+        turn_timeout: Duration::from_secs(config.timeouts.turn_timeout_seconds.max(1)),
+        stall_timeout: Duration::from_secs(config.timeouts.stall_timeout_seconds.max(1)),
+        ..TurnSettings::default()
+    }
+}
+
+/// A session's budget caps and the price of each agent's model.
+pub fn budget_of(config: &SessionConfig) -> Budget {
+    let book = PriceBook::new(config.orchestrator.pricing.clone());
+    Budget {
+        max_cost_usd: config.orchestrator.max_cost_usd,
+        max_total_tokens: config.orchestrator.max_total_tokens,
+        prices: config
+            .agents
+            .iter()
+            .map(|a| book.price(&a.backend.model))
+            .collect(),
+    }
+}
+
+/// Builds the backend of every local agent (`None` for an agent placed on a node, which
+/// builds its own). Fails before any provider call if a key is missing or a backend cannot
+/// work, and when an agent is placed on a node but there is no cluster.
+pub fn build_backends(
+    config: &SessionConfig,
+    env: &EnvFn,
+    http: reqwest::Client,
+    cluster: Option<&Cluster>,
+) -> Result<Vec<Option<Arc<Backend>>>, SessionError> {
+    config
+        .agents
+        .iter()
+        .map(|agent| {
+            if let Some(node) = &agent.node {
+                if cluster.is_none() {
+                    return Err(SessionError::NoCluster {
+                        agent: agent.id.clone(),
+                        node: node.clone(),
+                    });
+                }
+                return Ok(None);
+            }
+            Backend::new(&agent.backend, http.clone(), &|key| env(key))
+                .map(|backend| Some(Arc::new(backend)))
+                .map_err(|source| SessionError::Backend {
+                    agent: agent.id.clone(),
+                    source,
+                })
+        })
+        .collect()
+}
+
+/// The distinct nodes a config places agents on, in config order.
+pub fn placed_nodes(config: &SessionConfig) -> Vec<String> {
+    let mut nodes: Vec<String> = Vec::new();
+    for agent in &config.agents {
+        if let Some(node) = &agent.node
+            && !nodes.contains(node)
+        {
+            nodes.push(node.clone());
+        }
+    }
+    nodes
+}
+
+/// Waits for the config's nodes to join the cluster (see the module docs).
+pub async fn wait_for_nodes(
+    config: &SessionConfig,
+    cluster: Option<&Cluster>,
+) -> Result<(), SessionError> {
+    let nodes = placed_nodes(config);
+    let Some(cluster) = cluster else {
+        return Ok(());
+    };
+    if nodes.is_empty() {
+        return Ok(());
+    }
+    let waited_s = config.orchestrator.node_join_timeout_seconds.max(1);
+    let missing_now: Vec<&String> = nodes
+        .iter()
+        .filter(|n| !cluster.nodes().contains_key(n.as_str()))
+        .collect();
+    if !missing_now.is_empty() {
+        info!(nodes = ?missing_now, timeout_s = waited_s, "waiting for agent nodes to join");
+    }
+    cluster
+        .wait_for_nodes(&nodes, Duration::from_secs(waited_s))
+        .await
+        .map_err(|nodes| SessionError::NodesMissing { nodes, waited_s })
+}
+
+/// The placements of a config's remote agents.
+fn placements(config: &SessionConfig) -> Vec<Placement> {
+    let settings = turn_settings(config);
+    let limits = conclave_agent::cluster::limits_from_settings(
+        &settings,
+        Duration::from_secs(config.timeouts.connect_timeout_seconds.max(1)),
+    );
+    config
+        .agents
+        .iter()
+        .enumerate()
+        .filter_map(|(index, agent)| {
+            Some(Placement {
+                agent: index as u32,
+                node: agent.node.clone()?,
+                spec: agent.clone(),
+                limits: limits.clone(),
+            })
+        })
+        .collect()
+}
+
+/// Ends a session's remote part (its agents on the nodes) when dropped, however the session
+/// setup or run ends. Ending twice is harmless.
+struct RemotePart {
+    cluster: Option<Cluster>,
+    session: SessionId,
+}
+
+impl Drop for RemotePart {
+    fn drop(&mut self) {
+        if let Some(cluster) = &self.cluster {
+            cluster.end_session(&self.session);
+        }
+    }
+}
+
+/// Starts a session's remote agents on their nodes; what started is stopped again when the
+/// returned guard drops.
+async fn place_remote(
+    session: &SessionId,
+    config: &SessionConfig,
+    cluster: Option<&Cluster>,
+) -> Result<RemotePart, SessionError> {
+    let part = RemotePart {
+        cluster: cluster.cloned(),
+        session: session.clone(),
+    };
+    if let Some(cluster) = cluster {
+        let placements = placements(config);
+        if !placements.is_empty() {
+            cluster.place(session, placements).await?;
+        }
+    }
+    Ok(part)
+}
+
+/// Runs a session to its end. `interrupt` ends it early with the best available answer.
+pub async fn run_session(
+    plan: SessionPlan,
+    display: Display,
+    interrupt: CancellationToken,
+) -> Result<SessionOutcome, SessionError> {
+    let SessionPlan {
+        session,
+        dir,
+        config,
+        task,
+        env,
+        http,
+        cluster,
+    } = plan;
+    let http = match http {
+        Some(http) => http,
+        None => http_client(Duration::from_secs(
+            config.timeouts.connect_timeout_seconds.max(1),
+        ))
+        .map_err(|source| SessionError::Backend {
+            agent: "*".into(),
+            source,
+        })?,
+    };
+    let backends = build_backends(&config, &env, http, cluster.as_ref())?;
+    let consensus_config =
+        ConsensusConfig::from_settings(config.agents.len() as u32, &config.orchestrator);
+    let machine = Consensus::new(consensus_config)?;
+    wait_for_nodes(&config, cluster.as_ref()).await?;
+    // Remote agents start before the journal: their nodes may refuse them (a missing key).
+    let _remote = place_remote(&session, &config, cluster.as_ref()).await?;
+
+    let journal = Journal::create(&dir)?;
+    journal.record(JournalEvent::SessionStarted {
+        session: session.to_string(),
+        question: task.question.clone(),
+        history: task.history.clone(),
+        conclave_version: env!("CARGO_PKG_VERSION").to_owned(),
+        agents: config
+            .agents
+            .iter()
+            .enumerate()
+            .map(|(i, a)| AgentInfo {
+                id: a.id.clone(),
+                number: i as u32 + 1,
+                provider: a.backend.provider.clone(),
+                model: a.backend.model.clone(),
+                node: a.node.clone(),
+            })
+            .collect(),
+        config: config.clone(),
+    })?;
+    info!(session = %session, dir = %dir.display(), agents = config.agents.len(), "session started");
+
+    drive(
+        Drive {
+            session,
+            dir,
+            config,
+            task,
+            machine,
+            journal,
+            backends,
+            resumed: None,
+            cluster,
+        },
+        display,
+        interrupt,
+    )
+    .await
+}
+
+/// Continues a session from its journal (see [`crate::resume`]). A session that had already
+/// ended is not run again.
+pub async fn resume_session(
+    plan: ResumePlan,
+    env: EnvFn,
+    cluster: Option<Cluster>,
+    display: Display,
+    interrupt: CancellationToken,
+) -> Result<SessionOutcome, SessionError> {
+    let http = http_client(Duration::from_secs(
+        plan.config.timeouts.connect_timeout_seconds.max(1),
+    ))
+    .map_err(|source| SessionError::Backend {
+        agent: "*".into(),
+        source,
+    })?;
+    let backends = build_backends(&plan.config, &env, http, cluster.as_ref())?;
+    wait_for_nodes(&plan.config, cluster.as_ref()).await?;
+    let _remote = place_remote(&plan.session, &plan.config, cluster.as_ref()).await?;
+    let journal = Journal::reopen(&plan.dir, plan.valid_len)?;
+    journal.record(JournalEvent::SessionResumed {
+        replayed_inputs: plan.replayed_inputs,
+        resent_turns: plan.resend.iter().map(|(_, p)| p.turn.0).collect(),
+        torn_lines_skipped: plan.torn_lines,
+    })?;
+    info!(
+        session = %plan.session,
+        replayed = plan.replayed_inputs,
+        resent = plan.resend.len(),
+        "session resumed from its journal"
+    );
+    let resumed = Resumed {
+        resend: plan.resend,
+        usage: plan.usage,
+        answers: plan.answers,
+        turns: plan.turns,
+    };
+    drive(
+        Drive {
+            session: plan.session,
+            dir: plan.dir,
+            config: plan.config,
+            task: plan.task,
+            machine: plan.machine,
+            journal,
+            backends,
+            resumed: Some(resumed),
+            cluster,
+        },
+        display,
+        interrupt,
+    )
+    .await
+}
+
+/// A session ready to run: everything but the actors.
+struct Drive {
+    session: SessionId,
+    dir: PathBuf,
+    config: SessionConfig,
+    task: TaskSpec,
+    machine: Consensus,
+    journal: Journal,
+    backends: Vec<Option<Arc<Backend>>>,
+    resumed: Option<Resumed>,
+    cluster: Option<Cluster>,
+}
+
+/// Starts the session's actors and waits for the outcome.
+async fn drive(
+    run: Drive,
+    display: Display,
+    interrupt: CancellationToken,
+) -> Result<SessionOutcome, SessionError> {
+    let Drive {
+        session,
+        dir,
+        config,
+        task,
+        machine,
+        journal,
+        backends,
+        resumed,
+        cluster,
+    } = run;
+    let (done_tx, done_rx) = oneshot::channel();
+    let timeout = Duration::from_secs(config.timeouts.orchestrator_timeout_seconds.max(1));
+    let args = SupervisorArgs {
+        coordinator: CoordinatorArgs {
+            session: session.clone(),
+            session_dir: dir.clone(),
+            task: Arc::new(task),
+            machine,
+            journal,
+            display,
+            timeout,
+            done: done_tx,
+            resumed,
+            budget: budget_of(&config),
+        },
+        agents: config
+            .agents
+            .iter()
+            .zip(backends)
+            .enumerate()
+            .map(|(index, (agent, backend))| match (backend, &cluster) {
+                (Some(backend), _) => PendingAgent::Local {
+                    id: agent.id.clone(),
+                    backend,
+                    system_message: agent.system_message.clone(),
+                },
+                (None, Some(cluster)) => PendingAgent::Remote {
+                    id: agent.id.clone(),
+                    commands: cluster.command_sink(&session, index as u32),
+                },
+                // build_backends only leaves a backend out when there is a cluster.
+                (None, None) => PendingAgent::Remote {
+                    id: agent.id.clone(),
+                    commands: Arc::new(|_| false),
+                },
+            })
+            .collect(),
+        settings: turn_settings(&config),
+        cluster: cluster.clone(),
+    };
+    let (supervisor, supervisor_handle) = Actor::spawn(None, SessionSupervisor, args)
+        .await
+        .map_err(|e| SessionError::Spawn(e.to_string()))?;
+
+    let outcome = {
+        let mut done_rx = done_rx;
+        let mut interrupted = false;
+        loop {
+            tokio::select! {
+                result = &mut done_rx => break result,
+                _ = interrupt.cancelled(), if !interrupted => {
+                    interrupted = true;
+                    let _ = supervisor.send_message(SupervisorMsg::Interrupt);
+                }
+            }
+        }
+    };
+    // The supervisor stops its children and itself once the coordinator is done; bound the wait.
+    if tokio::time::timeout(Duration::from_secs(5), supervisor_handle)
+        .await
+        .is_err()
+    {
+        warn!("session actors did not stop within 5 s; killing them");
+        supervisor.kill();
+    }
+    outcome.map_err(|_| SessionError::CoordinatorLost(dir))
+}
+
+enum PendingAgent {
+    /// Runs in this process, under the supervisor.
+    Local {
+        id: String,
+        backend: Arc<Backend>,
+        system_message: Option<String>,
+    },
+    /// Already started on its node; reached through the cluster.
+    Remote { id: String, commands: CommandSink },
+}
+
+struct SupervisorArgs {
+    coordinator: CoordinatorArgs,
+    agents: Vec<PendingAgent>,
+    settings: TurnSettings,
+    cluster: Option<Cluster>,
+}
+
+enum SupervisorMsg {
+    Interrupt,
+}
+
+impl ractor::Message for SupervisorMsg {}
+
+struct SupervisorState {
+    coordinator: ActorRef<CoordinatorMsg>,
+    /// Local agent actor cells with their agent index.
+    agents: Vec<(u32, ActorCell)>,
+    ending: bool,
+}
+
+/// The parent of one session's coordinator and local agents.
+struct SessionSupervisor;
+
+impl Actor for SessionSupervisor {
+    type Msg = SupervisorMsg;
+    type State = SupervisorState;
+    type Arguments = SupervisorArgs;
+
+    async fn pre_start(
+        &self,
+        myself: ActorRef<SupervisorMsg>,
+        args: SupervisorArgs,
+    ) -> Result<SupervisorState, ActorProcessingErr> {
+        let session = args.coordinator.session.clone();
+        let (coordinator, _) =
+            Actor::spawn_linked(None, Coordinator, args.coordinator, myself.get_cell()).await?;
+        // Before Begin: reports of remote agents can only follow commands, which follow Begin.
+        if let Some(cluster) = &args.cluster {
+            cluster.attach(&session, coordinator.clone());
+        }
+        let mut links = Vec::with_capacity(args.agents.len());
+        let mut cells = Vec::with_capacity(args.agents.len());
+        for (index, pending) in args.agents.into_iter().enumerate() {
+            let (id, backend, system_message) = match pending {
+                PendingAgent::Remote { id, commands } => {
+                    links.push(AgentLink {
+                        id: id.into(),
+                        commands,
+                    });
+                    continue;
+                }
+                PendingAgent::Local {
+                    id,
+                    backend,
+                    system_message,
+                } => (id, backend, system_message),
+            };
+            let to_coordinator = coordinator.clone();
+            let sink: ReportSink = Arc::new(move |envelope| {
+                to_coordinator
+                    .send_message(CoordinatorMsg::Report(envelope))
+                    .is_ok()
+            });
+            let context = Arc::new(AgentContext {
+                agent_id: id.clone(),
+                backend,
+                outbox: Arc::new(Outbox::new(session.clone(), id.clone(), sink)),
+                system_message,
+                settings: args.settings.clone(),
+            });
+            let (agent, _) =
+                Actor::spawn_linked(None, AgentActor, AgentArgs { context }, myself.get_cell())
+                    .await?;
+            cells.push((index as u32, agent.get_cell()));
+            let commands: CommandSink = Arc::new(move |envelope: Envelope<CoordinatorCommand>| {
+                agent.send_message(AgentMsg::Command(envelope)).is_ok()
+            });
+            links.push(AgentLink {
+                id: id.into(),
+                commands,
+            });
+        }
+        coordinator.send_message(CoordinatorMsg::Begin { agents: links })?;
+        Ok(SupervisorState {
+            coordinator,
+            agents: cells,
+            ending: false,
+        })
+    }
+
+    async fn handle(
+        &self,
+        _myself: ActorRef<SupervisorMsg>,
+        message: SupervisorMsg,
+        state: &mut SupervisorState,
+    ) -> Result<(), ActorProcessingErr> {
+        match message {
+            SupervisorMsg::Interrupt => {
+                let _ = state.coordinator.send_message(CoordinatorMsg::Interrupt);
+            }
+        }
+        Ok(())
+    }
+
+    async fn handle_supervisor_evt(
+        &self,
+        myself: ActorRef<SupervisorMsg>,
+        event: SupervisionEvent,
+        state: &mut SupervisorState,
+    ) -> Result<(), ActorProcessingErr> {
+        let (cell, reason) = match &event {
+            SupervisionEvent::ActorTerminated(cell, _, reason) => (
+                cell.clone(),
+                reason.clone().unwrap_or_else(|| "stopped".into()),
+            ),
+            SupervisionEvent::ActorFailed(cell, error) => {
+                (cell.clone(), format!("crashed: {error}"))
+            }
+            _ => return Ok(()),
+        };
+        if cell.get_id() == state.coordinator.get_id() {
+            if matches!(event, SupervisionEvent::ActorFailed(..)) {
+                error!(%reason, "the coordinator crashed");
+            }
+            state.ending = true;
+            myself.stop_children(Some("session over".into()));
+            myself.stop(None);
+            return Ok(());
+        }
+        if state.ending {
+            return Ok(());
+        }
+        if let Some(&(index, _)) = state
+            .agents
+            .iter()
+            .find(|(_, a)| a.get_id() == cell.get_id())
+        {
+            let _ = state.coordinator.send_message(CoordinatorMsg::AgentDown {
+                agent: index,
+                reason: format!("agent actor {reason}"),
+            });
+        }
+        Ok(())
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn civil_dates_are_right() {
+        assert_eq!(civil_from_days(0), (1970, 1, 1));
+        assert_eq!(civil_from_days(19_723), (2024, 1, 1));
+        assert_eq!(civil_from_days(20_781), (2026, 11, 24));
+        assert_eq!(civil_from_days(11_016), (2000, 2, 29));
+    }
+
+    #[test]
+    fn session_ids_are_valid_and_distinct() {
+        let a = new_session_id();
+        let b = new_session_id();
+        assert!(SessionId::parse(a.as_str()).is_ok());
+        assert_ne!(a, b);
+        assert_eq!(a.as_str().len(), "20261124-101500-abcdef".len());
+    }
+}

@@ -1,0 +1,323 @@
+//! The deterministic policy: what the simulated model replies to a request.
+//!
+//! The decision reads only the offered tools (whatever the wire format offered them in), in
+//! this order:
+//!
+//! 1. a `vote` tool whose `agent_id` parameter has a non-empty string `enum` → call `vote`
+//!    for the **first** label, with a short reason;
+//! 2. else a `new_answer` tool → call `new_answer` with a generated answer;
+//! 3. else → plain text content (what a final presentation looks like).
+//!
+//! [`Policy::Answer`] swaps 1 and 2 (answer whenever allowed); [`Policy::Text`] always takes 3.
+//! Voting for the first label makes a session converge on the earliest answer in one round,
+//! which is what the demo and the benches want to measure: the coordination overhead, not
+//! the models' opinions.
+//!
+//! Generated text is a pure function of (model name, last user message, token count): the
+//! same question to the same model always gives the same words, across requests, processes
+//! and runs, so journals and test expectations are reproducible. No counter is involved.
+
+use serde::{Deserialize, Serialize};
+use serde_json::json;
+
+use crate::options::{ModelOptions, Policy};
+use crate::request::{Fnv1a, SimRequest};
+
+/// The workflow tool that offers an answer.
+const NEW_ANSWER: &str = "new_answer";
+/// The workflow tool that endorses an answer.
+const VOTE: &str = "vote";
+
+/// Which reply the policy chose; recorded in the request log.
+#[derive(Clone, Copy, Debug, PartialEq, Eq, Hash, Serialize, Deserialize)]
+#[serde(rename_all = "snake_case")]
+pub enum DecisionKind {
+    /// A `vote` tool call.
+    Vote,
+    /// A `new_answer` tool call.
+    NewAnswer,
+    /// Plain assistant text.
+    Text,
+}
+
+/// A reply, fully generated before the first byte is sent, and cut into the pieces that
+/// will be streamed one per tick.
+#[derive(Debug)]
+pub(crate) struct Reply {
+    pub kind: DecisionKind,
+    /// The label voted for, when `kind` is `Vote`.
+    pub vote_target: Option<String>,
+    /// What is streamed: the content for `Text`, the arguments JSON for a tool call.
+    pub body: String,
+    /// `pieces + 1` byte offsets into `body` (all on char boundaries): piece `i` is
+    /// `body[bounds[i]..bounds[i + 1]]`. Offsets instead of owned pieces keep a streaming
+    /// request to two allocations however many tokens it has.
+    bounds: Vec<usize>,
+}
+
+impl Reply {
+    /// Applies the policy to `request`.
+    pub fn decide(options: &ModelOptions, request: &SimRequest) -> Reply {
+        let vote_label = request.first_vote_label();
+        let may_answer = request.offers(NEW_ANSWER);
+        let kind = match (options.policy, vote_label) {
+            (Policy::Text, _) => DecisionKind::Text,
+            (Policy::Answer, _) if may_answer => DecisionKind::NewAnswer,
+            (_, Some(_)) => DecisionKind::Vote,
+            _ if may_answer => DecisionKind::NewAnswer,
+            _ => DecisionKind::Text,
+        };
+        let tokens = options.tokens.max(1) as usize;
+        match (kind, vote_label) {
+            (DecisionKind::Vote, Some(label)) => {
+                let reason = format!("{} finds {label} correct and complete.", options.name);
+                let arguments = json!({ "agent_id": label, "reason": reason }).to_string();
+                let bounds = even_bounds(&arguments, tokens);
+                Reply {
+                    kind,
+                    vote_target: Some(label.to_owned()),
+                    body: arguments,
+                    bounds,
+                }
+            }
+            (DecisionKind::NewAnswer, _) => {
+                let (answer, _) = generate_answer(options, &request.last_user_text, tokens);
+                let arguments = json!({ "content": answer }).to_string();
+                let bounds = even_bounds(&arguments, tokens);
+                Reply {
+                    kind,
+                    vote_target: None,
+                    body: arguments,
+                    bounds,
+                }
+            }
+            _ => {
+                let (text, bounds) = generate_answer(options, &request.last_user_text, tokens);
+                Reply {
+                    kind: DecisionKind::Text,
+                    vote_target: None,
+                    body: text,
+                    bounds,
+                }
+            }
+        }
+    }
+
+    /// The number of streamed pieces (the request's `tokens`).
+    pub fn pieces(&self) -> usize {
+        self.bounds.len().saturating_sub(1)
+    }
+
+    /// Piece `index`; empty past the end.
+    pub fn piece(&self, index: usize) -> &str {
+        match (self.bounds.get(index), self.bounds.get(index + 1)) {
+            (Some(&start), Some(&end)) => self.body.get(start..end).unwrap_or(""),
+            _ => "",
+        }
+    }
+
+    /// The function called, or `None` for a text reply.
+    pub fn tool_name(&self) -> Option<&'static str> {
+        match self.kind {
+            DecisionKind::Vote => Some(VOTE),
+            DecisionKind::NewAnswer => Some(NEW_ANSWER),
+            DecisionKind::Text => None,
+        }
+    }
+}
+
+/// Words the generated answers are made of: neutral, so demo output reads like prose-ish
+/// filler without pretending to answer anything.
+const VOCABULARY: [&str; 32] = [
+    "the",
+    "answer",
+    "is",
+    "that",
+    "we",
+    "consider",
+    "each",
+    "step",
+    "carefully",
+    "and",
+    "check",
+    "result",
+    "against",
+    "known",
+    "facts",
+    "so",
+    "final",
+    "value",
+    "follows",
+    "from",
+    "simple",
+    "reasoning",
+    "about",
+    "problem",
+    "with",
+    "clear",
+    "evidence",
+    "in",
+    "every",
+    "case",
+    "it",
+    "holds",
+];
+
+/// `"{name} answers: w1 w2 … ."`, exactly `tokens` pieces: the first is `"{name} answers:"`,
+/// each next one is a space and a word. Returns the text and its piece offsets.
+fn generate_answer(options: &ModelOptions, question: &str, tokens: usize) -> (String, Vec<usize>) {
+    let mut seed = Fnv1a::new();
+    seed.update(options.name.as_bytes());
+    seed.update(&[0]);
+    seed.update(question.as_bytes());
+    let mut rng = SplitMix64(seed.finish());
+
+    let mut text = String::with_capacity(options.name.len() + 9 + tokens * 9);
+    let mut bounds = Vec::with_capacity(tokens + 1);
+    bounds.push(0);
+    text.push_str(&options.name);
+    text.push_str(" answers:");
+    bounds.push(text.len());
+    for index in 1..tokens {
+        text.push(' ');
+        // Reducing a 64-bit draw modulo 32 keeps it unbiased; the cast is lossless.
+        text.push_str(VOCABULARY[(rng.next() % VOCABULARY.len() as u64) as usize]);
+        if index + 1 == tokens {
+            text.push('.');
+        }
+        bounds.push(text.len());
+    }
+    (text, bounds)
+}
+
+/// Offsets cutting `body` into `pieces` runs of (nearly) equal character count; some runs are
+/// empty when `body` has fewer characters than `pieces`, which keeps the stream's duration a
+/// function of `tokens` alone.
+fn even_bounds(body: &str, pieces: usize) -> Vec<usize> {
+    let offsets: Vec<usize> = body
+        .char_indices()
+        .map(|(offset, _)| offset)
+        .chain(std::iter::once(body.len()))
+        .collect();
+    let chars = offsets.len() - 1;
+    (0..=pieces)
+        .map(|index| offsets[index * chars / pieces])
+        .collect()
+}
+
+/// SplitMix64: a seeded generator with good statistical quality in four lines, so the words
+/// depend on the seed only (no `rand` version can change them).
+struct SplitMix64(u64);
+
+impl SplitMix64 {
+    fn next(&mut self) -> u64 {
+        self.0 = self.0.wrapping_add(0x9e37_79b9_7f4a_7c15);
+        let mut z = self.0;
+        z = (z ^ (z >> 30)).wrapping_mul(0xbf58_476d_1ce4_e5b9);
+        z = (z ^ (z >> 27)).wrapping_mul(0x94d0_49bb_1331_11eb);
+        z ^ (z >> 31)
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use crate::options::SimConfig;
+    use serde_json::Value;
+
+    fn options(model: &str) -> ModelOptions {
+        ModelOptions::parse(model, &SimConfig::default()).expect("valid model")
+    }
+
+    fn request(tools: Value) -> SimRequest {
+        let body = json!({
+            "model": "m",
+            "messages": [{"role": "user", "content": "What is 2+2?"}],
+            "tools": tools,
+        });
+        crate::wire::Wire::OpenAiChat
+            .parse(body.to_string().as_bytes(), None)
+            .expect("valid request")
+    }
+
+    fn vote_tool(labels: &[&str]) -> Value {
+        json!({"type": "function", "function": {"name": "vote", "parameters": {
+            "type": "object",
+            "properties": {"agent_id": {"type": "string", "enum": labels}, "reason": {"type": "string"}}
+        }}})
+    }
+
+    fn answer_tool() -> Value {
+        json!({"type": "function", "function": {"name": "new_answer", "parameters": {
+            "type": "object", "properties": {"content": {"type": "string"}}
+        }}})
+    }
+
+    fn joined(reply: &Reply) -> String {
+        (0..reply.pieces())
+            .map(|index| reply.piece(index))
+            .collect()
+    }
+
+    #[test]
+    fn votes_for_the_first_label() {
+        let reply = Reply::decide(
+            &options("alpha:tokens=7"),
+            &request(json!([answer_tool(), vote_tool(&["agent3.1", "agent1.1"])])),
+        );
+        assert_eq!(reply.kind, DecisionKind::Vote);
+        assert_eq!(reply.vote_target.as_deref(), Some("agent3.1"));
+        assert_eq!(reply.pieces(), 7);
+        let arguments: Value = serde_json::from_str(&joined(&reply)).expect("arguments JSON");
+        assert_eq!(arguments["agent_id"], "agent3.1");
+    }
+
+    #[test]
+    fn empty_enum_means_no_vote() {
+        let reply = Reply::decide(
+            &options("alpha"),
+            &request(json!([answer_tool(), vote_tool(&[])])),
+        );
+        assert_eq!(reply.kind, DecisionKind::NewAnswer);
+    }
+
+    #[test]
+    fn answer_policy_prefers_new_answer_and_text_policy_ignores_tools() {
+        let tools = json!([answer_tool(), vote_tool(&["agent1.1"])]);
+        let answer = Reply::decide(&options("a:policy=answer"), &request(tools.clone()));
+        assert_eq!(answer.kind, DecisionKind::NewAnswer);
+        let text = Reply::decide(&options("a:policy=text"), &request(tools));
+        assert_eq!(text.kind, DecisionKind::Text);
+        let only_vote = Reply::decide(
+            &options("a:policy=answer"),
+            &request(json!([vote_tool(&["agent1.1"])])),
+        );
+        assert_eq!(only_vote.kind, DecisionKind::Vote);
+    }
+
+    #[test]
+    fn text_is_deterministic_and_has_exactly_tokens_pieces() {
+        let first = Reply::decide(&options("beta:tokens=12"), &request(Value::Null));
+        let second = Reply::decide(&options("beta:tokens=12"), &request(Value::Null));
+        assert_eq!(first.kind, DecisionKind::Text);
+        assert_eq!(first.body, second.body);
+        assert_eq!(first.pieces(), 12);
+        assert_eq!(joined(&first), first.body);
+        assert!(first.body.starts_with("beta answers:"));
+        assert_eq!(first.body.split_whitespace().count(), 13);
+        let other = Reply::decide(&options("gamma:tokens=12"), &request(Value::Null));
+        assert_ne!(first.body, other.body);
+    }
+
+    #[test]
+    fn even_bounds_cover_the_body_on_char_boundaries() {
+        let body = "héllo wörld";
+        for pieces in [1, 3, 11, 40] {
+            let bounds = even_bounds(body, pieces);
+            assert_eq!(bounds.len(), pieces + 1);
+            assert_eq!(bounds.first(), Some(&0));
+            assert_eq!(bounds.last(), Some(&body.len()));
+            assert!(bounds.iter().all(|&offset| body.is_char_boundary(offset)));
+        }
+    }
+}

@@ -1,0 +1,698 @@
+//! End-to-end cluster tests: a real `conclave` orchestrator (`--listen` on loopback) and real
+//! `conclave-agent` processes, against the simulated provider. Each test has its own port,
+//! cookie, session directory and simulator, and every process runs under a deadline.
+//!
+//! * three agents in three agent processes complete a session; the provider key lives only
+//!   in the agent processes' environment and never reaches the orchestrator;
+//! * `kill -9` of one agent process mid-session: the session completes with the other two,
+//!   and the journal records the loss;
+//! * a node with the wrong cookie is refused: the orchestrator logs the refusal with the peer
+//!   address, and the session fails after the join timeout naming the node;
+//! * a node frozen past the heartbeat deadline (SIGSTOP, a half-open link) is lost, then comes
+//!   back (SIGCONT), rejoins the running session, and no answer is applied twice;
+//! * the same session over mutual TLS (when `openssl` is installed to make the certificates).
+//!
+//! Build first (`cargo test --workspace` does it):
+//! `cargo build -p conclave -p conclave-agent && cargo test -p conclave-tests --test e2e_cluster`
+
+use std::collections::HashSet;
+use std::path::{Path, PathBuf};
+use std::process::Command;
+use std::time::Duration;
+
+use conclave_sim::{SimConfig, SimServer};
+use conclave_tests::{
+    Finished, NodeAgent, Running, events_of, free_port, read_journal, sim_cluster_yaml,
+    start_agent_node, wait_for_event, workspace_bin,
+};
+use serde_json::Value;
+
+const COOKIE: &str = "conclave-e2e-cluster-cookie";
+const SECRET: &str = "sk-conclave-cluster-secret-7777";
+/// Every process is killed past this.
+const DEADLINE: Duration = Duration::from_secs(90);
+/// Agent nodes retry quickly: the orchestrator may start listening a moment after them.
+const FAST_RECONNECT: &[&str] = &["--reconnect-max-ms", "300"];
+
+struct Setup {
+    dir: tempfile::TempDir,
+    port: u16,
+    cookie: PathBuf,
+    sim: SimServer,
+}
+
+impl Setup {
+    async fn new() -> Setup {
+        let sim = SimServer::start(
+            SimConfig {
+                tokens: 8,
+                token_delay: Duration::from_millis(5),
+                ..SimConfig::default()
+            },
+            "127.0.0.1:0".parse().unwrap(),
+        )
+        .await
+        .expect("sim provider starts");
+        let dir = tempfile::tempdir().unwrap();
+        let cookie = dir.path().join("cookie");
+        std::fs::write(&cookie, format!("{COOKIE}\n")).unwrap();
+        Setup {
+            dir,
+            port: free_port().unwrap(),
+            cookie,
+            sim,
+        }
+    }
+
+    fn join(&self) -> String {
+        format!("127.0.0.1:{}", self.port)
+    }
+
+    fn write_config(&self, yaml: &str) -> PathBuf {
+        let path = self.dir.path().join("cluster.yaml");
+        std::fs::write(&path, yaml).unwrap();
+        path
+    }
+
+    fn session_dir(&self, id: &str) -> PathBuf {
+        self.dir.path().join("sessions").join(id)
+    }
+
+    /// Starts the orchestrator for one session.
+    fn orchestrator(&self, config: &Path, session: &str, extra: &[&str]) -> Running {
+        let bin = workspace_bin("conclave").expect("conclave binary");
+        let mut command = Command::new(bin);
+        command
+            .args(["--config"])
+            .arg(config)
+            .args(["--listen", &self.join(), "--cookie-file"])
+            .arg(&self.cookie)
+            .args([
+                "--session-dir",
+                "sessions",
+                "--session-id",
+                session,
+                "--display",
+                "quiet",
+                "-v",
+            ])
+            .args(extra)
+            .arg("Why is the sky blue?")
+            .current_dir(self.dir.path())
+            .env_remove("RUST_LOG")
+            .env_remove("CONCLAVE_COOKIE")
+            .env_remove("CONCLAVE_SIM_API_KEY");
+        Running::start(&mut command).expect("orchestrator starts")
+    }
+
+    fn node(&self, name: &str, extra: &[&str]) -> Running {
+        let mut flags = FAST_RECONNECT.to_vec();
+        flags.extend_from_slice(extra);
+        start_agent_node(
+            &self.join(),
+            name,
+            &self.cookie,
+            &flags,
+            &[("CONCLAVE_SIM_API_KEY", SECRET)],
+        )
+        .expect("agent node starts")
+    }
+}
+
+/// Waits for a process off the async runtime.
+async fn wait(running: Running, deadline: Duration) -> Finished {
+    tokio::task::spawn_blocking(move || running.wait(deadline))
+        .await
+        .expect("waiter thread")
+        .expect("process ends in time")
+}
+
+/// Stops an agent node with SIGTERM: it must exit cleanly (0) and promptly.
+async fn stop_node(node: Running) -> Finished {
+    node.signal(libc::SIGTERM).expect("SIGTERM delivered");
+    let deadline = node.elapsed() + Duration::from_secs(10);
+    wait(node, deadline).await
+}
+
+fn strip_ansi(text: &str) -> String {
+    let mut out = String::with_capacity(text.len());
+    let mut chars = text.chars();
+    while let Some(c) = chars.next() {
+        if c == '\u{1b}' {
+            for c in chars.by_ref() {
+                if c.is_ascii_alphabetic() {
+                    break;
+                }
+            }
+        } else {
+            out.push(c);
+        }
+    }
+    out
+}
+
+fn agents_of(events: &[&Value]) -> HashSet<String> {
+    events
+        .iter()
+        .filter_map(|e| e["agent"].as_str().map(str::to_owned))
+        .collect()
+}
+
+fn set(items: &[&str]) -> HashSet<String> {
+    items.iter().map(|s| s.to_string()).collect()
+}
+
+/// Accepted answers have distinct labels: none was applied twice.
+fn assert_no_duplicate_answers(journal: &[Value]) {
+    let labels: Vec<&str> = events_of(journal, "answer_accepted")
+        .iter()
+        .filter_map(|e| e["label"].as_str())
+        .collect();
+    let unique: HashSet<&&str> = labels.iter().collect();
+    assert_eq!(unique.len(), labels.len(), "duplicate answers: {labels:?}");
+}
+
+fn explain(run: &Finished) -> String {
+    format!(
+        "exit {:?}\nstdout:\n{}\nstderr:\n{}",
+        run.code,
+        run.stdout,
+        strip_ansi(&run.stderr)
+    )
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn three_agents_in_three_agent_processes_complete_a_session() {
+    let setup = Setup::new().await;
+    let base = setup.sim.base_url();
+    let config = setup.write_config(&sim_cluster_yaml(
+        &base,
+        &[
+            NodeAgent {
+                id: "alpha",
+                model: "sim-a",
+                node: Some("node-a"),
+            },
+            NodeAgent {
+                id: "beta",
+                model: "sim-b",
+                node: Some("node-b"),
+            },
+            NodeAgent {
+                id: "gamma",
+                model: "sim-c",
+                node: Some("node-c"),
+            },
+        ],
+        "  restart_policy: finish\n",
+        60,
+        30,
+    ));
+    let orchestrator = setup.orchestrator(&config, "remote3", &[]);
+    let nodes: Vec<Running> = ["node-a", "node-b", "node-c"]
+        .iter()
+        .map(|name| setup.node(name, &[]))
+        .collect();
+    let run = wait(orchestrator, DEADLINE).await;
+    let mut node_runs = Vec::new();
+    for node in nodes {
+        node_runs.push(stop_node(node).await);
+    }
+    let stderr = strip_ansi(&run.stderr);
+    assert_eq!(run.code, Some(0), "{}", explain(&run));
+    for node in &node_runs {
+        assert_eq!(
+            node.code,
+            Some(0),
+            "agent node did not stop cleanly:\n{}",
+            explain(node)
+        );
+        assert!(strip_ansi(&node.stderr).contains("joined the orchestrator"));
+    }
+
+    // Keys: read on the agent nodes, announced by name only, never seen by the orchestrator.
+    assert_eq!(
+        stderr.matches("agent node joined").count(),
+        3,
+        "stderr:\n{stderr}"
+    );
+    assert!(stderr.contains("CONCLAVE_SIM_API_KEY"), "stderr:\n{stderr}");
+    let journal_text =
+        std::fs::read_to_string(setup.session_dir("remote3").join("events.jsonl")).unwrap();
+    for text in [&run.stdout, &run.stderr, &journal_text] {
+        assert!(!text.contains(SECRET), "the API key leaked");
+    }
+
+    let journal = read_journal(&setup.session_dir("remote3")).unwrap();
+    let started = events_of(&journal, "session_started");
+    let nodes_in_journal: Vec<&str> = started[0]["agents"]
+        .as_array()
+        .unwrap()
+        .iter()
+        .filter_map(|a| a["node"].as_str())
+        .collect();
+    assert_eq!(nodes_in_journal, ["node-a", "node-b", "node-c"]);
+    let all = set(&["alpha", "beta", "gamma"]);
+    assert_eq!(agents_of(&events_of(&journal, "decision_received")), all);
+    assert_eq!(agents_of(&events_of(&journal, "vote_accepted")), all);
+    assert!(!events_of(&journal, "answer_accepted").is_empty());
+    assert_eq!(events_of(&journal, "consensus_reached").len(), 1);
+    assert_eq!(
+        events_of(&journal, "session_ended")[0]["reason"],
+        "consensus"
+    );
+    assert!(events_of(&journal, "agent_lost").is_empty());
+    assert_no_duplicate_answers(&journal);
+
+    // The agent processes' provider calls hit the simulator, for every agent.
+    let models: HashSet<String> = setup
+        .sim
+        .requests()
+        .iter()
+        .map(|r| r.model.clone())
+        .collect();
+    assert_eq!(models, set(&["sim-a", "sim-b", "sim-c"]));
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn kill_9_of_one_agent_process_mid_session_still_completes() {
+    let setup = Setup::new().await;
+    let base = setup.sim.base_url();
+    // beta's turns take ~3 s, so the kill lands inside its first turn.
+    let config = setup.write_config(&sim_cluster_yaml(
+        &base,
+        &[
+            NodeAgent {
+                id: "alpha",
+                model: "sim-a",
+                node: Some("node-a"),
+            },
+            NodeAgent {
+                id: "beta",
+                model: "sim-b:tokens=60,token_delay_ms=50",
+                node: Some("node-b"),
+            },
+            NodeAgent {
+                id: "gamma",
+                model: "sim-c",
+                node: Some("node-c"),
+            },
+        ],
+        "  restart_policy: finish\n",
+        60,
+        30,
+    ));
+    let orchestrator = setup.orchestrator(&config, "kill9", &[]);
+    let node_a = setup.node("node-a", &[]);
+    let node_b = setup.node("node-b", &[]);
+    let node_c = setup.node("node-c", &[]);
+    let session = setup.session_dir("kill9");
+    let started = tokio::task::spawn_blocking(move || {
+        wait_for_event(&session, "turn_started", Duration::from_secs(40), |e| {
+            e["agent"] == "beta"
+        })
+    })
+    .await
+    .unwrap();
+    assert!(started.is_some(), "beta's turn never started");
+    node_b.signal(libc::SIGKILL).unwrap();
+    let killed = wait(node_b, DEADLINE).await;
+    assert_eq!(killed.code, None, "killed by a signal");
+
+    let run = wait(orchestrator, DEADLINE).await;
+    stop_node(node_a).await;
+    stop_node(node_c).await;
+    assert_eq!(run.code, Some(0), "{}", explain(&run));
+    let journal = read_journal(&setup.session_dir("kill9")).unwrap();
+    let lost = events_of(&journal, "agent_lost");
+    assert_eq!(agents_of(&lost), set(&["beta"]), "{lost:?}");
+    assert!(
+        lost[0]["reason"].as_str().unwrap().contains("node-b"),
+        "{lost:?}"
+    );
+    assert_eq!(
+        agents_of(&events_of(&journal, "agent_failed")),
+        set(&["beta"])
+    );
+    assert_eq!(
+        events_of(&journal, "session_ended")[0]["reason"],
+        "consensus"
+    );
+    let voters = agents_of(&events_of(&journal, "vote_accepted"));
+    assert_eq!(voters, set(&["alpha", "gamma"]));
+    assert_no_duplicate_answers(&journal);
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_node_with_the_wrong_cookie_is_refused_and_the_session_names_it() {
+    let setup = Setup::new().await;
+    let base = setup.sim.base_url();
+    let config = setup.write_config(&sim_cluster_yaml(
+        &base,
+        &[
+            NodeAgent {
+                id: "alpha",
+                model: "sim-a",
+                node: None,
+            },
+            NodeAgent {
+                id: "beta",
+                model: "sim-b",
+                node: Some("intruder"),
+            },
+        ],
+        "",
+        60,
+        3,
+    ));
+    let orchestrator = setup.orchestrator(&config, "refused", &[]);
+    let wrong = setup.dir.path().join("wrong-cookie");
+    std::fs::write(&wrong, "not-the-cluster-cookie").unwrap();
+    let intruder = start_agent_node(
+        &setup.join(),
+        "intruder",
+        &wrong,
+        FAST_RECONNECT,
+        &[("CONCLAVE_SIM_API_KEY", SECRET)],
+    )
+    .unwrap();
+    let run = wait(orchestrator, Duration::from_secs(30)).await;
+    let node = stop_node(intruder).await;
+    let stderr = strip_ansi(&run.stderr);
+    assert_eq!(run.code, Some(2), "{}", explain(&run));
+    assert!(
+        stderr.contains("refused a node connection: authentication failed (wrong cookie)")
+            && stderr.contains("peer=127.0.0.1:"),
+        "stderr:\n{stderr}"
+    );
+    assert!(
+        stderr.contains("`intruder` did not join within 3 s"),
+        "stderr:\n{stderr}"
+    );
+    assert!(
+        strip_ansi(&node.stderr).contains("cookie handshake"),
+        "{}",
+        explain(&node)
+    );
+    // Nothing ran: no journal, no provider call.
+    assert!(!setup.session_dir("refused").join("events.jsonl").exists());
+    assert!(setup.sim.requests().is_empty());
+    assert!(!stderr.contains(COOKIE) && !node.stderr.contains("not-the-cluster-cookie"));
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_frozen_node_is_lost_at_the_heartbeat_deadline_and_rejoins() {
+    let setup = Setup::new().await;
+    let base = setup.sim.base_url();
+    // Short enough to keep the test quick, long enough that a busy test machine does not
+    // lose a node that is merely slow.
+    let heartbeat = [
+        "--heartbeat-interval-ms",
+        "250",
+        "--heartbeat-deadline-ms",
+        "1500",
+    ];
+    // Slow turns everywhere, so the session is still running when beta comes back.
+    let config = setup.write_config(&sim_cluster_yaml(
+        &base,
+        &[
+            NodeAgent {
+                id: "alpha",
+                model: "sim-a:tokens=40,token_delay_ms=60",
+                node: Some("node-a"),
+            },
+            NodeAgent {
+                id: "beta",
+                model: "sim-b:tokens=40,token_delay_ms=60",
+                node: Some("node-b"),
+            },
+            NodeAgent {
+                id: "gamma",
+                model: "sim-c:tokens=40,token_delay_ms=60",
+                node: Some("node-c"),
+            },
+        ],
+        "  restart_policy: finish\n",
+        60,
+        30,
+    ));
+    let orchestrator = setup.orchestrator(&config, "rejoin", &heartbeat);
+    let node_a = setup.node("node-a", &heartbeat);
+    let node_b = setup.node("node-b", &heartbeat);
+    let node_c = setup.node("node-c", &heartbeat);
+    let session = setup.session_dir("rejoin");
+    let dir = session.clone();
+    let started = tokio::task::spawn_blocking(move || {
+        wait_for_event(&dir, "turn_started", Duration::from_secs(40), |e| {
+            e["agent"] == "beta"
+        })
+    })
+    .await
+    .unwrap();
+    assert!(started.is_some(), "beta's turn never started");
+    // Freeze beta's node: its TCP link stays open, only the heartbeats stop.
+    node_b.signal(libc::SIGSTOP).unwrap();
+    let dir = session.clone();
+    let lost = tokio::task::spawn_blocking(move || {
+        wait_for_event(&dir, "agent_lost", Duration::from_secs(10), |e| {
+            e["agent"] == "beta"
+        })
+    })
+    .await
+    .unwrap();
+    node_b.signal(libc::SIGCONT).unwrap();
+    let run = wait(orchestrator, DEADLINE).await;
+    for node in [node_a, node_b, node_c] {
+        stop_node(node).await;
+    }
+    assert!(lost.is_some(), "beta was never lost: {}", explain(&run));
+    let lost = lost.unwrap();
+    assert!(
+        lost["reason"].as_str().unwrap().contains("no heartbeat"),
+        "{lost}"
+    );
+    assert_eq!(run.code, Some(0), "{}", explain(&run));
+    let journal = read_journal(&session).unwrap();
+    let rejoined = events_of(&journal, "agent_rejoined");
+    let beta_back = rejoined
+        .iter()
+        .find(|e| e["agent"] == "beta")
+        .unwrap_or_else(|| panic!("beta never rejoined: {}", explain(&run)));
+    // After rejoining, beta got a fresh turn.
+    let rejoin_at = beta_back["t_ms"].as_u64().unwrap();
+    assert!(
+        events_of(&journal, "turn_started")
+            .iter()
+            .any(|e| e["agent"] == "beta" && e["t_ms"].as_u64().unwrap() >= rejoin_at),
+        "beta got no turn after rejoining"
+    );
+    assert_eq!(
+        events_of(&journal, "session_ended")[0]["reason"],
+        "consensus"
+    );
+    assert_no_duplicate_answers(&journal);
+}
+
+/// Makes a CA and one node certificate (server and client use, for 127.0.0.1) with openssl.
+fn make_certificates(dir: &Path) -> Option<()> {
+    let run = |args: &[&str]| -> Option<()> {
+        let status = Command::new("openssl")
+            .args(args)
+            .current_dir(dir)
+            .stdout(std::process::Stdio::null())
+            .stderr(std::process::Stdio::null())
+            .status()
+            .ok()?;
+        status.success().then_some(())
+    };
+    std::fs::write(
+        dir.join("ext.cnf"),
+        "subjectAltName=IP:127.0.0.1,DNS:localhost\nbasicConstraints=CA:FALSE\nkeyUsage=digitalSignature\nextendedKeyUsage=serverAuth,clientAuth\n",
+    )
+    .ok()?;
+    let ec = [
+        "-newkey",
+        "ec",
+        "-pkeyopt",
+        "ec_paramgen_curve:prime256v1",
+        "-nodes",
+    ];
+    let mut ca = vec!["req", "-x509"];
+    ca.extend_from_slice(&ec);
+    ca.extend_from_slice(&[
+        "-keyout",
+        "ca.key",
+        "-out",
+        "ca.pem",
+        "-days",
+        "2",
+        "-subj",
+        "/CN=conclave-test-ca",
+    ]);
+    run(&ca)?;
+    let mut csr = vec!["req"];
+    csr.extend_from_slice(&ec);
+    csr.extend_from_slice(&[
+        "-keyout", "node.key", "-out", "node.csr", "-subj", "/CN=node",
+    ]);
+    run(&csr)?;
+    run(&[
+        "x509",
+        "-req",
+        "-in",
+        "node.csr",
+        "-CA",
+        "ca.pem",
+        "-CAkey",
+        "ca.key",
+        "-CAcreateserial",
+        "-out",
+        "node.pem",
+        "-days",
+        "2",
+        "-extfile",
+        "ext.cnf",
+    ])
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_session_over_mutual_tls() {
+    let setup = Setup::new().await;
+    if make_certificates(setup.dir.path()).is_none() {
+        eprintln!("skipped: openssl is not available to make test certificates");
+        return;
+    }
+    let path = |name: &str| setup.dir.path().join(name).to_string_lossy().into_owned();
+    let (cert, key, ca) = (path("node.pem"), path("node.key"), path("ca.pem"));
+    let tls = [
+        "--tls-cert",
+        cert.as_str(),
+        "--tls-key",
+        key.as_str(),
+        "--tls-ca",
+        ca.as_str(),
+    ];
+    let base = setup.sim.base_url();
+    let config = setup.write_config(&sim_cluster_yaml(
+        &base,
+        &[
+            NodeAgent {
+                id: "alpha",
+                model: "sim-a",
+                node: Some("tls-a"),
+            },
+            NodeAgent {
+                id: "beta",
+                model: "sim-b",
+                node: Some("tls-b"),
+            },
+        ],
+        "",
+        60,
+        30,
+    ));
+    let orchestrator = setup.orchestrator(&config, "tls", &tls);
+    let a = setup.node("tls-a", &tls);
+    let b = setup.node("tls-b", &tls);
+    let run = wait(orchestrator, DEADLINE).await;
+    stop_node(a).await;
+    stop_node(b).await;
+    assert_eq!(run.code, Some(0), "{}", explain(&run));
+    assert!(strip_ansi(&run.stderr).contains("tls=true"));
+    let journal = read_journal(&setup.session_dir("tls")).unwrap();
+    assert_eq!(
+        agents_of(&events_of(&journal, "decision_received")),
+        set(&["alpha", "beta"])
+    );
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn the_server_keeps_nodes_between_sessions_submitted_on_stdin() {
+    use std::io::{BufRead, BufReader, Write};
+    let setup = Setup::new().await;
+    let base = setup.sim.base_url();
+    let config = setup.write_config(&sim_cluster_yaml(
+        &base,
+        &[
+            NodeAgent {
+                id: "alpha",
+                model: "sim-a",
+                node: Some("srv-a"),
+            },
+            NodeAgent {
+                id: "beta",
+                model: "sim-b",
+                node: Some("srv-b"),
+            },
+        ],
+        "",
+        60,
+        30,
+    ));
+    let bin = workspace_bin("conclave").unwrap();
+    let mut server = Command::new(bin)
+        .args(["server", "--listen", &setup.join(), "--cookie-file"])
+        .arg(&setup.cookie)
+        .arg("--config")
+        .arg(&config)
+        .args(["--session-dir", "sessions"])
+        .current_dir(setup.dir.path())
+        .env_remove("RUST_LOG")
+        .env_remove("CONCLAVE_COOKIE")
+        .stdin(std::process::Stdio::piped())
+        .stdout(std::process::Stdio::piped())
+        .stderr(std::process::Stdio::null())
+        .spawn()
+        .unwrap();
+    let a = setup.node("srv-a", &[]);
+    let b = setup.node("srv-b", &[]);
+    let mut stdin = server.stdin.take().unwrap();
+    let stdout = server.stdout.take().unwrap();
+    let lines = tokio::task::spawn_blocking(move || {
+        writeln!(stdin, "What is 2+2?").unwrap();
+        writeln!(
+            stdin,
+            r#"{{"question": "Name a prime", "session_id": "second"}}"#
+        )
+        .unwrap();
+        stdin.flush().unwrap();
+        // Closing stdin does not stop the server: it keeps serving until SIGTERM.
+        drop(stdin);
+        let mut lines = Vec::new();
+        for line in BufReader::new(stdout).lines().take(2) {
+            lines.push(line.unwrap());
+        }
+        lines
+    });
+    let lines = tokio::time::timeout(DEADLINE, lines)
+        .await
+        .expect("two session results in time")
+        .unwrap();
+    assert!(
+        server.try_wait().unwrap().is_none(),
+        "the server kept running"
+    );
+    // SAFETY: kill(2) on the child this test spawned and has not reaped.
+    unsafe { libc::kill(server.id() as libc::pid_t, libc::SIGTERM) };
+    let status = tokio::task::spawn_blocking(move || server.wait())
+        .await
+        .unwrap()
+        .unwrap();
+    stop_node(a).await;
+    stop_node(b).await;
+    assert_eq!(status.code(), Some(0));
+    let results: Vec<Value> = lines
+        .iter()
+        .map(|l| serde_json::from_str(l).unwrap())
+        .collect();
+    for result in &results {
+        assert_eq!(result["exit_code"], 0, "{result}");
+        assert_eq!(result["reason"], "consensus", "{result}");
+    }
+    assert!(results.iter().any(|r| r["session"] == "second"));
+    let journal = read_journal(&setup.session_dir("second")).unwrap();
+    assert_eq!(
+        agents_of(&events_of(&journal, "decision_received")),
+        set(&["alpha", "beta"])
+    );
+}
