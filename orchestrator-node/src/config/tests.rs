@@ -1,5 +1,5 @@
 //! The option mapping and the per-wire rules for every backend type. The public-API tests
-//! are in `tests/config_loading.rs`.
+//! are in `tests/orchestrator/config_loading.rs`.
 
 use conclave_protocol::config::{BackendOptions, BackendSpec, WireFormat};
 

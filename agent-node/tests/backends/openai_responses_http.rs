@@ -2,7 +2,7 @@
 //! incomplete response, an in-stream `error` event, a body cut before the terminal event, a
 //! broken connection, malformed data, and the input items of a multi-turn conversation.
 
-mod common;
+use crate::common;
 
 use common::{FakeServer, Scripted, client, hello, run};
 use conclave_agent::llm::{ChatMessage, ChatRequest, ReasoningBlock};

@@ -1,7 +1,7 @@
 //! The deterministic policy, observed over HTTP: which tool is called, with what arguments,
 //! and what the request log says about it.
 
-mod common;
+use crate::common;
 
 use common::{chat, fast, new_answer_tool, post, start, stream, vote_tool};
 use conclave_sim::DecisionKind;

@@ -3,7 +3,7 @@
 //! the recorded status, content type and bytes) and checks that folding the chunks with
 //! `TurnOutput` gives what the official SDK got from the same bytes.
 
-mod common;
+use crate::common;
 
 use common::{Case, compare_call, fixture_cases};
 

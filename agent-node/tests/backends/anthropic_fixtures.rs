@@ -8,7 +8,7 @@
 //! object). The raw text is compared exactly; the parsed object only when the raw text is
 //! valid JSON (see the module docs of `providers::anthropic`).
 
-mod common;
+use crate::common;
 
 use common::{Case, fixture_cases};
 

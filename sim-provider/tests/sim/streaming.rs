@@ -1,6 +1,6 @@
 //! The streaming wire format, per-model options, pacing, errors and cancellation.
 
-mod common;
+use crate::common;
 
 use std::time::{Duration, Instant};
 

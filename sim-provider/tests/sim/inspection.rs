@@ -1,7 +1,7 @@
 //! The `/__sim/*` endpoints: the request log, the stats and the reset, read over HTTP the
 //! way the bench and other processes read them.
 
-mod common;
+use crate::common;
 
 use common::{chat, fast, start, stream, vote_tool};
 use conclave_sim::{DecisionKind, RequestRecord, SimStats};

@@ -2,7 +2,7 @@
 //! the `api-key` header, Azure's v1 URL, a streamed answer with Azure's content-filter
 //! extras, and Azure's error envelope.
 
-mod common;
+use crate::common;
 
 use std::sync::{Arc, Mutex};
 

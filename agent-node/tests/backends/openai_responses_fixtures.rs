@@ -3,7 +3,7 @@
 //! and bytes) and checks that folding the chunks with `TurnOutput` gives what the official SDK
 //! got from the same bytes; then checks the request body the backend sends.
 
-mod common;
+use crate::common;
 
 use common::{Case, compare_call, fixture_cases};
 

@@ -2,7 +2,7 @@
 //! through each format's tool declarations, non-streaming bodies, error envelopes, and one
 //! request log across formats.
 
-mod common;
+use crate::common;
 
 use common::{
     QUESTION, anthropic, anthropic_new_answer_tool, anthropic_vote_tool, body_of, chat, events,

@@ -15,7 +15,7 @@
 //!   body's envelope (`error.status`, `error.message`, numeric `error.code`) must be the
 //!   recorded one.
 
-mod common;
+use crate::common;
 
 use common::{Case, fixture_cases};
 

@@ -13,7 +13,7 @@
 //! * the same session over mutual TLS (when `openssl` is installed to make the certificates).
 //!
 //! Build first (`cargo test --workspace` does it):
-//! `cargo build -p conclave -p conclave-agent && cargo test -p conclave-tests --test e2e_cluster`
+//! `cargo build -p conclave -p conclave-agent && cargo test -p conclave-tests --test e2e e2e_cluster::`
 
 use std::collections::HashSet;
 use std::path::{Path, PathBuf};

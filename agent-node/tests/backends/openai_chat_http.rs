@@ -2,7 +2,7 @@
 //! their retry hints, refused connections, connections broken mid-body, truncated and
 //! malformed streams, and a missing API key.
 
-mod common;
+use crate::common;
 
 use std::time::Duration;
 

@@ -2,7 +2,7 @@
 //! do not cover (in-stream `overloaded_error`, a cut stream, malformed data, HTTP 529) and the
 //! shape of multi-turn requests (signed thinking and tool use replayed, strict alternation).
 
-mod common;
+use crate::common;
 
 use std::time::Duration;
 

@@ -2,7 +2,7 @@
 //! malformed and broken streams, an in-stream error, a readable 404, and a tool call whose
 //! `thoughtSignature` must come back on the next request next to the function's result.
 
-mod common;
+use crate::common;
 
 use std::path::Path;
 

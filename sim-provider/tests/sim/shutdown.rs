@@ -1,7 +1,7 @@
 //! Shutdown: in-flight streams may finish within the grace period, are cut off after it,
 //! and a stopped server accepts nothing more.
 
-mod common;
+use crate::common;
 
 use std::time::{Duration, Instant};
 

@@ -2,7 +2,7 @@
 //! counting per model string, mid-stream faults in every format, and how the request log
 //! records them.
 
-mod common;
+use crate::common;
 
 use std::time::{Duration, Instant, SystemTime};
 

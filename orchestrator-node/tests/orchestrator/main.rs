@@ -1,0 +1,9 @@
+//! Config loading, the consensus properties and the probe command.
+//!
+//! One test binary instead of one per file: every integration-test binary links tokio, reqwest,
+//! rustls and the rest, so separate binaries cost link time and gigabytes of disk. Each module
+//! keeps its own docs; run one with `cargo test -p <crate> --test orchestrator <module>::`.
+
+mod config_loading;
+mod consensus_props;
+mod probe;
