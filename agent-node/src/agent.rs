@@ -2,8 +2,10 @@
 //! each turn in a [`TurnWorker`] spawned linked to itself.
 //!
 //! Supervision: a worker that crashes (panics, or fails its handler on a stall) is restarted
-//! with exponential backoff, at most `max_restarts` times within `restart_window`; past that
-//! the agent reports `TurnFailed` and the coordinator goes on without it. A worker that
+//! with exponential backoff, at most `max_restarts` times within `restart_window` (from the
+//! session config's `orchestrator.max_turn_restarts` and `restart_window_seconds`, defaults 3
+//! and 60 s); past that the agent reports `TurnFailed`, the coordinator marks the agent failed
+//! and the session goes on without it. A worker that
 //! outlives `turn_timeout` is killed and reported as a timeout. `Cancel` kills the worker at
 //! once, which drops its provider stream mid-flight.
 //!

@@ -53,8 +53,14 @@ pub struct TurnSettings {
     pub turn_timeout: Duration,
     /// No chunk for this long: the provider stalled.
     pub stall_timeout: Duration,
-    /// Worker crashes tolerated within `restart_window` before the agent gives up on a turn.
+    /// Worker crashes tolerated within `restart_window` before the agent gives up on a turn:
+    /// the crash after the last tolerated one fails the turn, which reports the agent failed
+    /// (the session goes on without it). A session takes it from
+    /// `orchestrator.max_turn_restarts` (default 3); a remote agent gets it in its
+    /// `TurnLimits`.
     pub max_restarts: u32,
+    /// The sliding window in which crashes count toward `max_restarts`
+    /// (`orchestrator.restart_window_seconds`, default 60 s).
     pub restart_window: Duration,
 }
 
@@ -64,8 +70,10 @@ impl Default for TurnSettings {
             max_workflow_retries: 3,
             turn_timeout: Duration::from_secs(600),
             stall_timeout: Duration::from_secs(120),
-            max_restarts: 3,
-            restart_window: Duration::from_secs(60),
+            max_restarts: conclave_protocol::config::DEFAULT_MAX_TURN_RESTARTS,
+            restart_window: Duration::from_secs(
+                conclave_protocol::config::DEFAULT_RESTART_WINDOW_SECONDS,
+            ),
         }
     }
 }

@@ -310,7 +310,7 @@ pub fn main() -> std::process::ExitCode {
         match run(cli).await {
             Ok(code) => code,
             Err(failure) => {
-                eprintln!("error: {:#}", failure.error);
+                eprintln!("error: {}", conclave_protocol::error_text(&*failure.error));
                 failure.code
             }
         }

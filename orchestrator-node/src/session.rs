@@ -131,13 +131,15 @@ pub fn session_dir(root: &Path, session: &SessionId) -> PathBuf {
     root.join(session.as_str())
 }
 
-/// The turn limits of a session's agents, from its config.
+/// The turn limits of a session's agents, from its config: the same for local agents and,
+/// as `TurnLimits`, for agents placed on nodes.
 pub fn turn_settings(config: &SessionConfig) -> TurnSettings {
     TurnSettings {
         max_workflow_retries: config.orchestrator.max_workflow_retries,
         turn_timeout: Duration::from_secs(config.timeouts.turn_timeout_seconds.max(1)),
         stall_timeout: Duration::from_secs(config.timeouts.stall_timeout_seconds.max(1)),
-        ..TurnSettings::default()
+        max_restarts: config.orchestrator.max_turn_restarts,
+        restart_window: Duration::from_secs(config.orchestrator.restart_window_seconds.max(1)),
     }
 }
 
@@ -676,6 +678,47 @@ mod tests {
         assert_eq!(civil_from_days(19_723), (2024, 1, 1));
         assert_eq!(civil_from_days(20_781), (2026, 11, 24));
         assert_eq!(civil_from_days(11_016), (2000, 2, 29));
+    }
+
+    fn loaded(yaml: &str) -> SessionConfig {
+        crate::config::load_str(yaml, "restarts.yaml", &|_| None)
+            .expect("the config loads")
+            .config
+    }
+
+    #[test]
+    fn configured_restart_limits_reach_local_and_remote_agents() {
+        let config = loaded(
+            "agents:\n  - id: here\n    backend: {type: openai, model: gpt-4o-mini}\n  \
+             - id: there\n    node: gpu-1\n    backend: {type: openai, model: gpt-4o-mini}\n\
+             orchestrator:\n  max_turn_restarts: 1\n  restart_window_seconds: 5\n",
+        );
+        let local = turn_settings(&config);
+        assert_eq!(local.max_restarts, 1);
+        assert_eq!(local.restart_window, Duration::from_secs(5));
+
+        // The spawn frame of the remote agent carries the configured values, and its node
+        // turns them back into the same settings.
+        let remote = placements(&config);
+        assert_eq!(remote.len(), 1);
+        assert_eq!((remote[0].agent, remote[0].node.as_str()), (1, "gpu-1"));
+        assert_eq!(remote[0].limits.max_restarts, 1);
+        assert_eq!(remote[0].limits.restart_window_ms, 5_000);
+        let on_node = conclave_agent::cluster::settings_from_limits(&remote[0].limits);
+        assert_eq!(on_node.max_restarts, 1);
+        assert_eq!(on_node.restart_window, Duration::from_secs(5));
+
+        // Left out, the defaults apply (3 within 60 s) on both paths.
+        let config = loaded(
+            "agents:\n  - id: there\n    node: gpu-1\n    backend: {type: openai, model: gpt-4o-mini}\n",
+        );
+        let local = turn_settings(&config);
+        assert_eq!(
+            (local.max_restarts, local.restart_window),
+            (3, Duration::from_secs(60))
+        );
+        let limits = &placements(&config)[0].limits;
+        assert_eq!((limits.max_restarts, limits.restart_window_ms), (3, 60_000));
     }
 
     #[test]

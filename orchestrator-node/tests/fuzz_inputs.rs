@@ -287,6 +287,8 @@ const KEYS: &[&str] = &[
     "restart_policy",
     "max_workflow_retries",
     "skip_final_presentation",
+    "max_turn_restarts",
+    "restart_window_seconds",
     "orchestrator_timeout_seconds",
     "turn_timeout_seconds",
     "stall_timeout_seconds",
@@ -689,7 +691,8 @@ fn good_value(key: &str) -> BoxedStrategy<Yaml> {
         ]
         .boxed(),
         "restart_policy" => one_of(&["cancel", "finish"]),
-        "max_workflow_retries" => int_in(0..=100),
+        "max_workflow_retries" | "max_turn_restarts" => int_in(0..=100),
+        "restart_window_seconds" => int_in(1..=MAX_TIMEOUT_SECONDS),
         "max_cost_usd" => one_of(&["0.5", "1", "25", "100.0"]),
         "orchestrator_timeout_seconds"
         | "turn_timeout_seconds"
@@ -766,6 +769,8 @@ const ORCHESTRATOR_KEYS: &[&str] = &[
     "restart_policy",
     "max_workflow_retries",
     "skip_final_presentation",
+    "max_turn_restarts",
+    "restart_window_seconds",
     "max_cost_usd",
     "max_total_tokens",
     "pricing",
@@ -1066,6 +1071,12 @@ fn check_config(config: &SessionConfig) -> TestCaseResult {
     let o = &config.orchestrator;
     prop_assert!(o.max_new_answers_per_agent != Some(0));
     prop_assert!(o.max_workflow_retries <= 100);
+    prop_assert!(o.max_turn_restarts <= 100);
+    prop_assert!(
+        (1..=MAX_TIMEOUT_SECONDS).contains(&o.restart_window_seconds),
+        "restart_window_seconds = {} loaded",
+        o.restart_window_seconds
+    );
     if let Some(cost) = o.max_cost_usd {
         prop_assert!(
             cost.is_finite() && cost >= 0.0,

@@ -138,6 +138,34 @@ pub struct OrchestratorSettings {
     /// because [`TimeoutSettings`] is built field by field elsewhere (fuzzers) and a cluster
     /// setting there would break them.
     pub node_join_timeout_seconds: u64,
+    /// Restart intensity of an agent's turn worker (`orchestrator.max_turn_restarts`): a
+    /// worker that crashes (panics, or stalls past `stall_timeout_seconds`) is restarted with
+    /// exponential backoff (250 ms, doubling, at most 8 s) at most this many times within
+    /// [`Self::restart_window_seconds`]. Past the limit the turn fails, the agent is reported
+    /// failed and the session goes on without it. `0`: a crashed worker is never restarted.
+    /// Applies to every agent, in-process or on an agent node.
+    #[serde(default = "default_max_turn_restarts")]
+    pub max_turn_restarts: u32,
+    /// The sliding window, in seconds, in which crashes count toward
+    /// [`Self::max_turn_restarts`] (`orchestrator.restart_window_seconds`); crashes further
+    /// apart are forgiven. At least 1.
+    #[serde(default = "default_restart_window_seconds")]
+    pub restart_window_seconds: u64,
+}
+
+/// The default of [`OrchestratorSettings::max_turn_restarts`]; also what a journal written
+/// before the key existed resumes with.
+pub const DEFAULT_MAX_TURN_RESTARTS: u32 = 3;
+
+/// The default of [`OrchestratorSettings::restart_window_seconds`].
+pub const DEFAULT_RESTART_WINDOW_SECONDS: u64 = 60;
+
+fn default_max_turn_restarts() -> u32 {
+    DEFAULT_MAX_TURN_RESTARTS
+}
+
+fn default_restart_window_seconds() -> u64 {
+    DEFAULT_RESTART_WINDOW_SECONDS
 }
 
 /// The price of a model, in US dollars per million tokens. `model` matches any model whose
@@ -161,6 +189,8 @@ impl Default for OrchestratorSettings {
             max_total_tokens: None,
             pricing: Vec::new(),
             node_join_timeout_seconds: 30,
+            max_turn_restarts: DEFAULT_MAX_TURN_RESTARTS,
+            restart_window_seconds: DEFAULT_RESTART_WINDOW_SECONDS,
         }
     }
 }
@@ -208,4 +238,30 @@ pub struct SessionConfig {
     pub orchestrator: OrchestratorSettings,
     pub timeouts: TimeoutSettings,
     pub display: DisplayKind,
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn journals_written_before_the_restart_keys_resume_with_the_defaults() {
+        let settings = OrchestratorSettings {
+            max_turn_restarts: 7,
+            restart_window_seconds: 9,
+            ..OrchestratorSettings::default()
+        };
+        let mut json = serde_json::to_value(&settings).expect("settings serialise");
+        let back: OrchestratorSettings =
+            serde_json::from_value(json.clone()).expect("settings deserialise");
+        assert_eq!(back, settings);
+
+        let object = json.as_object_mut().expect("a JSON object");
+        object.remove("max_turn_restarts");
+        object.remove("restart_window_seconds");
+        let old: OrchestratorSettings = serde_json::from_value(json).expect("old settings load");
+        assert_eq!(old.max_turn_restarts, DEFAULT_MAX_TURN_RESTARTS);
+        assert_eq!(old.restart_window_seconds, DEFAULT_RESTART_WINDOW_SECONDS);
+        assert_eq!((old.max_turn_restarts, old.restart_window_seconds), (3, 60));
+    }
 }

@@ -20,6 +20,7 @@ pub mod decision;
 pub mod ids;
 pub mod message;
 pub mod presets;
+pub mod report;
 pub mod trace;
 
 pub use chunk::{StreamChunk, ToolCall, Usage};
@@ -30,4 +31,5 @@ pub use message::{
     AgentReport, CastVote, CoordinatorCommand, Envelope, LabeledAnswer, SequenceTracker, TaskSpec,
     TurnError, TurnErrorKind, TurnEvent, TurnMode, TurnSpec,
 };
+pub use report::error_text;
 pub use trace::TraceContext;

@@ -395,9 +395,19 @@ fn session_config() -> impl Strategy<Value = SessionConfig> {
         small(),
         (number(), number(), number(), number()),
         0u8..3,
+        (small(), number()),
     )
         .prop_map(
-            |(agents, per_agent, total, finish, retries, (o, t, s, c), display)| SessionConfig {
+            |(
+                agents,
+                per_agent,
+                total,
+                finish,
+                retries,
+                (o, t, s, c),
+                display,
+                (restarts, window),
+            )| SessionConfig {
                 agents,
                 orchestrator: OrchestratorSettings {
                     max_new_answers_per_agent: per_agent,
@@ -408,6 +418,8 @@ fn session_config() -> impl Strategy<Value = SessionConfig> {
                         RestartPolicy::Cancel
                     },
                     max_workflow_retries: retries,
+                    max_turn_restarts: restarts,
+                    restart_window_seconds: window,
                     ..OrchestratorSettings::default()
                 },
                 timeouts: TimeoutSettings {

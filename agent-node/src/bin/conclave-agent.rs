@@ -202,7 +202,7 @@ fn main() -> ExitCode {
     let options = match options(&args) {
         Ok(options) => options,
         Err(error) => {
-            eprintln!("error: {error:#}");
+            eprintln!("error: {}", conclave_protocol::error_text(&*error));
             return ExitCode::from(1);
         }
     };
@@ -210,7 +210,7 @@ fn main() -> ExitCode {
         match run(options).await {
             Ok(code) => code,
             Err(error) => {
-                eprintln!("error: {error:#}");
+                eprintln!("error: {}", conclave_protocol::error_text(&*error));
                 ExitCode::from(2)
             }
         }

@@ -1,7 +1,8 @@
 //! Supervision of turn workers by the [`AgentActor`], driven directly (no coordinator) against
 //! the simulated provider over real HTTP: a stalled worker is restarted with backoff and
 //! reported as `WorkerRestart`; past the intensity limit the turn fails as `Stalled`; crashes
-//! further apart than the restart window are forgiven; a turn past its deadline fails as
+//! further apart than the restart window are forgiven; the configured restart limit decides
+//! whether the same two crashes fail the turn; a turn past its deadline fails as
 //! `Timeout`; `Cancel` and `Stop` kill the worker and the provider sees its stream dropped;
 //! duplicate commands are ignored.
 //!
@@ -12,9 +13,11 @@ use std::sync::Arc;
 use std::time::{Duration, Instant};
 
 use conclave_agent::agent::{AgentActor, AgentArgs, AgentMsg, restart_backoff};
+use conclave_agent::cluster::settings_from_limits;
 use conclave_agent::outbox::{Outbox, ReportSink};
 use conclave_agent::providers::Backend;
 use conclave_agent::turn::{AgentContext, TurnSettings};
+use conclave_protocol::cluster::TurnLimits;
 use conclave_protocol::config::{BackendSpec, WireFormat};
 use conclave_protocol::{
     AgentReport, CoordinatorCommand, Decision, Envelope, SessionId, TaskSpec, TraceContext,
@@ -293,6 +296,61 @@ async fn past_the_intensity_limit_the_turn_fails_as_stalled() {
     assert!(!ended(&sim, 2).await.completed);
     agent.stop().await;
     sim.shutdown().await;
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn the_configured_restart_limit_decides_whether_two_crashes_fail_the_agent() {
+    // The same fault (the first two requests stall) under two configured limits
+    // (`orchestrator.max_turn_restarts`), with the settings built the way an agent node builds
+    // them from the spawn frame's `TurnLimits`: with 1 the second crash fails the turn, with 3
+    // the agent survives both and decides.
+    for (max_restarts, survives) in [(1, false), (3, true)] {
+        let sim = start_sim().await;
+        let limits = TurnLimits {
+            max_workflow_retries: 1,
+            turn_timeout_ms: 10_000,
+            stall_timeout_ms: 150,
+            connect_timeout_ms: 1_000,
+            max_restarts,
+            restart_window_ms: 60_000,
+        };
+        let mut agent = Agent::spawn(
+            &sim,
+            "s:fault=stall,fault_times=2,stall_after=1",
+            settings_from_limits(&limits),
+        )
+        .await;
+        agent.start_turn(1, 1);
+
+        let report = agent.next().await;
+        let (turn, attempt, _) = worker_restart(&report)
+            .unwrap_or_else(|| panic!("limit {max_restarts}: expected a restart: {report:?}"));
+        assert_eq!((turn, attempt), (1, 1), "limit {max_restarts}");
+        let report = agent.next().await;
+        if survives {
+            let (turn, attempt, _) = worker_restart(&report)
+                .unwrap_or_else(|| panic!("limit {max_restarts}: expected a restart: {report:?}"));
+            assert_eq!((turn, attempt), (1, 2), "limit {max_restarts}");
+            let report = agent.next().await;
+            assert_eq!(
+                decided(&report),
+                Some(1),
+                "limit {max_restarts}: {report:?}"
+            );
+            assert_eq!(sim.requests().len(), 3, "limit {max_restarts}");
+        } else {
+            let (turn, error) = turn_failed(&report)
+                .unwrap_or_else(|| panic!("limit {max_restarts}: expected a failure: {report:?}"));
+            assert_eq!(turn, 1);
+            assert_eq!(error.kind, TurnErrorKind::Stalled, "{error:?}");
+            assert!(error.message.contains("2 times"), "{}", error.message);
+            // Given up: no third worker, no third request.
+            assert_eq!(agent.quiet_for(Duration::from_millis(400)).await, None);
+            assert_eq!(sim.requests().len(), 2, "limit {max_restarts}");
+        }
+        agent.stop().await;
+        sim.shutdown().await;
+    }
 }
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]

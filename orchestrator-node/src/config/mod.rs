@@ -3,7 +3,8 @@
 //! MassGen users bring their YAML unchanged: `agents:` / `agent:`, backend `type:` names,
 //! `orchestrator:`, `timeout_settings:` and `ui:` mean what they mean in MassGen. conclave's
 //! own keys sit beside them (`orchestrator.max_total_answers`, `restart_policy`,
-//! `max_workflow_retries`, `skip_final_presentation`; `timeout_settings.turn_timeout_seconds`,
+//! `max_workflow_retries`, `skip_final_presentation`, `max_turn_restarts`,
+//! `restart_window_seconds`; `timeout_settings.turn_timeout_seconds`,
 //! `stall_timeout_seconds`, `connect_timeout_seconds`; agent `node`; backend `api_key_env`,
 //! `max_retries`, `extra_body`, `thinking_budget`).
 //!

@@ -16,6 +16,15 @@
 //! - `timeout_settings.node_join_timeout_seconds` (conclave's own key, default 30): how long a
 //!   session waits for the agent nodes named by `node:`; it lands in
 //!   `OrchestratorSettings::node_join_timeout_seconds`.
+//! - `orchestrator.max_turn_restarts` (default 3, 0 to 100) and
+//!   `orchestrator.restart_window_seconds` (default 60, 1 s to 30 days), conclave's own keys:
+//!   the restart intensity of every agent's turn worker. A worker that crashes (a panic, or a
+//!   provider stalled past `stall_timeout_seconds`) is restarted with backoff at most
+//!   `max_turn_restarts` times within `restart_window_seconds`; past the limit the agent is
+//!   reported failed and the session goes on without it. They sit under `orchestrator:`
+//!   beside the other limits (a restart count is not a timeout) and reach agent nodes in each
+//!   agent's `TurnLimits`. `0` restarts is allowed (the first crash fails the turn); a zero
+//!   window is not, since no crash could then ever count.
 //! - `ui.display_type`: MassGen's terminal displays (`rich_terminal`, `textual_terminal`,
 //!   `terminal`, `simple`) all map to the plain live display; `silent`, `quiet` and `none`
 //!   to quiet; `json` to one JSON event per line. `ui.type`, used by some MassGen example
@@ -39,6 +48,11 @@ pub const MAX_TIMEOUT_SECONDS: u64 = 30 * 24 * 3600;
 
 /// The most retries of a turn without a valid workflow call.
 const MAX_WORKFLOW_RETRIES: u64 = 100;
+
+/// The most restarts of a crashed turn worker within the restart window.
+const MAX_TURN_RESTARTS: u64 = 100;
+const TURN_RESTARTS_ALLOWED: &str =
+    "a whole number from 0 to 100 (0: a crashed turn worker is not restarted)";
 
 const TIMEOUT_ALLOWED: &str = "a whole number of seconds from 1 to 2592000 (30 days)";
 const ANSWER_LIMIT_ALLOWED: &str =
@@ -282,6 +296,17 @@ fn orchestrator_settings(
         f.integer_in(ctx, 0, MAX_WORKFLOW_RETRIES, "a whole number from 0 to 100")
     })? {
         settings.max_workflow_retries = u32::try_from(retries).unwrap_or(u32::MAX);
+    }
+
+    if let Some(restarts) = optional(&mut fields, "max_turn_restarts", |f| {
+        f.integer_in(ctx, 0, MAX_TURN_RESTARTS, TURN_RESTARTS_ALLOWED)
+    })? {
+        settings.max_turn_restarts = u32::try_from(restarts).unwrap_or(u32::MAX);
+    }
+    if let Some(window) = optional(&mut fields, "restart_window_seconds", |f| {
+        f.integer_in(ctx, 1, MAX_TIMEOUT_SECONDS, TIMEOUT_ALLOWED)
+    })? {
+        settings.restart_window_seconds = window;
     }
 
     if let Some(skip) = optional(&mut fields, "skip_final_presentation", |f| f.bool(ctx))? {

@@ -281,6 +281,9 @@ fn three_agents_default_uses_three_hosted_providers() {
         "https://api.groq.com/openai/v1"
     );
     assert_eq!(config.orchestrator.max_new_answers_per_agent, Some(2));
+    // Written out (at their defaults) so users find the turn-worker restart limit.
+    assert_eq!(config.orchestrator.max_turn_restarts, 3);
+    assert_eq!(config.orchestrator.restart_window_seconds, 60);
     assert_eq!(config.timeouts.orchestrator_timeout_seconds, 600);
 }
 
@@ -460,6 +463,8 @@ orchestrator:
   restart_policy: finish
   max_workflow_retries: 1
   skip_final_presentation: true
+  max_turn_restarts: 5
+  restart_window_seconds: 120
 timeout_settings:
   turn_timeout_seconds: 90
   stall_timeout_seconds: 15
@@ -492,6 +497,8 @@ ui:
             max_total_tokens: None,
             pricing: Vec::new(),
             node_join_timeout_seconds: 30,
+            max_turn_restarts: 5,
+            restart_window_seconds: 120,
         }
     );
     assert_eq!(
@@ -1287,6 +1294,18 @@ const BAD_CONFIGS: &[(&str, &str, &str, &str)] = &[
         "whole number",
     ),
     (
+        "negative max_turn_restarts",
+        "agent: {backend: {model: gpt-4o}}\norchestrator: {max_turn_restarts: -1}\n",
+        "orchestrator.max_turn_restarts",
+        "from 0 to 100",
+    ),
+    (
+        "zero restart window",
+        "agent: {backend: {model: gpt-4o}}\norchestrator: {restart_window_seconds: 0}\n",
+        "orchestrator.restart_window_seconds",
+        "seconds from 1",
+    ),
+    (
         "skip_final_presentation text",
         "agent: {backend: {model: gpt-4o}}\norchestrator: {skip_final_presentation: maybe}\n",
         "orchestrator.skip_final_presentation",
@@ -1705,4 +1724,123 @@ fn node_join_timeout_is_read_from_timeout_settings() {
     assert_eq!(loaded.config.orchestrator.node_join_timeout_seconds, 7);
     let default = load("agents:\n  - id: a\n    backend: {type: openai, model: gpt-4o-mini}\n");
     assert_eq!(default.config.orchestrator.node_join_timeout_seconds, 30);
+}
+
+#[test]
+fn turn_restart_limits_load_default_and_name_their_key_when_bad() {
+    let agent = "agents:\n  - id: a\n    backend: {type: openai, model: gpt-4o-mini}\n";
+
+    let loaded = load(&format!(
+        "{agent}orchestrator:\n  max_turn_restarts: 1\n  restart_window_seconds: 5\n"
+    ));
+    assert!(loaded.warnings.is_empty(), "{:#?}", loaded.warnings);
+    assert_eq!(loaded.config.orchestrator.max_turn_restarts, 1);
+    assert_eq!(loaded.config.orchestrator.restart_window_seconds, 5);
+
+    // Left out (or null): 3 restarts within 60 s.
+    for yaml in [
+        agent.to_owned(),
+        format!("{agent}orchestrator:\n  max_turn_restarts:\n  restart_window_seconds:\n"),
+    ] {
+        let orchestrator = load(&yaml).config.orchestrator;
+        assert_eq!(
+            (
+                orchestrator.max_turn_restarts,
+                orchestrator.restart_window_seconds
+            ),
+            (3, 60),
+            "{yaml}"
+        );
+    }
+
+    // 0 restarts (the first crash fails the turn) and the extremes are allowed; values
+    // may come from the environment like any number.
+    let env = env_of(&[("RESTARTS", "100")]);
+    let yaml = format!(
+        "{agent}orchestrator:\n  max_turn_restarts: \"${{RESTARTS}}\"\n  restart_window_seconds: 2592000\n"
+    );
+    let orchestrator = load_str(&yaml, "env.yaml", &env)
+        .unwrap()
+        .config
+        .orchestrator;
+    assert_eq!(orchestrator.max_turn_restarts, 100);
+    assert_eq!(orchestrator.restart_window_seconds, 2_592_000);
+    let orchestrator = load(&format!("{agent}orchestrator: {{max_turn_restarts: 0}}\n"))
+        .config
+        .orchestrator;
+    assert_eq!(orchestrator.max_turn_restarts, 0);
+
+    for (bad, path, allowed) in [
+        (
+            "max_turn_restarts: -1",
+            "orchestrator.max_turn_restarts",
+            "from 0 to 100",
+        ),
+        (
+            "max_turn_restarts: 101",
+            "orchestrator.max_turn_restarts",
+            "from 0 to 100",
+        ),
+        (
+            "max_turn_restarts: 1.5",
+            "orchestrator.max_turn_restarts",
+            "from 0 to 100",
+        ),
+        (
+            "max_turn_restarts: often",
+            "orchestrator.max_turn_restarts",
+            "a whole number",
+        ),
+        (
+            "max_turn_restarts: [1]",
+            "orchestrator.max_turn_restarts",
+            "a whole number",
+        ),
+        (
+            "restart_window_seconds: 0",
+            "orchestrator.restart_window_seconds",
+            "seconds from 1",
+        ),
+        (
+            "restart_window_seconds: -60",
+            "orchestrator.restart_window_seconds",
+            "seconds from 1",
+        ),
+        (
+            "restart_window_seconds: 99999999999",
+            "orchestrator.restart_window_seconds",
+            "30 days",
+        ),
+        (
+            "restart_window_seconds: 0.5",
+            "orchestrator.restart_window_seconds",
+            "seconds from 1",
+        ),
+        (
+            "restart_window_seconds: soon",
+            "orchestrator.restart_window_seconds",
+            "a whole number",
+        ),
+    ] {
+        let err = load_err(&format!("{agent}orchestrator:\n  {bad}\n")).to_string();
+        assert!(
+            err.contains("test.yaml") && err.contains(path) && err.contains(allowed),
+            "{bad}: {err}"
+        );
+    }
+
+    // The keys belong under `orchestrator:`; elsewhere, or misspelt, they are unknown keys
+    // (a warning, the defaults stay).
+    let loaded = load(&format!(
+        "{agent}orchestrator:\n  max_turn_restart: 1\ntimeout_settings:\n  restart_window_seconds: 5\n"
+    ));
+    assert_eq!(
+        warning_texts(&loaded),
+        vec![
+            "orchestrator.max_turn_restart: unknown key, ignored",
+            "timeout_settings.restart_window_seconds: unknown key, ignored",
+        ]
+    );
+    assert_eq!(loaded.config.orchestrator.max_turn_restarts, 3);
+    assert_eq!(loaded.config.orchestrator.restart_window_seconds, 60);
 }

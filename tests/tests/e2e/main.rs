@@ -10,4 +10,5 @@ mod e2e_faults;
 mod e2e_interrupt;
 mod e2e_mixed;
 mod e2e_resume;
+mod e2e_server;
 mod e2e_session;

@@ -1,0 +1,456 @@
+//! `conclave server`: a long-lived orchestrator. It keeps the cluster listener up, so agent
+//! nodes stay joined between sessions, and runs the sessions submitted on stdin or over HTTP.
+//!
+//! ```text
+//! conclave server --listen 0.0.0.0:7420 --cookie-file cookie --config team.yaml \
+//!                 --http 127.0.0.1:7421
+//! ```
+//!
+//! * **stdin**: each line is one session: a plain question (run with `--config`), or a JSON
+//!   object `{"question": "...", "config": "other.yaml", "session_id": "name"}` (`config` and
+//!   `session_id` optional; `config_yaml` gives the YAML inline instead of a path).
+//! * **HTTP** (`--http IP:PORT`): the API of [`http`]: submit, list, inspect, watch live (SSE)
+//!   and cancel sessions, list the joined agent nodes.
+//!
+//! Sessions run concurrently. Each prints one JSON line on stdout when it ends, wherever it
+//! came from: `{"session", "exit_code", "reason", "winner", "final_answer", ...}`, or
+//! `{"session", "exit_code", "error"}` when it could not run. Journals go under
+//! `--session-dir` as usual. `--listen` (agent nodes) and `--http` are each optional, but a
+//! server needs at least one of them; agents without `node:` run inside the server.
+//!
+//! When stdin closes the server keeps serving (a daemon's stdin is usually closed) until
+//! SIGTERM or Ctrl-C, which interrupts running sessions (each ends with its best answer so
+//! far), waits up to 30 s for them, and exits 0.
+//!
+//! The server remembers the sessions it ran (state, result, the journal events for replay) for
+//! its lifetime, up to [`MAX_FINISHED_KEPT`] finished ones; older ones are still on disk.
+
+pub mod http;
+mod registry;
+
+use std::path::PathBuf;
+use std::sync::Arc;
+use std::time::Duration;
+
+use anyhow::Context;
+use clap::Args;
+use conclave_protocol::config::DisplayKind;
+use conclave_protocol::{SessionId, TaskSpec};
+use serde::Deserialize;
+use serde_json::{Value, json};
+use tokio_util::sync::CancellationToken;
+use tracing::{info, warn};
+
+use crate::cli::{
+    ClusterArgs, CommonArgs, EXIT_OK, Failure, apply_common, check_placement, execution,
+    session_failure, usage,
+};
+use crate::cluster::Cluster;
+use crate::config;
+use crate::coordinator::{SessionOutcome, reason_name};
+use crate::display::Display;
+use crate::session::{EnvFn, SessionPlan, new_session_id, run_session, session_dir};
+
+use registry::{HubWriter, Registry};
+pub use registry::{MAX_FINISHED_KEPT, SessionEntry};
+
+/// How long a stopping server waits for its running sessions to present their best answer.
+const STOP_GRACE: Duration = Duration::from_secs(30);
+/// How long a finished session's display thread may take to flush.
+const DISPLAY_FLUSH: Duration = Duration::from_secs(5);
+
+#[derive(Args, Debug)]
+pub struct ServerArgs {
+    /// The session config for questions that do not name one.
+    #[arg(long, short = 'c', value_name = "FILE")]
+    pub config: Option<PathBuf>,
+    /// Serve the HTTP API on this address (IP:PORT; port 0 picks one, printed on stderr).
+    #[arg(long, value_name = "IP:PORT")]
+    pub http: Option<std::net::SocketAddr>,
+    /// A file holding the bearer token HTTP clients must send (`Authorization: Bearer TOKEN`).
+    /// Without it, CONCLAVE_HTTP_TOKEN is read. Required unless --http is a loopback address.
+    #[arg(long, value_name = "FILE")]
+    pub http_token_file: Option<PathBuf>,
+    #[command(flatten)]
+    pub common: CommonArgs,
+    #[command(flatten)]
+    pub cluster: ClusterArgs,
+}
+
+/// The environment variable holding the HTTP API's bearer token.
+pub const HTTP_TOKEN_ENV: &str = "CONCLAVE_HTTP_TOKEN";
+
+/// One submitted session, from a stdin line or an HTTP request body.
+#[derive(Debug, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct Job {
+    pub question: String,
+    /// A config file on the server (relative to its working directory).
+    #[serde(default)]
+    pub config: Option<PathBuf>,
+    /// The config itself, as YAML text.
+    #[serde(default)]
+    pub config_yaml: Option<String>,
+    #[serde(default)]
+    pub session_id: Option<String>,
+}
+
+fn parse_job(line: &str) -> Result<Job, String> {
+    if line.starts_with('{') {
+        serde_json::from_str(line).map_err(|e| format!("not a session request: {e}"))
+    } else {
+        Ok(Job {
+            question: line.to_owned(),
+            config: None,
+            config_yaml: None,
+            session_id: None,
+        })
+    }
+}
+
+/// Why a submission was refused.
+#[derive(Debug)]
+pub enum SubmitError {
+    /// The request is wrong (config, question, session id): the error says what to fix.
+    Invalid(anyhow::Error),
+    /// A session with that id exists already (here or on disk).
+    Exists(String),
+    /// The server is stopping.
+    Stopping,
+}
+
+impl std::fmt::Display for SubmitError {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        match self {
+            SubmitError::Invalid(error) => f.write_str(&conclave_protocol::error_text(&**error)),
+            SubmitError::Exists(id) => write!(
+                f,
+                "session `{id}` already exists; choose another session_id"
+            ),
+            SubmitError::Stopping => write!(f, "the server is stopping"),
+        }
+    }
+}
+
+/// The server's shared state: what stdin and HTTP submissions go through.
+pub struct Server {
+    args: ServerArgs,
+    env: EnvFn,
+    cluster: Option<Cluster>,
+    stop: CancellationToken,
+    registry: Registry,
+    tasks: std::sync::Mutex<tokio::task::JoinSet<()>>,
+}
+
+impl Server {
+    fn new(args: ServerArgs, env: EnvFn, cluster: Option<Cluster>) -> Arc<Server> {
+        Arc::new(Server {
+            args,
+            env,
+            cluster,
+            stop: CancellationToken::new(),
+            registry: Registry::default(),
+            tasks: std::sync::Mutex::new(tokio::task::JoinSet::new()),
+        })
+    }
+
+    pub fn registry(&self) -> &Registry {
+        &self.registry
+    }
+
+    pub fn cluster(&self) -> Option<&Cluster> {
+        self.cluster.as_ref()
+    }
+
+    /// Validates a job and starts its session. The returned entry reports its progress.
+    pub fn submit(self: &Arc<Self>, job: Job) -> Result<Arc<SessionEntry>, SubmitError> {
+        if self.stop.is_cancelled() {
+            return Err(SubmitError::Stopping);
+        }
+        let plan = self.plan(job)?;
+        let id = plan.session.to_string();
+        let entry = self
+            .registry
+            .insert(&id, &plan.task.question, self.stop.child_token())
+            .ok_or_else(|| SubmitError::Exists(id.clone()))?;
+        let (display, guard) =
+            Display::to_writer(DisplayKind::Json, Box::new(HubWriter::new(entry.clone())));
+        let task_entry = entry.clone();
+        let server = self.clone();
+        let mut tasks = self.tasks.lock().unwrap_or_else(|e| e.into_inner());
+        // Reap finished sessions so the set does not grow with the server's lifetime.
+        while tasks.try_join_next().is_some() {}
+        tasks.spawn(async move {
+            let result = run_session(plan, display, task_entry.cancel.clone()).await;
+            // The display thread ends once every Display clone is gone; bounded in case one
+            // lingers in an actor that has not stopped yet.
+            let flush = tokio::task::spawn_blocking(move || guard.finish());
+            if tokio::time::timeout(DISPLAY_FLUSH, flush).await.is_err() {
+                warn!(session = %task_entry.id, "the display did not flush in time");
+            }
+            let line = match result {
+                Ok(outcome) => outcome_json(&outcome),
+                Err(error) => {
+                    let Failure { code, error } = session_failure(error);
+                    json!({"session": task_entry.id, "exit_code": code, "error": conclave_protocol::error_text(&*error)})
+                }
+            };
+            println!("{line}");
+            server.registry.finish(&task_entry, line);
+        });
+        Ok(entry)
+    }
+
+    /// Resolves a job into a session plan, checking everything that can be checked up front.
+    fn plan(&self, job: Job) -> Result<SessionPlan, SubmitError> {
+        let invalid = |e: anyhow::Error| SubmitError::Invalid(e);
+        if job.question.trim().is_empty() {
+            return Err(invalid(anyhow::anyhow!("the question is empty")));
+        }
+        let env = &self.env;
+        let loaded = match (&job.config_yaml, &job.config, &self.args.config) {
+            (Some(_), Some(_), _) => {
+                return Err(invalid(anyhow::anyhow!(
+                    "give either \"config\" (a file on the server) or \"config_yaml\", not both"
+                )));
+            }
+            (Some(yaml), None, _) => config::load_str(yaml, "config_yaml", &|key| env(key)),
+            (None, Some(path), _) | (None, None, Some(path)) => {
+                config::load_file(path, &|key| env(key))
+            }
+            (None, None, None) => {
+                return Err(invalid(anyhow::anyhow!(
+                    "no config: start the server with --config FILE or give \"config\" or \"config_yaml\" in the request"
+                )));
+            }
+        }
+        .map_err(|e| invalid(e.into()))?;
+        for warning in &loaded.warnings {
+            warn!("{warning}");
+        }
+        let mut config = loaded.config;
+        apply_common(&mut config, &self.args.common, env).map_err(|f| invalid(f.error))?;
+        check_placement(&config, &self.args.cluster).map_err(|f| invalid(f.error))?;
+        if let Some((agent, var)) = config::missing_api_keys(&config, &|key| env(key)).first() {
+            return Err(invalid(anyhow::anyhow!(
+                "agent `{agent}` needs an API key: set {var} on the orchestrator"
+            )));
+        }
+        let session = match &job.session_id {
+            Some(id) => {
+                SessionId::parse(id).map_err(|e| invalid(anyhow::anyhow!("session_id: {e}")))?
+            }
+            None => new_session_id(),
+        };
+        let dir = session_dir(&self.args.common.session_dir, &session);
+        if dir.join(crate::journal::EVENTS_FILE).exists() {
+            return Err(SubmitError::Exists(session.to_string()));
+        }
+        Ok(SessionPlan {
+            session,
+            dir,
+            config,
+            task: TaskSpec {
+                question: job.question,
+                history: Vec::new(),
+            },
+            env: self.env.clone(),
+            http: None,
+            cluster: self.cluster.clone(),
+        })
+    }
+
+    /// Submits a stdin line; a refused one prints its error line at once.
+    fn submit_line(self: &Arc<Self>, line: &str) {
+        let refused = |session: Option<String>, error: String| {
+            println!(
+                "{}",
+                json!({"session": session, "exit_code": crate::cli::EXIT_USAGE, "error": error})
+            );
+        };
+        match parse_job(line) {
+            Ok(job) => {
+                let id = job.session_id.clone();
+                if let Err(error) = self.submit(job) {
+                    refused(id, error.to_string());
+                }
+            }
+            Err(error) => refused(None, error),
+        }
+    }
+
+    /// Interrupts every session and waits up to `grace` for them to end.
+    async fn stop_sessions(&self, grace: Duration) {
+        self.stop.cancel();
+        let mut tasks = std::mem::take(&mut *self.tasks.lock().unwrap_or_else(|e| e.into_inner()));
+        if tokio::time::timeout(grace, async { while tasks.join_next().await.is_some() {} })
+            .await
+            .is_err()
+        {
+            warn!(
+                "{} session(s) did not end within {grace:?}; leaving them",
+                tasks.len()
+            );
+        }
+    }
+}
+
+/// The result line of a finished session (stdout and `GET /sessions/{id}`).
+fn outcome_json(outcome: &SessionOutcome) -> Value {
+    json!({
+        "session": outcome.session.to_string(),
+        "exit_code": outcome.exit_code(),
+        "reason": reason_name(outcome.reason),
+        "winner": outcome.winner,
+        "final_answer": outcome.final_answer,
+        "answers": outcome.answers,
+        "turns": outcome.turns,
+        "usage": outcome.usage,
+        "cost_usd": outcome.cost_usd,
+    })
+}
+
+/// Reads the HTTP bearer token, and refuses to serve a non-loopback address without one.
+fn http_token(args: &ServerArgs, env: &EnvFn) -> Result<Option<String>, Failure> {
+    let Some(addr) = args.http else {
+        return Ok(None);
+    };
+    let token = match &args.http_token_file {
+        Some(path) => Some(
+            std::fs::read_to_string(path)
+                .with_context(|| format!("cannot read --http-token-file {}", path.display()))
+                .map_err(usage)?
+                .trim()
+                .to_owned(),
+        ),
+        None => env(HTTP_TOKEN_ENV).map(|t| t.trim().to_owned()),
+    };
+    if let Some(token) = &token
+        && token.len() < 16
+    {
+        return Err(usage(anyhow::anyhow!(
+            "the HTTP token must be at least 16 characters (e.g. `openssl rand -hex 32`)"
+        )));
+    }
+    if token.is_none() && !addr.ip().is_loopback() {
+        return Err(usage(anyhow::anyhow!(
+            "--http {addr} is not a loopback address: give a bearer token with --http-token-file FILE or {HTTP_TOKEN_ENV}"
+        )));
+    }
+    Ok(token)
+}
+
+/// Runs the server until SIGTERM or Ctrl-C.
+pub async fn run(args: ServerArgs, env: EnvFn) -> Result<u8, Failure> {
+    if args.cluster.listen.is_none() && args.http.is_none() {
+        return Err(usage(anyhow::anyhow!(
+            "conclave server needs --listen IP:PORT (where agent nodes join), --http IP:PORT (the HTTP API), or both"
+        )));
+    }
+    let token = http_token(&args, &env)?;
+    let cluster = args.cluster.start(&env).await?;
+    let http_addr = args.http;
+    let server = Server::new(args, env, cluster);
+    let http = match http_addr {
+        Some(addr) => {
+            let listener = tokio::net::TcpListener::bind(addr)
+                .await
+                .with_context(|| format!("cannot serve HTTP on {addr}"))
+                .map_err(execution)?;
+            let bound = listener
+                .local_addr()
+                .context("the HTTP listener has no address")
+                .map_err(execution)?;
+            eprintln!("conclave server: HTTP API at http://{bound}");
+            Some(tokio::spawn(http::serve(
+                listener,
+                server.clone(),
+                token,
+                server.stop.clone(),
+            )))
+        }
+        None => None,
+    };
+    if let Some(cluster) = &server.cluster {
+        eprintln!(
+            "conclave server: agent nodes join at {}",
+            cluster.listen_addr()
+        );
+    }
+    eprintln!(
+        "conclave server: one session per stdin line (a question, or JSON {{\"question\", \"config\", \"config_yaml\", \"session_id\"}}); SIGTERM or Ctrl-C stops"
+    );
+    let (lines_tx, mut lines) = tokio::sync::mpsc::unbounded_channel::<String>();
+    std::thread::spawn(move || {
+        use std::io::BufRead;
+        for line in std::io::stdin().lock().lines() {
+            let Ok(line) = line else { break };
+            if lines_tx.send(line).is_err() {
+                break;
+            }
+        }
+    });
+    let mut sigterm = tokio::signal::unix::signal(tokio::signal::unix::SignalKind::terminate())
+        .context("cannot watch SIGTERM")
+        .map_err(execution)?;
+    let mut stdin_open = true;
+    loop {
+        tokio::select! {
+            line = lines.recv(), if stdin_open => match line {
+                Some(line) => {
+                    let line = line.trim();
+                    if !line.is_empty() {
+                        server.submit_line(line);
+                    }
+                }
+                None => {
+                    stdin_open = false;
+                    info!("stdin closed; still serving until SIGTERM or Ctrl-C");
+                }
+            },
+            _ = tokio::signal::ctrl_c() => break,
+            _ = sigterm.recv() => break,
+        }
+    }
+    eprintln!(
+        "conclave server: stopping ({} session(s) running)",
+        server.registry.running()
+    );
+    server.stop_sessions(STOP_GRACE).await;
+    if let Some(http) = http {
+        // Live event streams end with their sessions; give the last responses a moment.
+        if tokio::time::timeout(Duration::from_secs(5), http)
+            .await
+            .is_err()
+        {
+            warn!("the HTTP API did not close in time");
+        }
+    }
+    if let Some(cluster) = &server.cluster {
+        cluster.shutdown().await;
+    }
+    Ok(EXIT_OK)
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn a_plain_line_is_a_question_and_json_lines_are_requests() {
+        let job = parse_job("What is 2+2?").unwrap();
+        assert_eq!(job.question, "What is 2+2?");
+        assert!(job.config.is_none() && job.session_id.is_none());
+        let job = parse_job(r#"{"question": "q", "config_yaml": "agents: []", "session_id": "s"}"#)
+            .unwrap();
+        assert_eq!(job.config_yaml.as_deref(), Some("agents: []"));
+        assert_eq!(job.session_id.as_deref(), Some("s"));
+        let error = parse_job(r#"{"question": "q", "confg": "x.yaml"}"#).unwrap_err();
+        assert!(error.contains("unknown field `confg`"), "{error}");
+        assert!(
+            parse_job(r#"{"config": "x.yaml"}"#)
+                .unwrap_err()
+                .contains("question")
+        );
+    }
+}

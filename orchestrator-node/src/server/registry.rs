@@ -1,0 +1,296 @@
+//! The server's sessions: state, result, and the live event feed HTTP clients watch.
+//!
+//! Each session's display is the `json` display (the same objects `--display json` prints)
+//! written into a [`HubWriter`], which splits it into lines and publishes each one. Journal
+//! events (answers, votes, restarts, the end) are also kept, so a client that connects late
+//! first gets everything that happened and then the live feed; stream chunks are only sent
+//! live (they are many, and the journal is the record). The snapshot and the subscription are
+//! taken under one lock, so a watcher sees every kept event exactly once.
+
+use std::collections::{HashMap, VecDeque};
+use std::io::{self, Write};
+use std::sync::{Arc, Mutex, MutexGuard};
+use std::time::SystemTime;
+
+use serde_json::{Value, json};
+use tokio::sync::broadcast;
+use tokio_util::sync::CancellationToken;
+
+/// Finished sessions remembered in memory; older ones are forgotten (their journals remain).
+pub const MAX_FINISHED_KEPT: usize = 1000;
+/// Live items buffered per watcher before it is told it lagged.
+const LIVE_BUFFER: usize = 4096;
+/// A display line longer than this is cut off rather than buffered without bound.
+const MAX_LINE_BYTES: usize = 32 << 20;
+
+/// One session the server runs or ran.
+pub struct SessionEntry {
+    pub id: String,
+    pub question: String,
+    pub started: SystemTime,
+    /// Cancelling it interrupts the session: it ends with its best answer so far.
+    pub cancel: CancellationToken,
+    /// Cancelled once the session has ended and its result is set.
+    pub done: CancellationToken,
+    state: Mutex<EntryState>,
+}
+
+struct EntryState {
+    /// The journal events and the final answer, for watchers that connect later.
+    kept: Vec<Arc<str>>,
+    /// The live feed; `None` once the session has ended (watchers then see the end).
+    live: Option<broadcast::Sender<Arc<str>>>,
+    result: Option<Value>,
+}
+
+/// What a watcher gets: everything kept so far, then the live feed (if still running).
+pub struct Watch {
+    pub kept: Vec<Arc<str>>,
+    pub live: Option<broadcast::Receiver<Arc<str>>>,
+}
+
+impl SessionEntry {
+    fn state(&self) -> MutexGuard<'_, EntryState> {
+        self.state.lock().unwrap_or_else(|e| e.into_inner())
+    }
+
+    /// Publishes one display line (a JSON object).
+    fn publish(&self, line: Arc<str>) {
+        let is_chunk = serde_json::from_str::<Value>(&line)
+            .ok()
+            .is_some_and(|v| v.get("type").and_then(Value::as_str) == Some("chunk"));
+        let mut state = self.state();
+        if !is_chunk {
+            state.kept.push(line.clone());
+        }
+        if let Some(live) = &state.live {
+            // No receiver is not an error: nobody is watching.
+            let _ = live.send(line);
+        }
+    }
+
+    pub fn watch(&self) -> Watch {
+        let state = self.state();
+        Watch {
+            kept: state.kept.clone(),
+            live: state.live.as_ref().map(|s| s.subscribe()),
+        }
+    }
+
+    pub fn result(&self) -> Option<Value> {
+        self.state().result.clone()
+    }
+
+    /// The session as `GET /sessions/{id}` shows it.
+    pub fn status(&self) -> Value {
+        let state = self.state();
+        let started = self
+            .started
+            .duration_since(SystemTime::UNIX_EPOCH)
+            .map(|d| d.as_millis() as u64)
+            .unwrap_or(0);
+        let mut status = json!({
+            "session": self.id,
+            "question": self.question,
+            "started_at_ms": started,
+            "events": state.kept.len(),
+        });
+        match &state.result {
+            Some(result) => {
+                status["state"] = json!("done");
+                status["result"] = result.clone();
+            }
+            None if self.cancel.is_cancelled() => status["state"] = json!("cancelling"),
+            None => status["state"] = json!("running"),
+        }
+        status
+    }
+}
+
+/// All sessions of this server, in submission order.
+#[derive(Default)]
+pub struct Registry {
+    inner: Mutex<Inner>,
+}
+
+#[derive(Default)]
+struct Inner {
+    by_id: HashMap<String, Arc<SessionEntry>>,
+    order: VecDeque<String>,
+    finished: VecDeque<String>,
+}
+
+impl Registry {
+    fn inner(&self) -> MutexGuard<'_, Inner> {
+        self.inner.lock().unwrap_or_else(|e| e.into_inner())
+    }
+
+    /// Adds a running session; `None` when the id is taken.
+    pub(super) fn insert(
+        &self,
+        id: &str,
+        question: &str,
+        cancel: CancellationToken,
+    ) -> Option<Arc<SessionEntry>> {
+        let mut inner = self.inner();
+        if inner.by_id.contains_key(id) {
+            return None;
+        }
+        let (live, _) = broadcast::channel(LIVE_BUFFER);
+        let entry = Arc::new(SessionEntry {
+            id: id.to_owned(),
+            question: question.to_owned(),
+            started: SystemTime::now(),
+            cancel,
+            done: CancellationToken::new(),
+            state: Mutex::new(EntryState {
+                kept: Vec::new(),
+                live: Some(live),
+                result: None,
+            }),
+        });
+        inner.by_id.insert(id.to_owned(), entry.clone());
+        inner.order.push_back(id.to_owned());
+        Some(entry)
+    }
+
+    /// Records a session's result, ends its live feed and forgets the oldest finished
+    /// sessions beyond [`MAX_FINISHED_KEPT`].
+    pub(super) fn finish(&self, entry: &SessionEntry, result: Value) {
+        {
+            let mut state = entry.state();
+            state.result = Some(result);
+            state.live = None;
+        }
+        entry.done.cancel();
+        let mut inner = self.inner();
+        inner.finished.push_back(entry.id.clone());
+        while inner.finished.len() > MAX_FINISHED_KEPT {
+            if let Some(old) = inner.finished.pop_front() {
+                inner.by_id.remove(&old);
+                inner.order.retain(|id| *id != old);
+            }
+        }
+    }
+
+    pub fn get(&self, id: &str) -> Option<Arc<SessionEntry>> {
+        self.inner().by_id.get(id).cloned()
+    }
+
+    pub fn all(&self) -> Vec<Arc<SessionEntry>> {
+        let inner = self.inner();
+        inner
+            .order
+            .iter()
+            .filter_map(|id| inner.by_id.get(id).cloned())
+            .collect()
+    }
+
+    pub fn running(&self) -> usize {
+        let inner = self.inner();
+        inner.by_id.len() - inner.finished.len()
+    }
+}
+
+/// The writer behind a server session's `json` display: publishes each line.
+pub(super) struct HubWriter {
+    entry: Arc<SessionEntry>,
+    pending: Vec<u8>,
+}
+
+impl HubWriter {
+    pub(super) fn new(entry: Arc<SessionEntry>) -> HubWriter {
+        HubWriter {
+            entry,
+            pending: Vec::new(),
+        }
+    }
+}
+
+impl Write for HubWriter {
+    fn write(&mut self, buf: &[u8]) -> io::Result<usize> {
+        let mut rest = buf;
+        while let Some(end) = rest.iter().position(|&b| b == b'\n') {
+            self.pending.extend_from_slice(&rest[..end]);
+            rest = &rest[end + 1..];
+            let line = String::from_utf8_lossy(&self.pending);
+            if !line.trim().is_empty() {
+                self.entry.publish(Arc::from(line.as_ref()));
+            }
+            self.pending.clear();
+        }
+        if self.pending.len() + rest.len() <= MAX_LINE_BYTES {
+            self.pending.extend_from_slice(rest);
+        }
+        Ok(buf.len())
+    }
+
+    fn flush(&mut self) -> io::Result<()> {
+        Ok(())
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    fn entry(registry: &Registry, id: &str) -> Arc<SessionEntry> {
+        registry.insert(id, "q", CancellationToken::new()).unwrap()
+    }
+
+    #[test]
+    fn a_late_watcher_gets_every_kept_event_once_then_the_live_feed() {
+        let registry = Registry::default();
+        let session = entry(&registry, "s1");
+        let mut writer = HubWriter::new(session.clone());
+        // Lines may arrive split across writes.
+        writer
+            .write_all(b"{\"type\":\"answer_accepted\",\"n\":1}\n{\"type\":\"chu")
+            .unwrap();
+        writer.write_all(b"nk\",\"text\":\"hi\"}\n").unwrap();
+        let mut watch = session.watch();
+        assert_eq!(watch.kept.len(), 1, "chunks are live only");
+        assert!(watch.kept[0].contains("answer_accepted"));
+        writer.write_all(b"{\"type\":\"vote_cast\"}\n").unwrap();
+        let live = watch.live.as_mut().unwrap();
+        assert!(live.try_recv().unwrap().contains("vote_cast"));
+        assert!(live.try_recv().is_err());
+        assert_eq!(session.status()["state"], "running");
+        registry.finish(&session, json!({"exit_code": 0}));
+        assert!(session.done.is_cancelled());
+        assert!(matches!(
+            live.try_recv(),
+            Err(broadcast::error::TryRecvError::Closed)
+        ));
+        let status = session.status();
+        assert_eq!(status["state"], "done");
+        assert_eq!(status["result"]["exit_code"], 0);
+        assert_eq!(status["events"], 2);
+        assert!(session.watch().live.is_none());
+    }
+
+    #[test]
+    fn ids_are_unique_and_old_finished_sessions_are_forgotten() {
+        let registry = Registry::default();
+        let first = entry(&registry, "first");
+        assert!(
+            registry
+                .insert("first", "q", CancellationToken::new())
+                .is_none()
+        );
+        registry.finish(&first, json!({}));
+        for i in 0..MAX_FINISHED_KEPT {
+            let e = entry(&registry, &format!("s{i}"));
+            registry.finish(&e, json!({}));
+        }
+        let running = entry(&registry, "running");
+        assert!(
+            registry.get("first").is_none(),
+            "the oldest finished is forgotten"
+        );
+        assert!(registry.get("s0").is_some());
+        assert_eq!(registry.running(), 1);
+        assert_eq!(registry.all().len(), MAX_FINISHED_KEPT + 1);
+        assert_eq!(registry.all().last().unwrap().id, running.id);
+    }
+}
