@@ -1329,6 +1329,63 @@ fn hostile_framing() {
     );
 }
 
+/// Shapes whose bookkeeping could go quadratic: tool-call indices in descending order (Chat),
+/// and many output items with every later event naming the first one (Responses).
+#[test]
+fn hostile_structure() {
+    // Enough calls that shifting a sorted vector on every insert would take minutes.
+    let mut chat = Vec::new();
+    for index in (0..150_000).rev() {
+        chat.extend_from_slice(
+            format!(
+                "data: {{\"choices\":[{{\"delta\":{{\"tool_calls\":[{{\"index\":{index},\"id\":\"c{index}\",\"function\":{{\"name\":\"f\",\"arguments\":\"\"}}}}]}}}}]}}\n\n"
+            )
+            .as_bytes(),
+        );
+    }
+    chat.extend_from_slice(b"data: {\"choices\":[{\"delta\":{},\"finish_reason\":\"tool_calls\"}]}\n\ndata: [DONE]\n\n");
+    hostile(
+        "chat_descending_tool_call_indices",
+        Wire::Chat,
+        &chat,
+        &Delivery::whole(),
+        limit(),
+    );
+
+    let n = 40_000;
+    let mut responses = Vec::new();
+    let mut event = |kind: &str, data: Value| {
+        responses.extend_from_slice(format!("event: {kind}\ndata: {data}\n\n").as_bytes());
+    };
+    for k in 0..n {
+        event(
+            "response.output_item.added",
+            json!({"type": "response.output_item.added", "output_index": k,
+                   "item": {"type": "function_call", "id": format!("fc_{k}"), "call_id": format!("call_{k}"), "name": "f", "arguments": ""}}),
+        );
+    }
+    for _ in 0..n {
+        event(
+            "response.function_call_arguments.delta",
+            json!({"type": "response.function_call_arguments.delta", "item_id": "fc_0", "output_index": 0, "delta": "x"}),
+        );
+    }
+    let output: Vec<Value> = (0..n)
+        .map(|k| json!({"type": "function_call", "id": format!("fc_{k}"), "call_id": format!("call_{k}"), "name": "f", "arguments": "{}"}))
+        .collect();
+    event(
+        "response.completed",
+        json!({"type": "response.completed", "response": {"output": output}}),
+    );
+    hostile(
+        "responses_many_items_events_on_the_first",
+        Wire::Responses,
+        &responses,
+        &Delivery::whole(),
+        limit(),
+    );
+}
+
 /// The SSE layer's bounds: a line or an event over `MAX_EVENT_BYTES` ends the stream with an
 /// error instead of being buffered; an event under it still parses.
 #[test]

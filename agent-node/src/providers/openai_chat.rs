@@ -19,7 +19,7 @@
 //! dropped, since nothing must execute a call the model did not finish. A stream that ends
 //! with no `[DONE]`, no finish reason and no error ends with [`ProviderError::Truncated`].
 
-use std::collections::VecDeque;
+use std::collections::{BTreeMap, VecDeque};
 use std::fmt;
 use std::pin::Pin;
 use std::sync::atomic::{AtomicBool, Ordering};
@@ -290,15 +290,15 @@ pub enum Flow {
 /// driven directly in tests.
 #[derive(Debug, Default)]
 pub struct ChatStreamParser {
-    /// Tool calls being streamed, sorted by index.
-    calls: Vec<PendingCall>,
+    /// Tool calls being streamed, by index (a map: hosts may send indices in any order, and
+    /// a sorted vector would make a long descending run quadratic).
+    calls: BTreeMap<u32, PendingCall>,
     /// Whether a finish reason arrived.
     finished: bool,
 }
 
-#[derive(Debug)]
+#[derive(Debug, Default)]
 struct PendingCall {
-    index: u32,
     id: String,
     name: String,
     arguments: String,
@@ -406,28 +406,13 @@ impl ChatStreamParser {
         let index = match fragment.index {
             Some(index) => index,
             // No index: continue the last call unless this fragment starts a new one.
-            None => match self.calls.last() {
-                Some(last) if id.as_ref().is_none_or(|id| *id == last.id) => last.index,
-                Some(last) => last.index.saturating_add(1),
+            None => match self.calls.last_key_value() {
+                Some((&last, call)) if id.as_ref().is_none_or(|id| *id == call.id) => last,
+                Some((&last, _)) => last.saturating_add(1),
                 None => 0,
             },
         };
-        let position = match self.calls.binary_search_by_key(&index, |c| c.index) {
-            Ok(position) => position,
-            Err(position) => {
-                self.calls.insert(
-                    position,
-                    PendingCall {
-                        index,
-                        id: String::new(),
-                        name: String::new(),
-                        arguments: String::new(),
-                    },
-                );
-                position
-            }
-        };
-        let call = &mut self.calls[position];
+        let call = self.calls.entry(index).or_default();
         if let Some(id) = &id
             && call.id.is_empty()
         {
@@ -451,10 +436,10 @@ impl ChatStreamParser {
     }
 
     fn flush_calls(&mut self, out: &mut Out) {
-        for call in self.calls.drain(..) {
+        for (index, call) in std::mem::take(&mut self.calls) {
             let id = if call.id.is_empty() {
-                tracing::debug!(index = call.index, "tool call without id; naming it");
-                format!("call_{}", call.index)
+                tracing::debug!(index, "tool call without id; naming it");
+                format!("call_{index}")
             } else {
                 call.id
             };

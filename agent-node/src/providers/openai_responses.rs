@@ -59,7 +59,7 @@
 //!   [`ProviderError::Malformed`]; a body that ends before a terminal event ends it with
 //!   [`ProviderError::Truncated`].
 
-use std::collections::VecDeque;
+use std::collections::{HashMap, VecDeque};
 use std::fmt;
 use std::pin::Pin;
 use std::sync::atomic::{AtomicBool, Ordering};
@@ -414,6 +414,12 @@ type Out = VecDeque<Result<StreamChunk, ProviderError>>;
 pub struct ResponsesStreamParser {
     /// Output items seen so far, in the order they were added.
     items: Vec<OutputItem>,
+    /// The last item with each `output_index`, and with each item id (all items, and those
+    /// without an `output_index`): events find their item in O(1) rather than by a scan,
+    /// which a hostile stream of many items could make quadratic.
+    by_output_index: HashMap<u64, usize>,
+    by_id: HashMap<String, usize>,
+    by_id_unindexed: HashMap<String, usize>,
     /// The `ToolCallDelta` index the next function call gets.
     next_call_index: u32,
     /// Whether a terminal event (`response.completed` / `incomplete` / `failed`) arrived.
@@ -572,12 +578,13 @@ impl ResponsesStreamParser {
         if output_index.is_none() && item_id.is_none() {
             return self.items.len().checked_sub(1);
         }
-        self.items
-            .iter()
-            .rposition(|item| match (output_index, item.output_index) {
-                (Some(wanted), Some(have)) => wanted == have,
-                _ => item_id.is_some() && item.id.as_deref() == item_id,
-            })
+        // The last item that matches: by output index where both sides have one, else by id.
+        let by_index = output_index.and_then(|wanted| self.by_output_index.get(&wanted));
+        let by_id = item_id.and_then(|id| match output_index {
+            None => self.by_id.get(id),
+            Some(_) => self.by_id_unindexed.get(id),
+        });
+        by_index.max(by_id).copied()
     }
 
     /// Records an item announced by `output_item.added` (or implied by a delta that came
@@ -588,6 +595,16 @@ impl ResponsesStreamParser {
         id: Option<String>,
         kind: ItemKind,
     ) -> usize {
+        let position = self.items.len();
+        if let Some(output_index) = output_index {
+            self.by_output_index.insert(output_index, position);
+        }
+        if let Some(id) = &id {
+            self.by_id.insert(id.clone(), position);
+            if output_index.is_none() {
+                self.by_id_unindexed.insert(id.clone(), position);
+            }
+        }
         self.items.push(OutputItem {
             output_index,
             id,
@@ -595,7 +612,7 @@ impl ResponsesStreamParser {
             streamed: false,
             done: false,
         });
-        self.items.len() - 1
+        position
     }
 
     fn new_call(&mut self, call_id: String, name: String, arguments: String) -> ItemKind {
@@ -818,22 +835,43 @@ impl ResponsesStreamParser {
     /// At a completed response, emits the function calls whose `output_item.done` never came:
     /// from the response's own `output` when it lists them, else from the streamed deltas.
     fn finish_calls(&mut self, output: Vec<WireItem>, out: &mut Out) {
+        // The first known item with each call id and each item id, looked up per listed call
+        // (a scan per call would be quadratic in a long output list).
+        let mut first_by_call_id: HashMap<String, usize> = HashMap::new();
+        let mut first_by_id: HashMap<String, usize> = HashMap::new();
+        for (position, known) in self.items.iter().enumerate() {
+            if let ItemKind::FunctionCall { call_id, .. } = &known.kind
+                && !call_id.is_empty()
+            {
+                first_by_call_id.entry(call_id.clone()).or_insert(position);
+            }
+            if let Some(id) = &known.id {
+                first_by_id.entry(id.clone()).or_insert(position);
+            }
+        }
         for item in output {
             if item.kind.as_deref() != Some("function_call") {
                 continue;
             }
             let call_id = item.call_id.as_deref().unwrap_or_default();
-            let position = self.items.iter().position(|known| {
-                matches!(&known.kind, ItemKind::FunctionCall { call_id: c, .. }
-                    if !call_id.is_empty() && c == call_id)
-                    || (known.id.is_some() && known.id == item.id)
-            });
+            let by_call_id = (!call_id.is_empty())
+                .then(|| first_by_call_id.get(call_id))
+                .flatten();
+            let by_id = item.id.as_ref().and_then(|id| first_by_id.get(id));
+            let position = match (by_call_id, by_id) {
+                (Some(a), Some(b)) => Some(*a.min(b)),
+                (a, b) => a.or(b).copied(),
+            };
             let position = match position {
                 Some(position) if self.items[position].done => continue,
                 Some(position) => position,
                 None => {
                     let kind = self.new_call(String::new(), String::new(), String::new());
-                    self.push_item(None, item.id.clone(), kind)
+                    let position = self.push_item(None, item.id.clone(), kind);
+                    if let Some(id) = &item.id {
+                        first_by_id.entry(id.clone()).or_insert(position);
+                    }
+                    position
                 }
             };
             self.items[position].done = true;
