@@ -429,7 +429,6 @@ pub struct ResponsesStreamParser {
 /// One item of the response's `output`, as far as the stream has told it.
 #[derive(Debug)]
 struct OutputItem {
-    output_index: Option<u64>,
     id: Option<String>,
     kind: ItemKind,
     /// Whether text or reasoning deltas arrived for it, so the finished item's copy of that
@@ -606,7 +605,6 @@ impl ResponsesStreamParser {
             }
         }
         self.items.push(OutputItem {
-            output_index,
             id,
             kind,
             streamed: false,
