@@ -6,8 +6,9 @@
 //! | `GET /healthz` | `{"status": "ok", "running": N, "nodes": N}`; needs no token |
 //! | `POST /sessions` | body `{"question", "config"?, "config_yaml"?, "session_id"?}`: validates (400 with the config error, 409 for a taken id) and starts the session: 202 with its status and a `Location`. With `?wait=true` it answers 200 once the session has ended |
 //! | `GET /sessions` | every session this server remembers, oldest first |
-//! | `GET /sessions/{id}` | `{"session", "state": "running"\|"cancelling"\|"done", "question", "started_at_ms", "events", "result"?}`; `result` is the line printed on stdout |
+//! | `GET /sessions/{id}` | `{"session", "state": "running"\|"cancelling"\|"done", "question", "started_at_ms", "events", "result"?}`; `result` is the line printed on stdout. A session this process did not run is read from its journal: `done` with its result, or `unfinished` (resumable) |
 //! | `GET /sessions/{id}/events` | Server-Sent Events: each `data:` is one object of `--display json` (journal events, stream chunks, then `final`). A late watcher first gets the journal events so far; chunks are live only. `event: lagged` says how many items a slow watcher missed. The stream ends when the session does |
+//! | `POST /sessions/{id}/resume` | continues a session whose orchestrator died before it ended, from its journal (no journaled decision is asked for again): 202 (or 200 with `?wait=true`); 409 when it is running or has ended, 404 when there is no such journal |
 //! | `POST /sessions/{id}/cancel` | interrupts the session: it presents its best answer so far (exit code 130); 202, or 409 when it has already ended |
 //! | `GET /nodes` | the joined agent nodes: name, address, version, provider keys held (names only) |
 //!
@@ -34,7 +35,7 @@ use tokio::sync::broadcast::error::RecvError;
 use tokio_util::sync::CancellationToken;
 use tracing::{info, warn};
 
-use super::{Job, Server, SubmitError};
+use super::{Job, Server, SessionEntry, SubmitError};
 
 #[derive(Clone)]
 struct Api {
@@ -68,6 +69,7 @@ fn router(server: Arc<Server>, token: Option<String>) -> Router {
         .route("/sessions/{id}", get(status))
         .route("/sessions/{id}/events", get(events))
         .route("/sessions/{id}/cancel", post(cancel))
+        .route("/sessions/{id}/resume", post(resume))
         .route("/nodes", get(nodes))
         .route_layer(middleware::from_fn_with_state(api.clone(), authorize));
     Router::new()
@@ -153,15 +155,26 @@ async fn submit(State(api): State<Api>, Query(query): Query<SubmitQuery>, body: 
     };
     let entry = match api.server.submit(job) {
         Ok(entry) => entry,
-        Err(e @ SubmitError::Invalid(_)) => return error(StatusCode::BAD_REQUEST, e.to_string()),
-        Err(e @ SubmitError::Exists(_)) => return error(StatusCode::CONFLICT, e.to_string()),
-        Err(e @ SubmitError::Stopping) => {
-            return error(StatusCode::SERVICE_UNAVAILABLE, e.to_string());
-        }
+        Err(refused) => return refusal(refused),
     };
     info!(session = %entry.id, "session submitted over HTTP");
+    started(entry, query.wait).await
+}
+
+fn refusal(refused: SubmitError) -> Response {
+    let status = match refused {
+        SubmitError::Invalid(_) => StatusCode::BAD_REQUEST,
+        SubmitError::Conflict(_) => StatusCode::CONFLICT,
+        SubmitError::NotFound(_) => StatusCode::NOT_FOUND,
+        SubmitError::Stopping => StatusCode::SERVICE_UNAVAILABLE,
+    };
+    error(status, refused.to_string())
+}
+
+/// 202 with the status of a session just started, or 200 once it has ended with `wait`.
+async fn started(entry: Arc<SessionEntry>, wait: bool) -> Response {
     let location = HeaderValue::from_str(&format!("/sessions/{}", entry.id)).ok();
-    let (code, body) = if query.wait {
+    let (code, body) = if wait {
         entry.done.cancelled().await;
         (StatusCode::OK, entry.status())
     } else {
@@ -196,9 +209,36 @@ fn unknown(id: &str) -> Response {
 }
 
 async fn status(State(api): State<Api>, Path(id): Path<String>) -> Response {
-    match api.server.registry().get(&id) {
-        Some(entry) => axum::Json(entry.status()).into_response(),
-        None => unknown(&id),
+    if let Some(entry) = api.server.registry().get(&id) {
+        return axum::Json(entry.status()).into_response();
+    }
+    // Not run by this server process (or forgotten): what its journal says, read off disk.
+    let server = api.server.clone();
+    let lookup = id.clone();
+    match tokio::task::spawn_blocking(move || server.from_disk(&lookup)).await {
+        Ok(Some(status)) => axum::Json(status).into_response(),
+        _ => unknown(&id),
+    }
+}
+
+async fn resume(
+    State(api): State<Api>,
+    Path(id): Path<String>,
+    Query(query): Query<SubmitQuery>,
+) -> Response {
+    let server = api.server.clone();
+    let lookup = id.clone();
+    // Loading a journal reads the whole file: off the async workers.
+    let resumed = match tokio::task::spawn_blocking(move || server.resume(&lookup)).await {
+        Ok(resumed) => resumed,
+        Err(_) => return error(StatusCode::INTERNAL_SERVER_ERROR, "the resume task failed"),
+    };
+    match resumed {
+        Ok(entry) => {
+            info!(session = %id, "session resumed over HTTP");
+            started(entry, query.wait).await
+        }
+        Err(refused) => refusal(refused),
     }
 }
 

@@ -22,6 +22,12 @@
 //! SIGTERM or Ctrl-C, which interrupts running sessions (each ends with its best answer so
 //! far), waits up to 30 s for them, and exits 0.
 //!
+//! **After a crash.** A session whose server died under it keeps its journal. A new server
+//! reports it as `unfinished` (`GET /sessions/{id}`), continues it on `POST
+//! /sessions/{id}/resume`, or, started with `--resume-unfinished`, continues every such
+//! session under `--session-dir` at once. Decisions already journaled are never asked for
+//! again (see [`crate::resume`]).
+//!
 //! The server remembers the sessions it ran (state, result, the journal events for replay) for
 //! its lifetime, up to [`MAX_FINISHED_KEPT`] finished ones; older ones are still on disk.
 
@@ -49,7 +55,10 @@ use crate::cluster::Cluster;
 use crate::config;
 use crate::coordinator::{SessionOutcome, reason_name};
 use crate::display::Display;
-use crate::session::{EnvFn, SessionPlan, new_session_id, run_session, session_dir};
+use crate::resume::ResumePlan;
+use crate::session::{
+    EnvFn, SessionPlan, new_session_id, resume_session, run_session, session_dir,
+};
 
 use registry::{HubWriter, Registry};
 pub use registry::{MAX_FINISHED_KEPT, SessionEntry};
@@ -67,6 +76,10 @@ pub struct ServerArgs {
     /// Serve the HTTP API on this address (IP:PORT; port 0 picks one, printed on stderr).
     #[arg(long, value_name = "IP:PORT")]
     pub http: Option<std::net::SocketAddr>,
+    /// At start, resume every session under --session-dir that never ended (the server or
+    /// its machine died under it); each continues from its journal.
+    #[arg(long)]
+    pub resume_unfinished: bool,
     /// A file holding the bearer token HTTP clients must send (`Authorization: Bearer TOKEN`).
     /// Without it, CONCLAVE_HTTP_TOKEN is read. Required unless --http is a loopback address.
     #[arg(long, value_name = "FILE")]
@@ -108,13 +121,15 @@ fn parse_job(line: &str) -> Result<Job, String> {
     }
 }
 
-/// Why a submission was refused.
+/// Why a submission (or a resume) was refused.
 #[derive(Debug)]
 pub enum SubmitError {
     /// The request is wrong (config, question, session id): the error says what to fix.
     Invalid(anyhow::Error),
-    /// A session with that id exists already (here or on disk).
-    Exists(String),
+    /// The session exists already, is running, or has ended (the message says which).
+    Conflict(String),
+    /// No such session on this server or under its session directory.
+    NotFound(String),
     /// The server is stopping.
     Stopping,
 }
@@ -123,13 +138,22 @@ impl std::fmt::Display for SubmitError {
     fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
         match self {
             SubmitError::Invalid(error) => f.write_str(&conclave_protocol::error_text(&**error)),
-            SubmitError::Exists(id) => write!(
-                f,
-                "session `{id}` already exists; choose another session_id"
-            ),
+            SubmitError::Conflict(message) | SubmitError::NotFound(message) => f.write_str(message),
             SubmitError::Stopping => write!(f, "the server is stopping"),
         }
     }
+}
+
+fn exists(id: &str) -> SubmitError {
+    SubmitError::Conflict(format!(
+        "session `{id}` already exists; choose another session_id"
+    ))
+}
+
+/// What a server session runs: a new session, or one continued from its journal.
+enum Start {
+    New(SessionPlan),
+    Resume(Box<ResumePlan>),
 }
 
 /// The server's shared state: what stdin and HTTP submissions go through.
@@ -168,11 +192,64 @@ impl Server {
             return Err(SubmitError::Stopping);
         }
         let plan = self.plan(job)?;
-        let id = plan.session.to_string();
+        self.start(Start::New(plan))
+    }
+
+    /// Continues a session that did not end (the orchestrator died under it) from its
+    /// journal: decisions already journaled are never asked for again.
+    pub fn resume(self: &Arc<Self>, id: &str) -> Result<Arc<SessionEntry>, SubmitError> {
+        if self.stop.is_cancelled() {
+            return Err(SubmitError::Stopping);
+        }
+        let session = SessionId::parse(id)
+            .map_err(|e| SubmitError::Invalid(anyhow::anyhow!("session id: {e}")))?;
+        if let Some(entry) = self.registry.get(id)
+            && entry.result().is_none()
+        {
+            return Err(SubmitError::Conflict(format!(
+                "session `{id}` is running on this server"
+            )));
+        }
+        let dir = session_dir(&self.args.common.session_dir, &session);
+        if !dir.join(crate::journal::EVENTS_FILE).is_file() {
+            return Err(SubmitError::NotFound(format!(
+                "no session `{id}` under {}",
+                self.args.common.session_dir.display()
+            )));
+        }
+        let mut plan = crate::resume::load(&dir).map_err(|e| SubmitError::Invalid(e.into()))?;
+        if let Some(ended) = &plan.ended {
+            return Err(SubmitError::Conflict(format!(
+                "session `{id}` already ended ({}); nothing to resume",
+                ended.reason
+            )));
+        }
+        let invalid = |f: Failure| SubmitError::Invalid(f.error);
+        apply_common(&mut plan.config, &self.args.common, &self.env).map_err(invalid)?;
+        check_placement(&plan.config, &self.args.cluster).map_err(invalid)?;
+        let env = &self.env;
+        if let Some((agent, var)) = config::missing_api_keys(&plan.config, &|key| env(key)).first()
+        {
+            return Err(SubmitError::Invalid(anyhow::anyhow!(
+                "agent `{agent}` needs an API key: set {var} on the orchestrator"
+            )));
+        }
+        // A finished entry of an earlier attempt (one that failed before it could journal
+        // its end) gives way to the resumed run.
+        self.registry.forget_finished(id);
+        self.start(Start::Resume(Box::new(plan)))
+    }
+
+    /// Registers and spawns a session.
+    fn start(self: &Arc<Self>, start: Start) -> Result<Arc<SessionEntry>, SubmitError> {
+        let (id, question) = match &start {
+            Start::New(plan) => (plan.session.to_string(), plan.task.question.clone()),
+            Start::Resume(plan) => (plan.session.to_string(), plan.task.question.clone()),
+        };
         let entry = self
             .registry
-            .insert(&id, &plan.task.question, self.stop.child_token())
-            .ok_or_else(|| SubmitError::Exists(id.clone()))?;
+            .insert(&id, &question, self.stop.child_token())
+            .ok_or_else(|| exists(&id))?;
         let (display, guard) =
             Display::to_writer(DisplayKind::Json, Box::new(HubWriter::new(entry.clone())));
         let task_entry = entry.clone();
@@ -181,7 +258,14 @@ impl Server {
         // Reap finished sessions so the set does not grow with the server's lifetime.
         while tasks.try_join_next().is_some() {}
         tasks.spawn(async move {
-            let result = run_session(plan, display, task_entry.cancel.clone()).await;
+            let cancel = task_entry.cancel.clone();
+            let result = match start {
+                Start::New(plan) => run_session(plan, display, cancel).await,
+                Start::Resume(plan) => {
+                    let (env, cluster) = (server.env.clone(), server.cluster.clone());
+                    resume_session(*plan, env, cluster, display, cancel).await
+                }
+            };
             // The display thread ends once every Display clone is gone; bounded in case one
             // lingers in an actor that has not stopped yet.
             let flush = tokio::task::spawn_blocking(move || guard.finish());
@@ -199,6 +283,72 @@ impl Server {
             server.registry.finish(&task_entry, line);
         });
         Ok(entry)
+    }
+
+    /// A session this server does not remember, as its journal tells it: ended (with its
+    /// result) or unfinished (resumable). `None` when there is no such journal.
+    pub fn from_disk(&self, id: &str) -> Option<Value> {
+        let session = SessionId::parse(id).ok()?;
+        let dir = session_dir(&self.args.common.session_dir, &session);
+        if !dir.join(crate::journal::EVENTS_FILE).is_file() {
+            return None;
+        }
+        let status = match crate::resume::load(&dir) {
+            Ok(plan) => match plan.ended {
+                Some(ended) => json!({
+                    "session": id,
+                    "state": "done",
+                    "question": plan.task.question,
+                    "result": {
+                        "session": id,
+                        "exit_code": ended.exit_code,
+                        "reason": ended.reason,
+                        "winner": ended.winner,
+                        "final_answer": ended.final_answer,
+                    },
+                }),
+                None => json!({
+                    "session": id,
+                    "state": "unfinished",
+                    "question": plan.task.question,
+                    "hint": format!("the orchestrator stopped before this session ended; POST /sessions/{id}/resume continues it"),
+                }),
+            },
+            Err(error) => json!({
+                "session": id,
+                "state": "unreadable",
+                "error": conclave_protocol::error_text(&error),
+            }),
+        };
+        Some(status)
+    }
+
+    /// Resumes every session under the session directory that has a journal but no end.
+    fn resume_unfinished(self: &Arc<Self>) {
+        let root = &self.args.common.session_dir;
+        let Ok(entries) = std::fs::read_dir(root) else {
+            return;
+        };
+        let mut ids: Vec<String> = entries
+            .filter_map(|e| e.ok())
+            .filter(|e| e.path().join(crate::journal::EVENTS_FILE).is_file())
+            .filter_map(|e| e.file_name().into_string().ok())
+            .collect();
+        ids.sort();
+        for id in ids {
+            match self.resume(&id) {
+                Ok(_) => eprintln!("conclave server: resuming unfinished session {id}"),
+                // Sessions that ended are what most directories hold: not worth a word.
+                Err(SubmitError::Conflict(_)) => {}
+                Err(error) => {
+                    warn!(session = %id, "cannot resume: {error}");
+                    println!(
+                        "{}",
+                        json!({"session": id, "exit_code": crate::cli::EXIT_USAGE, "error": error.to_string()})
+                    );
+                }
+            }
+        }
     }
 
     /// Resolves a job into a session plan, checking everything that can be checked up front.
@@ -244,7 +394,7 @@ impl Server {
         };
         let dir = session_dir(&self.args.common.session_dir, &session);
         if dir.join(crate::journal::EVENTS_FILE).exists() {
-            return Err(SubmitError::Exists(session.to_string()));
+            return Err(exists(session.as_str()));
         }
         Ok(SessionPlan {
             session,
@@ -390,6 +540,9 @@ pub async fn run(args: ServerArgs, env: EnvFn) -> Result<u8, Failure> {
             }
         }
     });
+    if server.args.resume_unfinished {
+        server.resume_unfinished();
+    }
     let mut sigterm = tokio::signal::unix::signal(tokio::signal::unix::SignalKind::terminate())
         .context("cannot watch SIGTERM")
         .map_err(execution)?;

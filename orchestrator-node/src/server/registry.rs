@@ -173,6 +173,16 @@ impl Registry {
         }
     }
 
+    /// Forgets a finished session (a resumed run takes its place); a running one stays.
+    pub(super) fn forget_finished(&self, id: &str) {
+        let mut inner = self.inner();
+        if inner.finished.iter().any(|f| f == id) {
+            inner.finished.retain(|f| f != id);
+            inner.by_id.remove(id);
+            inner.order.retain(|o| o != id);
+        }
+    }
+
     pub fn get(&self, id: &str) -> Option<Arc<SessionEntry>> {
         self.inner().by_id.get(id).cloned()
     }

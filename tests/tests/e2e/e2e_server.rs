@@ -16,7 +16,8 @@ use std::time::Duration;
 
 use conclave_sim::{SimConfig, SimServer};
 use conclave_tests::{
-    Running, SimAgent, free_port, poll_until, run_with_deadline, sim_config_yaml, workspace_bin,
+    Running, SimAgent, events_of, free_port, journal_lines, poll_until, read_journal,
+    run_with_deadline, sim_config_yaml, workspace_bin,
 };
 use futures::StreamExt;
 use serde_json::{Value, json};
@@ -160,9 +161,29 @@ impl Server {
 
     /// SIGTERM, then the exit status and stdout.
     fn stop(self) -> (Option<i32>, String) {
-        self.running.signal(libc::SIGTERM).expect("SIGTERM");
+        self.signal_and_wait(libc::SIGTERM)
+    }
+
+    fn signal_and_wait(self, signal: libc::c_int) -> (Option<i32>, String) {
+        self.running.signal(signal).expect("signal the server");
         let finished = self.running.wait(DEADLINE).expect("the server stops");
         (finished.code, finished.stdout)
+    }
+
+    /// Polls a session's status until it is `done`.
+    async fn until_done(&self, id: &str) -> Value {
+        let path = format!("/sessions/{id}");
+        tokio::time::timeout(DEADLINE, async {
+            loop {
+                let (code, status) = self.get(&path).await;
+                if code == 200 && status["state"] == "done" {
+                    return status;
+                }
+                tokio::time::sleep(Duration::from_millis(50)).await;
+            }
+        })
+        .await
+        .unwrap_or_else(|_| panic!("session {id} ended in time"))
     }
 }
 
@@ -423,4 +444,98 @@ async fn a_token_guards_the_api_and_a_public_address_needs_one() {
         "{}",
         neither.stderr
     );
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn sessions_the_server_died_under_are_resumed_over_http_or_at_start() {
+    let sim = sim().await;
+    let dir = tempfile::tempdir().unwrap();
+    let config = dir.path().join("team.yaml");
+    // alpha decides at once; beta and gamma take ~4 s a turn, so the server dies mid-session.
+    let yaml = sim_config_yaml(
+        &sim.base_url(),
+        &[
+            SimAgent {
+                id: "alpha",
+                model: "sim-a:tokens=5,token_delay_ms=5",
+            },
+            SimAgent {
+                id: "beta",
+                model: "sim-b:tokens=200,token_delay_ms=20",
+            },
+            SimAgent {
+                id: "gamma",
+                model: "sim-c:tokens=200,token_delay_ms=20",
+            },
+        ],
+        "",
+        120,
+    );
+    std::fs::write(&config, yaml).unwrap();
+    let first = Server::start(dir.path(), &config, &[]).await;
+    for id in ["crash", "auto"] {
+        let (code, reply) = first
+            .post(
+                "/sessions",
+                &json!({"question": "q", "session_id": id}).to_string(),
+            )
+            .await;
+        assert_eq!(code, 202, "{reply}");
+    }
+    let sessions = dir.path().join("sessions");
+    let decided = poll_until(Duration::from_secs(20), || {
+        ["crash", "auto"]
+            .iter()
+            .all(|id| {
+                journal_lines(&sessions.join(id))
+                    .iter()
+                    .any(|l| l.contains("\"decision_received\""))
+            })
+            .then_some(())
+    });
+    assert!(decided.is_some(), "alpha's decisions were journaled");
+    let (code, _) = first.signal_and_wait(libc::SIGKILL);
+    assert_eq!(code, None, "killed");
+
+    // A new server reads what it did not run off disk, and resumes on request.
+    let second = Server::start(dir.path(), &config, &[]).await;
+    let (code, status) = second.get("/sessions/crash").await;
+    assert_eq!(code, 200);
+    assert_eq!(status["state"], "unfinished", "{status}");
+    let (code, done) = second.post("/sessions/crash/resume?wait=true", "").await;
+    assert_eq!(code, 200, "{done}");
+    assert_eq!(done["result"]["reason"], "consensus", "{done}");
+    assert_eq!(done["result"]["exit_code"], 0);
+    let (code, reply) = second.post("/sessions/crash/resume", "").await;
+    assert_eq!(code, 409, "{reply}");
+    assert!(
+        reply["error"].as_str().unwrap().contains("running")
+            || reply["error"].as_str().unwrap().contains("already ended"),
+        "{reply}"
+    );
+    assert_eq!(second.post("/sessions/never/resume", "").await.0, 404);
+    assert_eq!(second.get("/sessions/auto").await.1["state"], "unfinished");
+    assert_eq!(second.stop().0, Some(0));
+
+    // --resume-unfinished picks up the other one; the first stays ended.
+    let third = Server::start(dir.path(), &config, &["--resume-unfinished"]).await;
+    let status = third.until_done("auto").await;
+    assert_eq!(status["result"]["reason"], "consensus", "{status}");
+    let (code, reply) = third.post("/sessions/crash/resume", "").await;
+    assert_eq!(code, 409, "{reply}");
+    assert!(
+        reply["error"].as_str().unwrap().contains("already ended"),
+        "{reply}"
+    );
+    let (code, status) = third.get("/sessions/crash").await;
+    assert_eq!(code, 200);
+    assert_eq!(status["state"], "done", "read off its journal: {status}");
+    assert_eq!(status["result"]["reason"], "consensus");
+    assert_eq!(third.stop().0, Some(0));
+
+    for id in ["crash", "auto"] {
+        let journal = read_journal(&sessions.join(id)).unwrap();
+        assert_eq!(events_of(&journal, "session_resumed").len(), 1, "{id}");
+        assert_eq!(events_of(&journal, "session_ended").len(), 1, "{id}");
+    }
 }
