@@ -152,7 +152,7 @@ fn exists(id: &str) -> SubmitError {
 
 /// What a server session runs: a new session, or one continued from its journal.
 enum Start {
-    New(SessionPlan),
+    New(Box<SessionPlan>),
     Resume(Box<ResumePlan>),
 }
 
@@ -192,7 +192,7 @@ impl Server {
             return Err(SubmitError::Stopping);
         }
         let plan = self.plan(job)?;
-        self.start(Start::New(plan))
+        self.start(Start::New(Box::new(plan)))
     }
 
     /// Continues a session that did not end (the orchestrator died under it) from its
@@ -260,7 +260,7 @@ impl Server {
         tasks.spawn(async move {
             let cancel = task_entry.cancel.clone();
             let result = match start {
-                Start::New(plan) => run_session(plan, display, cancel).await,
+                Start::New(plan) => run_session(*plan, display, cancel).await,
                 Start::Resume(plan) => {
                     let (env, cluster) = (server.env.clone(), server.cluster.clone());
                     resume_session(*plan, env, cluster, display, cancel).await
