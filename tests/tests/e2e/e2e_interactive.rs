@@ -62,7 +62,7 @@ async fn interactive_questions_are_sessions_that_carry_the_conversation() {
     std::fs::write(&config, sim_config_yaml(&sim.base_url(), &agents, "", 60)).unwrap();
 
     let (mut master, slave) = pty();
-    let mut child = Command::new(workspace_bin("conclave").unwrap())
+    let child = Command::new(workspace_bin("conclave").unwrap())
         .arg("--config")
         .arg(&config)
         .args(["--display", "quiet", "--session-dir", "sessions"])
