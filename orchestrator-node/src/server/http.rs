@@ -6,7 +6,7 @@
 //! | `GET /healthz` | `{"status": "ok", "running": N, "nodes": N}`; needs no token |
 //! | `POST /sessions` | body `{"question", "config"?, "config_yaml"?, "session_id"?}`: validates (400 with the config error, 409 for a taken id) and starts the session: 202 with its status and a `Location`. With `?wait=true` it answers 200 once the session has ended |
 //! | `GET /sessions` | every session this server remembers, oldest first |
-//! | `GET /sessions/{id}` | `{"session", "state": "running"\|"cancelling"\|"done", "question", "started_at_ms", "events", "result"?}`; `result` is the line printed on stdout. A session this process did not run is read from its journal: `done` with its result, or `unfinished` (resumable) |
+//! | `GET /sessions/{id}` | `{"session", "state": "queued"\|"running"\|"cancelling"\|"done", "question", "started_at_ms", "events", "result"?}`; `result` is the line printed on stdout. A session this process did not run is read from its journal: `done` with its result, or `unfinished` (resumable) |
 //! | `GET /sessions/{id}/events` | Server-Sent Events: each `data:` is one object of `--display json` (journal events, stream chunks, then `final`). A late watcher first gets the journal events so far; chunks are live only. `event: lagged` says how many items a slow watcher missed. The stream ends when the session does |
 //! | `POST /sessions/{id}/resume` | continues a session whose orchestrator died before it ended, from its journal (no journaled decision is asked for again): 202 (or 200 with `?wait=true`); 409 when it is running or has ended, 404 when there is no such journal |
 //! | `POST /sessions/{id}/cancel` | interrupts the session: it presents its best answer so far (exit code 130); 202, or 409 when it has already ended |

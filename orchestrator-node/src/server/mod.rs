@@ -12,7 +12,9 @@
 //! * **HTTP** (`--http IP:PORT`): the API of [`http`]: submit, list, inspect, watch live (SSE)
 //!   and cancel sessions, list the joined agent nodes.
 //!
-//! Sessions run concurrently. Each prints one JSON line on stdout when it ends, wherever it
+//! Sessions run concurrently, at most `--max-sessions` (default 4) at once; the others wait in
+//! submission order (state `queued`), so a long batch piped into stdin does not hit every
+//! provider with every question at once. Each prints one JSON line on stdout when it ends, wherever it
 //! came from: `{"session", "exit_code", "reason", "winner", "final_answer", ...}`, or
 //! `{"session", "exit_code", "error"}` when it could not run. Journals go under
 //! `--session-dir` as usual. `--listen` (agent nodes) and `--http` are each optional, but a
@@ -76,6 +78,10 @@ pub struct ServerArgs {
     /// Serve the HTTP API on this address (IP:PORT; port 0 picks one, printed on stderr).
     #[arg(long, value_name = "IP:PORT")]
     pub http: Option<std::net::SocketAddr>,
+    /// Run at most this many sessions at once; later ones wait in order (state `queued`).
+    /// A batch piped into stdin thus never floods the providers.
+    #[arg(long, value_name = "N", default_value_t = 4, value_parser = clap::value_parser!(u32).range(1..=10_000))]
+    pub max_sessions: u32,
     /// At start, resume every session under --session-dir that never ended (the server or
     /// its machine died under it); each continues from its journal.
     #[arg(long)]
@@ -164,11 +170,15 @@ pub struct Server {
     stop: CancellationToken,
     registry: Registry,
     tasks: std::sync::Mutex<tokio::task::JoinSet<()>>,
+    /// One permit per session allowed to run at once (`--max-sessions`).
+    slots: Arc<tokio::sync::Semaphore>,
 }
 
 impl Server {
     fn new(args: ServerArgs, env: EnvFn, cluster: Option<Cluster>) -> Arc<Server> {
+        let slots = Arc::new(tokio::sync::Semaphore::new(args.max_sessions as usize));
         Arc::new(Server {
+            slots,
             args,
             env,
             cluster,
@@ -257,8 +267,40 @@ impl Server {
         let mut tasks = self.tasks.lock().unwrap_or_else(|e| e.into_inner());
         // Reap finished sessions so the set does not grow with the server's lifetime.
         while tasks.try_join_next().is_some() {}
+        let slots = self.slots.clone();
+        // A free slot is taken at once, so a session that can run is reported `running`. (The
+        // semaphore hands released permits to waiters first: this never jumps the queue.)
+        let free = slots.clone().try_acquire_owned().ok();
+        if free.is_some() {
+            entry.begun.store(true, std::sync::atomic::Ordering::Release);
+        }
         tasks.spawn(async move {
             let cancel = task_entry.cancel.clone();
+            // Otherwise wait for one; a session cancelled (or a server stopped) meanwhile never
+            // starts.
+            let slot = match free {
+                Some(slot) => Some(slot),
+                None => tokio::select! {
+                    slot = slots.acquire_owned() => slot.ok(),
+                    _ = cancel.cancelled() => None,
+                },
+            };
+            let Some(_slot) = slot else {
+                drop(display);
+                let line = json!({
+                    "session": task_entry.id,
+                    "exit_code": crate::cli::EXIT_INTERRUPTED,
+                    "reason": "cancelled_while_queued",
+                    "error": "cancelled before it started (it was waiting for a free slot; see --max-sessions)",
+                });
+                let _ = tokio::task::spawn_blocking(move || guard.finish()).await;
+                println!("{line}");
+                server.registry.finish(&task_entry, line);
+                return;
+            };
+            task_entry
+                .begun
+                .store(true, std::sync::atomic::Ordering::Release);
             let result = match start {
                 Start::New(plan) => run_session(*plan, display, cancel).await,
                 Start::Resume(plan) => {

@@ -32,6 +32,9 @@ pub struct SessionEntry {
     pub cancel: CancellationToken,
     /// Cancelled once the session has ended and its result is set.
     pub done: CancellationToken,
+    /// Set when the session got a slot and began (it waits in a queue before that when the
+    /// server already runs `--max-sessions` of them).
+    pub begun: std::sync::atomic::AtomicBool,
     state: Mutex<EntryState>,
 }
 
@@ -101,6 +104,9 @@ impl SessionEntry {
                 status["result"] = result.clone();
             }
             None if self.cancel.is_cancelled() => status["state"] = json!("cancelling"),
+            None if !self.begun.load(std::sync::atomic::Ordering::Acquire) => {
+                status["state"] = json!("queued");
+            }
             None => status["state"] = json!("running"),
         }
         status
@@ -143,6 +149,7 @@ impl Registry {
             started: SystemTime::now(),
             cancel,
             done: CancellationToken::new(),
+            begun: std::sync::atomic::AtomicBool::new(false),
             state: Mutex::new(EntryState {
                 kept: Vec::new(),
                 live: Some(live),
@@ -265,6 +272,10 @@ mod tests {
         let live = watch.live.as_mut().unwrap();
         assert!(live.try_recv().unwrap().contains("vote_cast"));
         assert!(live.try_recv().is_err());
+        assert_eq!(session.status()["state"], "queued");
+        session
+            .begun
+            .store(true, std::sync::atomic::Ordering::Release);
         assert_eq!(session.status()["state"], "running");
         registry.finish(&session, json!({"exit_code": 0}));
         assert!(session.done.is_cancelled());

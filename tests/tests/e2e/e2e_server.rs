@@ -539,3 +539,53 @@ async fn sessions_the_server_died_under_are_resumed_over_http_or_at_start() {
         assert_eq!(events_of(&journal, "session_ended").len(), 1, "{id}");
     }
 }
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn sessions_beyond_max_sessions_wait_their_turn() {
+    let sim = sim().await;
+    let dir = tempfile::tempdir().unwrap();
+    let config = dir.path().join("team.yaml");
+    std::fs::write(&config, team_yaml(&sim, ":tokens=40,token_delay_ms=10")).unwrap();
+    let server = Server::start(dir.path(), &config, &["--max-sessions", "1"]).await;
+    for id in ["one", "two", "three"] {
+        let (code, reply) = server
+            .post(
+                "/sessions",
+                &json!({"question": "q", "session_id": id}).to_string(),
+            )
+            .await;
+        assert_eq!(code, 202, "{reply}");
+    }
+    let (_, two) = server.get("/sessions/two").await;
+    assert_eq!(two["state"], "queued", "{two}");
+    // A queued session that is cancelled never starts: no provider call, no journal.
+    let (code, reply) = server.post("/sessions/three/cancel", "").await;
+    assert_eq!(code, 202, "{reply}");
+    let three = server.until_done("three").await;
+    assert_eq!(
+        three["result"]["reason"], "cancelled_while_queued",
+        "{three}"
+    );
+    assert_eq!(three["result"]["exit_code"], 130);
+    assert!(!dir.path().join("sessions/three").exists());
+
+    let two = server.until_done("two").await;
+    assert_eq!(two["result"]["reason"], "consensus", "{two}");
+    let one = server.until_done("one").await;
+    assert_eq!(one["result"]["reason"], "consensus", "{one}");
+    // One at a time: the second session started after the first had ended.
+    let times = |id: &str| -> Vec<u64> {
+        read_journal(&dir.path().join("sessions").join(id))
+            .unwrap()
+            .iter()
+            .filter_map(|e| e["unix_ms"].as_u64())
+            .collect()
+    };
+    let one_ended = *times("one").iter().max().unwrap();
+    let two_started = *times("two").iter().min().unwrap();
+    assert!(
+        two_started >= one_ended,
+        "session two started at {two_started}, before one ended at {one_ended}"
+    );
+    assert_eq!(server.stop().0, Some(0));
+}
