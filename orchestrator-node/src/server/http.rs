@@ -7,7 +7,7 @@
 //! | `POST /sessions` | body `{"question", "config"?, "config_yaml"?, "session_id"?}`: validates (400 with the config error, 409 for a taken id) and starts the session: 202 with its status and a `Location`. With `?wait=true` it answers 200 once the session has ended |
 //! | `GET /sessions` | every session this server remembers, oldest first |
 //! | `GET /sessions/{id}` | `{"session", "state": "queued"\|"running"\|"cancelling"\|"done", "question", "started_at_ms", "events", "result"?}`; `result` is the line printed on stdout. A session this process did not run is read from its journal: `done` with its result, or `unfinished` (resumable) |
-//! | `GET /sessions/{id}/events` | Server-Sent Events: each `data:` is one object of `--display json` (journal events, stream chunks, then `final`). A late watcher first gets the journal events so far; chunks are live only. `event: lagged` says how many items a slow watcher missed. The stream ends when the session does |
+//! | `GET /sessions/{id}/events` | Server-Sent Events: each `data:` is one object of `--display json` (journal events, stream chunks, then `final`). A late watcher first gets the journal events so far (for an ended session, read from its journal, which also holds its start, usage and end); chunks are live only. `event: lagged` says how many items a slow watcher missed. The stream ends when the session does |
 //! | `POST /sessions/{id}/resume` | continues a session whose orchestrator died before it ended, from its journal (no journaled decision is asked for again): 202 (or 200 with `?wait=true`); 409 when it is running or has ended, 404 when there is no such journal |
 //! | `POST /sessions/{id}/cancel` | interrupts the session: it presents its best answer so far (exit code 130); 202, or 409 when it has already ended |
 //! | `GET /nodes` | the joined agent nodes: name, address, version, provider keys held (names only) |
@@ -261,7 +261,24 @@ async fn events(State(api): State<Api>, Path(id): Path<String>) -> Response {
     let Some(entry) = api.server.registry().get(&id) else {
         return unknown(&id);
     };
-    let watch = entry.watch();
+    let mut watch = entry.watch();
+    if let Some((dir, final_line)) = watch.ended.take() {
+        // An ended session's events are on disk only; the final object is kept.
+        let read = tokio::task::spawn_blocking(move || journal_events(&dir)).await;
+        match read {
+            Ok(Ok(mut lines)) => {
+                lines.extend(final_line);
+                watch.kept = lines;
+            }
+            Ok(Err(message)) => return error(StatusCode::INTERNAL_SERVER_ERROR, message),
+            Err(_) => {
+                return error(
+                    StatusCode::INTERNAL_SERVER_ERROR,
+                    "reading the journal failed",
+                );
+            }
+        }
+    }
     let kept = futures::stream::iter(
         watch
             .kept
@@ -284,6 +301,23 @@ async fn events(State(api): State<Api>, Path(id): Path<String>) -> Response {
     Sse::new(kept.chain(live))
         .keep_alive(KeepAlive::default())
         .into_response()
+}
+
+/// A journal's events as the `json` display shows them (without the journal's timestamps).
+fn journal_events(dir: &std::path::Path) -> Result<Vec<Arc<str>>, String> {
+    let path = dir.join(crate::journal::EVENTS_FILE);
+    if !path.exists() {
+        // The session failed before it could journal anything (its result says why).
+        return Ok(Vec::new());
+    }
+    let journal =
+        crate::journal::read_events(&path).map_err(|e| conclave_protocol::error_text(&e))?;
+    Ok(journal
+        .lines
+        .iter()
+        .filter_map(|line| serde_json::to_string(&line.event).ok())
+        .map(Arc::from)
+        .collect())
 }
 
 async fn nodes(State(api): State<Api>) -> Response {

@@ -172,6 +172,10 @@ pub struct Server {
     tasks: std::sync::Mutex<tokio::task::JoinSet<()>>,
     /// One permit per session allowed to run at once (`--max-sessions`).
     slots: Arc<tokio::sync::Semaphore>,
+    /// HTTP clients shared by the sessions, by connect timeout: one connection pool and one
+    /// TLS setup for the server's lifetime rather than one per session (which cost megabytes
+    /// per running session and a new TLS handshake per session).
+    clients: std::sync::Mutex<std::collections::HashMap<u64, reqwest::Client>>,
 }
 
 impl Server {
@@ -179,6 +183,7 @@ impl Server {
         let slots = Arc::new(tokio::sync::Semaphore::new(args.max_sessions as usize));
         Arc::new(Server {
             slots,
+            clients: std::sync::Mutex::new(std::collections::HashMap::new()),
             args,
             env,
             cluster,
@@ -252,16 +257,22 @@ impl Server {
 
     /// Registers and spawns a session.
     fn start(self: &Arc<Self>, start: Start) -> Result<Arc<SessionEntry>, SubmitError> {
-        let (id, question) = match &start {
-            Start::New(plan) => (plan.session.to_string(), plan.task.question.clone()),
-            Start::Resume(plan) => (plan.session.to_string(), plan.task.question.clone()),
+        let (id, dir, question) = match &start {
+            Start::New(plan) => (
+                plan.session.to_string(),
+                plan.dir.clone(),
+                plan.task.question.clone(),
+            ),
+            Start::Resume(plan) => (
+                plan.session.to_string(),
+                plan.dir.clone(),
+                plan.task.question.clone(),
+            ),
         };
         let entry = self
             .registry
-            .insert(&id, &question, self.stop.child_token())
+            .insert(&id, &dir, &question, self.stop.child_token())
             .ok_or_else(|| exists(&id))?;
-        let (display, guard) =
-            Display::to_writer(DisplayKind::Json, Box::new(HubWriter::new(entry.clone())));
         let task_entry = entry.clone();
         let server = self.clone();
         let mut tasks = self.tasks.lock().unwrap_or_else(|e| e.into_inner());
@@ -272,7 +283,9 @@ impl Server {
         // semaphore hands released permits to waiters first: this never jumps the queue.)
         let free = slots.clone().try_acquire_owned().ok();
         if free.is_some() {
-            entry.begun.store(true, std::sync::atomic::Ordering::Release);
+            entry
+                .begun
+                .store(true, std::sync::atomic::Ordering::Release);
         }
         tasks.spawn(async move {
             let cancel = task_entry.cancel.clone();
@@ -286,14 +299,12 @@ impl Server {
                 },
             };
             let Some(_slot) = slot else {
-                drop(display);
                 let line = json!({
                     "session": task_entry.id,
                     "exit_code": crate::cli::EXIT_INTERRUPTED,
                     "reason": "cancelled_while_queued",
                     "error": "cancelled before it started (it was waiting for a free slot; see --max-sessions)",
                 });
-                let _ = tokio::task::spawn_blocking(move || guard.finish()).await;
                 println!("{line}");
                 server.registry.finish(&task_entry, line);
                 return;
@@ -301,6 +312,11 @@ impl Server {
             task_entry
                 .begun
                 .store(true, std::sync::atomic::Ordering::Release);
+            // The display (a thread) only for sessions that run: queued ones cost no thread.
+            let (display, guard) = Display::to_writer(
+                DisplayKind::Json,
+                Box::new(HubWriter::new(task_entry.clone())),
+            );
             let result = match start {
                 Start::New(plan) => run_session(*plan, display, cancel).await,
                 Start::Resume(plan) => {
@@ -323,6 +339,7 @@ impl Server {
             };
             println!("{line}");
             server.registry.finish(&task_entry, line);
+            trim_heap_when_idle(&server.registry);
         });
         Ok(entry)
     }
@@ -438,6 +455,7 @@ impl Server {
         if dir.join(crate::journal::EVENTS_FILE).exists() {
             return Err(exists(session.as_str()));
         }
+        let http = self.http_client(config.timeouts.connect_timeout_seconds)?;
         Ok(SessionPlan {
             session,
             dir,
@@ -447,9 +465,22 @@ impl Server {
                 history: Vec::new(),
             },
             env: self.env.clone(),
-            http: None,
+            http: Some(http),
             cluster: self.cluster.clone(),
         })
+    }
+
+    /// The shared HTTP client for a connect timeout.
+    fn http_client(&self, connect_timeout_seconds: u64) -> Result<reqwest::Client, SubmitError> {
+        let seconds = connect_timeout_seconds.max(1);
+        let mut clients = self.clients.lock().unwrap_or_else(|e| e.into_inner());
+        if let Some(client) = clients.get(&seconds) {
+            return Ok(client.clone());
+        }
+        let client = conclave_agent::providers::http_client(Duration::from_secs(seconds))
+            .map_err(|e| SubmitError::Invalid(e.into()))?;
+        clients.insert(seconds, client.clone());
+        Ok(client)
     }
 
     /// Submits a stdin line; a refused one prints its error line at once.
@@ -483,6 +514,19 @@ impl Server {
                 "{} session(s) did not end within {grace:?}; leaving them",
                 tasks.len()
             );
+        }
+    }
+}
+
+/// Once no session runs, hands the heap's free memory back to the system. glibc keeps what a
+/// burst of sessions freed (a batch's peak) mapped otherwise, so a server that ran a big batch
+/// would stay at that size while idle.
+fn trim_heap_when_idle(registry: &Registry) {
+    if registry.running() == 0 {
+        #[cfg(all(target_os = "linux", target_env = "gnu"))]
+        // SAFETY: malloc_trim only releases free heap pages; it takes no pointers.
+        unsafe {
+            libc::malloc_trim(0);
         }
     }
 }

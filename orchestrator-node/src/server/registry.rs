@@ -6,9 +6,15 @@
 //! first gets everything that happened and then the live feed; stream chunks are only sent
 //! live (they are many, and the journal is the record). The snapshot and the subscription are
 //! taken under one lock, so a watcher sees every kept event exactly once.
+//!
+//! Once a session has ended, its kept events are dropped from memory (a long-lived server runs
+//! long batches): a watcher then gets them from the journal on disk, which holds the same
+//! events and more (the session's start with its config, usage, the end), followed by the
+//! `final` object, the one line kept.
 
 use std::collections::{HashMap, VecDeque};
 use std::io::{self, Write};
+use std::path::{Path, PathBuf};
 use std::sync::{Arc, Mutex, MutexGuard};
 use std::time::SystemTime;
 
@@ -18,14 +24,17 @@ use tokio_util::sync::CancellationToken;
 
 /// Finished sessions remembered in memory; older ones are forgotten (their journals remain).
 pub const MAX_FINISHED_KEPT: usize = 1000;
-/// Live items buffered per watcher before it is told it lagged.
-const LIVE_BUFFER: usize = 4096;
+/// Live items buffered per session (shared by its watchers) before a slow watcher is told it
+/// lagged. Allocated up front, so only sessions someone watches get one.
+const LIVE_BUFFER: usize = 1024;
 /// A display line longer than this is cut off rather than buffered without bound.
 const MAX_LINE_BYTES: usize = 32 << 20;
 
 /// One session the server runs or ran.
 pub struct SessionEntry {
     pub id: String,
+    /// The session's directory (its journal).
+    pub dir: PathBuf,
     pub question: String,
     pub started: SystemTime,
     /// Cancelling it interrupts the session: it ends with its best answer so far.
@@ -39,17 +48,25 @@ pub struct SessionEntry {
 }
 
 struct EntryState {
-    /// The journal events and the final answer, for watchers that connect later.
+    /// The journal events and the final answer, for watchers that connect later; emptied
+    /// when the session ends (the journal has them).
     kept: Vec<Arc<str>>,
-    /// The live feed; `None` once the session has ended (watchers then see the end).
+    /// How many events were kept before they were dropped.
+    kept_count: usize,
+    /// The `final` object, kept after the session has ended.
+    final_line: Option<Arc<str>>,
+    /// The live feed, made when the first watcher comes; `None` again once the session has
+    /// ended (watchers then see the end).
     live: Option<broadcast::Sender<Arc<str>>>,
     result: Option<Value>,
 }
 
-/// What a watcher gets: everything kept so far, then the live feed (if still running).
+/// What a watcher gets: everything kept so far, then the live feed (if still running); for
+/// a session that has ended, its journal to read and the final object.
 pub struct Watch {
     pub kept: Vec<Arc<str>>,
     pub live: Option<broadcast::Receiver<Arc<str>>>,
+    pub ended: Option<(PathBuf, Option<Arc<str>>)>,
 }
 
 impl SessionEntry {
@@ -59,12 +76,17 @@ impl SessionEntry {
 
     /// Publishes one display line (a JSON object).
     fn publish(&self, line: Arc<str>) {
-        let is_chunk = serde_json::from_str::<Value>(&line)
+        let kind = serde_json::from_str::<Value>(&line)
             .ok()
-            .is_some_and(|v| v.get("type").and_then(Value::as_str) == Some("chunk"));
+            .and_then(|v| v.get("type").and_then(Value::as_str).map(str::to_owned));
         let mut state = self.state();
-        if !is_chunk {
-            state.kept.push(line.clone());
+        match kind.as_deref() {
+            Some("chunk") => {}
+            Some("final") => {
+                state.final_line = Some(line.clone());
+                state.kept.push(line.clone());
+            }
+            _ => state.kept.push(line.clone()),
         }
         if let Some(live) = &state.live {
             // No receiver is not an error: nobody is watching.
@@ -73,10 +95,20 @@ impl SessionEntry {
     }
 
     pub fn watch(&self) -> Watch {
-        let state = self.state();
+        let mut state = self.state();
+        // The feed is made for the first watcher: a session nobody watches (a batch) pays
+        // for no buffer.
+        if state.result.is_none() && state.live.is_none() {
+            state.live = Some(broadcast::channel(LIVE_BUFFER).0);
+        }
+        let ended = state
+            .result
+            .is_some()
+            .then(|| (self.dir.clone(), state.final_line.clone()));
         Watch {
             kept: state.kept.clone(),
             live: state.live.as_ref().map(|s| s.subscribe()),
+            ended,
         }
     }
 
@@ -96,7 +128,7 @@ impl SessionEntry {
             "session": self.id,
             "question": self.question,
             "started_at_ms": started,
-            "events": state.kept.len(),
+            "events": state.kept_count.max(state.kept.len()),
         });
         match &state.result {
             Some(result) => {
@@ -135,6 +167,7 @@ impl Registry {
     pub(super) fn insert(
         &self,
         id: &str,
+        dir: &Path,
         question: &str,
         cancel: CancellationToken,
     ) -> Option<Arc<SessionEntry>> {
@@ -142,9 +175,9 @@ impl Registry {
         if inner.by_id.contains_key(id) {
             return None;
         }
-        let (live, _) = broadcast::channel(LIVE_BUFFER);
         let entry = Arc::new(SessionEntry {
             id: id.to_owned(),
+            dir: dir.to_owned(),
             question: question.to_owned(),
             started: SystemTime::now(),
             cancel,
@@ -152,7 +185,9 @@ impl Registry {
             begun: std::sync::atomic::AtomicBool::new(false),
             state: Mutex::new(EntryState {
                 kept: Vec::new(),
-                live: Some(live),
+                kept_count: 0,
+                final_line: None,
+                live: None,
                 result: None,
             }),
         });
@@ -168,6 +203,8 @@ impl Registry {
             let mut state = entry.state();
             state.result = Some(result);
             state.live = None;
+            state.kept_count = state.kept.len();
+            state.kept = Vec::new();
         }
         entry.done.cancel();
         let mut inner = self.inner();
@@ -252,7 +289,9 @@ mod tests {
     use super::*;
 
     fn entry(registry: &Registry, id: &str) -> Arc<SessionEntry> {
-        registry.insert(id, "q", CancellationToken::new()).unwrap()
+        registry
+            .insert(id, Path::new("/nonexistent"), "q", CancellationToken::new())
+            .unwrap()
     }
 
     #[test]
@@ -287,7 +326,13 @@ mod tests {
         assert_eq!(status["state"], "done");
         assert_eq!(status["result"]["exit_code"], 0);
         assert_eq!(status["events"], 2);
-        assert!(session.watch().live.is_none());
+        let after = session.watch();
+        assert!(after.live.is_none());
+        assert!(
+            after.kept.is_empty(),
+            "an ended session's events are dropped from memory"
+        );
+        assert_eq!(after.ended.unwrap().0, Path::new("/nonexistent"));
     }
 
     #[test]
@@ -296,7 +341,7 @@ mod tests {
         let first = entry(&registry, "first");
         assert!(
             registry
-                .insert("first", "q", CancellationToken::new())
+                .insert("first", Path::new("/x"), "q", CancellationToken::new())
                 .is_none()
         );
         registry.finish(&first, json!({}));
