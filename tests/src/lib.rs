@@ -89,6 +89,22 @@ pub fn run_with_deadline(command: &mut Command, deadline: Duration) -> anyhow::R
     })
 }
 
+/// Starts the simulated provider on a free loopback port: `tokens` pieces per reply,
+/// `token_delay_ms` between them.
+pub async fn start_sim(
+    tokens: u32,
+    token_delay_ms: u64,
+) -> anyhow::Result<conclave_sim::SimServer> {
+    let config = conclave_sim::SimConfig {
+        tokens,
+        token_delay: Duration::from_millis(token_delay_ms),
+        ..conclave_sim::SimConfig::default()
+    };
+    conclave_sim::SimServer::start(config, "127.0.0.1:0".parse().context("loopback address")?)
+        .await
+        .context("the simulated provider did not start")
+}
+
 /// One agent of a simulated-provider config.
 pub struct SimAgent<'a> {
     pub id: &'a str,

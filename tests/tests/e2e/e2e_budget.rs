@@ -5,7 +5,7 @@
 use std::process::Command;
 use std::time::Duration;
 
-use conclave_sim::{SimConfig, SimServer};
+use conclave_tests::start_sim;
 use conclave_tests::{events_of, read_journal, run_with_deadline, workspace_bin};
 
 async fn run(dir: &std::path::Path, args: &[&str]) -> conclave_tests::Finished {
@@ -24,16 +24,7 @@ async fn run(dir: &std::path::Path, args: &[&str]) -> conclave_tests::Finished {
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn max_cost_ends_the_session_with_the_best_answer_so_far() {
-    let sim = SimServer::start(
-        SimConfig {
-            tokens: 4,
-            token_delay: Duration::from_millis(2),
-            ..SimConfig::default()
-        },
-        "127.0.0.1:0".parse().unwrap(),
-    )
-    .await
-    .unwrap();
+    let sim = start_sim(4, 2).await.expect("sim provider starts");
     let dir = tempfile::tempdir().unwrap();
     // `cheap` is free and fast: its answer is accepted first. `dear` is slow and priced so
     // high that its first usage report crosses the cap before anyone can agree.
@@ -121,16 +112,7 @@ timeout_settings:
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn max_tokens_and_a_pricing_file_from_the_command_line() {
-    let sim = SimServer::start(
-        SimConfig {
-            tokens: 4,
-            token_delay: Duration::from_millis(2),
-            ..SimConfig::default()
-        },
-        "127.0.0.1:0".parse().unwrap(),
-    )
-    .await
-    .unwrap();
+    let sim = start_sim(4, 2).await.expect("sim provider starts");
     let dir = tempfile::tempdir().unwrap();
     let yaml = format!(
         "agents:\n  - id: solo\n    backend: {{ type: sim, model: \"sim-solo\", base_url: \"{}\" }}\n",

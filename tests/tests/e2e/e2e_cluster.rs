@@ -20,7 +20,8 @@ use std::path::{Path, PathBuf};
 use std::process::Command;
 use std::time::Duration;
 
-use conclave_sim::{SimConfig, SimServer};
+use conclave_sim::SimServer;
+use conclave_tests::start_sim;
 use conclave_tests::{
     Finished, NodeAgent, Running, events_of, free_port, read_journal, sim_cluster_yaml,
     start_agent_node, wait_for_event, workspace_bin,
@@ -43,16 +44,7 @@ struct Setup {
 
 impl Setup {
     async fn new() -> Setup {
-        let sim = SimServer::start(
-            SimConfig {
-                tokens: 8,
-                token_delay: Duration::from_millis(5),
-                ..SimConfig::default()
-            },
-            "127.0.0.1:0".parse().unwrap(),
-        )
-        .await
-        .expect("sim provider starts");
+        let sim = start_sim(8, 5).await.expect("sim provider starts");
         let dir = tempfile::tempdir().unwrap();
         let cookie = dir.path().join("cookie");
         std::fs::write(&cookie, format!("{COOKIE}\n")).unwrap();

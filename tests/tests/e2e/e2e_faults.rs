@@ -23,7 +23,8 @@ use std::process::Command;
 use std::sync::Arc;
 use std::time::Duration;
 
-use conclave_sim::{Fault, RequestRecord, SimConfig, SimServer};
+use conclave_sim::{Fault, RequestRecord};
+use conclave_tests::start_sim;
 use conclave_tests::{
     Finished, SimAgent, SimTimeouts, events_of, read_journal, run_with_deadline,
     sim_config_yaml_with, workspace_bin,
@@ -270,16 +271,7 @@ struct Ran {
 
 async fn run_case(case: Case, gate: Arc<Semaphore>) -> Ran {
     let _permit = gate.acquire_owned().await.expect("semaphore open");
-    let sim = SimServer::start(
-        SimConfig {
-            tokens: 6,
-            token_delay: Duration::from_millis(5),
-            ..SimConfig::default()
-        },
-        "127.0.0.1:0".parse().expect("loopback"),
-    )
-    .await
-    .expect("sim provider starts");
+    let sim = start_sim(6, 5).await.expect("sim provider starts");
     let dir = tempfile::tempdir().expect("temp dir");
     let model = format!("sim-b:{}", case.options);
     let yaml = sim_config_yaml_with(

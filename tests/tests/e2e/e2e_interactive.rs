@@ -10,7 +10,7 @@ use std::os::fd::{FromRawFd, OwnedFd};
 use std::process::{Command, Stdio};
 use std::time::Duration;
 
-use conclave_sim::{SimConfig, SimServer};
+use conclave_tests::start_sim;
 use conclave_tests::{SimAgent, events_of, read_journal, sim_config_yaml, workspace_bin};
 
 const DEADLINE: Duration = Duration::from_secs(40);
@@ -37,16 +37,7 @@ fn pty() -> (File, OwnedFd) {
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn interactive_questions_are_sessions_that_carry_the_conversation() {
-    let sim = SimServer::start(
-        SimConfig {
-            tokens: 8,
-            token_delay: Duration::from_millis(5),
-            ..SimConfig::default()
-        },
-        "127.0.0.1:0".parse().expect("loopback"),
-    )
-    .await
-    .expect("sim provider starts");
+    let sim = start_sim(8, 5).await.expect("sim provider starts");
     let dir = tempfile::tempdir().unwrap();
     let config = dir.path().join("team.yaml");
     let agents = [

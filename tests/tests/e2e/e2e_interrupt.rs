@@ -12,7 +12,8 @@ use std::path::{Path, PathBuf};
 use std::process::Command;
 use std::time::Duration;
 
-use conclave_sim::{RequestRecord, SimConfig, SimServer};
+use conclave_sim::{RequestRecord, SimServer};
+use conclave_tests::start_sim;
 use conclave_tests::{
     Finished, Running, SimAgent, SimTimeouts, events_of, journal_lines, poll_until, read_journal,
     run_with_deadline, sim_config_yaml_with, workspace_bin,
@@ -25,16 +26,7 @@ const DEADLINE: Duration = Duration::from_secs(30);
 const SLOW: &str = "first_byte_ms=20000";
 
 async fn sim() -> SimServer {
-    SimServer::start(
-        SimConfig {
-            tokens: 6,
-            token_delay: Duration::from_millis(5),
-            ..SimConfig::default()
-        },
-        "127.0.0.1:0".parse().expect("loopback"),
-    )
-    .await
-    .expect("sim provider starts")
+    start_sim(6, 5).await.expect("sim provider starts")
 }
 
 fn write_config(

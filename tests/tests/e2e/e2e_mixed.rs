@@ -7,21 +7,13 @@ use std::collections::{BTreeSet, HashSet};
 use std::process::Command;
 use std::time::Duration;
 
-use conclave_sim::{SimConfig, SimServer, Wire};
+use conclave_sim::Wire;
+use conclave_tests::start_sim;
 use conclave_tests::{events_of, read_journal, run_with_deadline, workspace_bin};
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn claude_gemini_gpt_and_grok_reach_consensus() {
-    let sim = SimServer::start(
-        SimConfig {
-            tokens: 6,
-            token_delay: Duration::from_millis(3),
-            ..SimConfig::default()
-        },
-        "127.0.0.1:0".parse().unwrap(),
-    )
-    .await
-    .unwrap();
+    let sim = start_sim(6, 3).await.expect("sim provider starts");
     let root = sim.base_url().trim_end_matches("/v1").to_owned();
     let dir = tempfile::tempdir().unwrap();
     let yaml = format!(

@@ -6,7 +6,7 @@ use std::collections::HashSet;
 use std::process::{Command, Stdio};
 use std::time::{Duration, Instant};
 
-use conclave_sim::{SimConfig, SimServer};
+use conclave_tests::start_sim;
 use conclave_tests::{
     SimAgent, events_of, read_journal, run_with_deadline, sim_config_yaml, workspace_bin,
 };
@@ -28,16 +28,7 @@ fn decided_turns(journal: &[Value]) -> Vec<(String, u64)> {
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn kill_9_after_the_first_answers_then_resume_finishes_without_paying_twice() {
     // 20 tokens x 20 ms: every turn streams for ~400 ms, so the kill lands mid-session.
-    let sim = SimServer::start(
-        SimConfig {
-            tokens: 20,
-            token_delay: Duration::from_millis(20),
-            ..SimConfig::default()
-        },
-        "127.0.0.1:0".parse().unwrap(),
-    )
-    .await
-    .unwrap();
+    let sim = start_sim(20, 20).await.expect("sim provider starts");
     let dir = tempfile::tempdir().unwrap();
     let yaml = sim_config_yaml(
         &sim.base_url(),

@@ -14,7 +14,8 @@ use std::path::Path;
 use std::process::Command;
 use std::time::Duration;
 
-use conclave_sim::{SimConfig, SimServer};
+use conclave_sim::SimServer;
+use conclave_tests::start_sim;
 use conclave_tests::{
     Running, SimAgent, events_of, free_port, journal_lines, poll_until, read_journal,
     run_with_deadline, sim_config_yaml, workspace_bin,
@@ -27,16 +28,7 @@ const DEADLINE: Duration = Duration::from_secs(40);
 const TOKEN: &str = "0123456789abcdef0123456789abcdef";
 
 async fn sim() -> SimServer {
-    SimServer::start(
-        SimConfig {
-            tokens: 8,
-            token_delay: Duration::from_millis(5),
-            ..SimConfig::default()
-        },
-        "127.0.0.1:0".parse().expect("loopback"),
-    )
-    .await
-    .expect("sim provider starts")
+    start_sim(8, 5).await.expect("sim provider starts")
 }
 
 fn team_yaml(sim: &SimServer, model_options: &str) -> String {
