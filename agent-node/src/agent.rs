@@ -66,6 +66,17 @@ pub struct AgentState {
     context: Arc<AgentContext>,
     commands_seen: SequenceTracker,
     active: Option<ActiveTurn>,
+    /// Pending turn-deadline and restart timers. Each holds a reference to this actor until
+    /// it fires, so they are aborted when the actor stops (otherwise a long-lived process
+    /// keeps every finished agent's mailbox until its turn timeout passes).
+    timers: Vec<tokio::task::AbortHandle>,
+}
+
+impl AgentState {
+    fn keep_timer<T>(&mut self, timer: tokio::task::JoinHandle<T>) {
+        self.timers.retain(|t| !t.is_finished());
+        self.timers.push(timer.abort_handle());
+    }
 }
 
 /// Backoff before restarting a crashed worker: 250 ms, 500 ms, 1 s, ... capped at 8 s.
@@ -129,6 +140,7 @@ impl Actor for AgentActor {
             context: args.context,
             commands_seen: SequenceTracker::default(),
             active: None,
+            timers: Vec::new(),
         })
     }
 
@@ -159,7 +171,9 @@ impl Actor for AgentActor {
                         });
                         Self::start_worker(&myself, state).await?;
                         let timeout = state.context.settings.turn_timeout;
-                        myself.send_after(timeout, move || AgentMsg::TurnDeadline { turn });
+                        let timer =
+                            myself.send_after(timeout, move || AgentMsg::TurnDeadline { turn });
+                        state.keep_timer(timer);
                     }
                     CoordinatorCommand::Cancel { turn } => {
                         if state.active.as_ref().is_some_and(|a| a.spec.turn == turn) {
@@ -272,7 +286,8 @@ impl Actor for AgentActor {
                             reason,
                         },
                     });
-                    myself.send_after(wait, move || AgentMsg::RestartWorker { turn });
+                    let timer = myself.send_after(wait, move || AgentMsg::RestartWorker { turn });
+                    state.keep_timer(timer);
                 }
             }
             _ => {}
@@ -286,6 +301,9 @@ impl Actor for AgentActor {
         state: &mut AgentState,
     ) -> Result<(), ActorProcessingErr> {
         Self::kill_worker(state);
+        for timer in state.timers.drain(..) {
+            timer.abort();
+        }
         Ok(())
     }
 }

@@ -158,6 +158,10 @@ pub struct CoordinatorState {
     /// The session's root span `invoke_workflow conclave`, from Begin to finish; every command
     /// carries its trace context.
     span: tracing::Span,
+    /// The orchestrator-timeout timer. A pending timer holds a reference to this actor (its
+    /// mailbox and queued messages), so it is aborted when the actor stops: in a long-lived
+    /// server it would otherwise keep every finished session's actors for the whole timeout.
+    timeout_timer: Option<tokio::task::AbortHandle>,
 }
 
 impl CoordinatorState {
@@ -622,6 +626,17 @@ impl Actor for Coordinator {
     type State = CoordinatorState;
     type Arguments = CoordinatorArgs;
 
+    async fn post_stop(
+        &self,
+        _myself: ActorRef<CoordinatorMsg>,
+        state: &mut CoordinatorState,
+    ) -> Result<(), ActorProcessingErr> {
+        if let Some(timer) = state.timeout_timer.take() {
+            timer.abort();
+        }
+        Ok(())
+    }
+
     async fn pre_start(
         &self,
         _myself: ActorRef<CoordinatorMsg>,
@@ -639,6 +654,7 @@ impl Actor for Coordinator {
             resumed: args.resumed,
             budget: args.budget,
             span: tracing::Span::none(),
+            timeout_timer: None,
             agents: Vec::new(),
             by_name: HashMap::new(),
             seen: SequenceTracker::default(),
@@ -670,7 +686,11 @@ impl Actor for Coordinator {
                 state.agents.len(),
                 state.resumed.is_some(),
             );
-            myself.send_after(state.timeout, || CoordinatorMsg::Timeout);
+            state.timeout_timer = Some(
+                myself
+                    .send_after(state.timeout, || CoordinatorMsg::Timeout)
+                    .abort_handle(),
+            );
             match state.resumed.take() {
                 None => state.apply(&myself, Input::Start),
                 Some(resumed) => {

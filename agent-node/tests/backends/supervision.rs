@@ -513,3 +513,46 @@ async fn stop_ends_the_agent_and_its_worker() {
     assert_eq!(agent.quiet_for(Duration::from_millis(100)).await, None);
     sim.shutdown().await;
 }
+
+/// A stopped agent leaves no task behind: its turn-deadline timer (here an hour away) holds a
+/// reference to the actor, so a timer left running would keep every finished agent's mailbox
+/// alive in a long-lived server until its deadline.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_stopped_agent_leaves_no_pending_timer() {
+    let sim = start_sim().await;
+    let tasks = || {
+        tokio::runtime::Handle::current()
+            .metrics()
+            .num_alive_tasks()
+    };
+    let before = tasks();
+    let mut agent = Agent::spawn(
+        &sim,
+        "s:first_byte_ms=5000",
+        settings(3_600_000, 3_600_000, 3, 60_000),
+    )
+    .await;
+    agent.start_turn(1, 1);
+    let deadline = Instant::now() + Duration::from_secs(3);
+    while sim.requests().is_empty() {
+        assert!(Instant::now() < deadline, "the turn never reached the sim");
+        tokio::time::sleep(Duration::from_millis(10)).await;
+    }
+    assert!(tasks() > before, "the agent, its worker and its timer run");
+    agent.command(2, CoordinatorCommand::Stop);
+    tokio::time::timeout(Duration::from_secs(3), &mut agent.handle)
+        .await
+        .expect("the agent stops in time")
+        .expect("the agent stops cleanly");
+    drop(agent);
+    let deadline = Instant::now() + Duration::from_secs(3);
+    while tasks() > before {
+        assert!(
+            Instant::now() < deadline,
+            "{} task(s) outlived the stopped agent",
+            tasks() - before
+        );
+        tokio::time::sleep(Duration::from_millis(10)).await;
+    }
+    sim.shutdown().await;
+}

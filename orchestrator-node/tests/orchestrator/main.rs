@@ -7,3 +7,4 @@
 mod config_loading;
 mod consensus_props;
 mod probe;
+mod session_tasks;
