@@ -42,7 +42,7 @@ use std::time::Duration;
 
 use anyhow::Context;
 use clap::Args;
-use conclave_protocol::config::DisplayKind;
+use conclave_protocol::config::{DisplayKind, SessionConfig};
 use conclave_protocol::{SessionId, TaskSpec};
 use serde::Deserialize;
 use serde_json::{Value, json};
@@ -239,20 +239,26 @@ impl Server {
                 ended.reason
             )));
         }
-        let invalid = |f: Failure| SubmitError::Invalid(f.error);
-        apply_common(&mut plan.config, &self.args.common, &self.env).map_err(invalid)?;
-        check_placement(&plan.config, &self.args.cluster).map_err(invalid)?;
-        let env = &self.env;
-        if let Some((agent, var)) = config::missing_api_keys(&plan.config, &|key| env(key)).first()
-        {
-            return Err(SubmitError::Invalid(anyhow::anyhow!(
-                "agent `{agent}` needs an API key: set {var} on the orchestrator"
-            )));
-        }
+        self.prepare(&mut plan.config)?;
         // A finished entry of an earlier attempt (one that failed before it could journal
         // its end) gives way to the resumed run.
         self.registry.forget_finished(id);
         self.start(Start::Resume(Box::new(plan)))
+    }
+
+    /// What every session config goes through before it runs, new or resumed: the server's
+    /// command-line overrides, a cluster for agents placed on nodes, and the API keys present.
+    fn prepare(&self, config: &mut SessionConfig) -> Result<(), SubmitError> {
+        let invalid = |f: Failure| SubmitError::Invalid(f.error);
+        apply_common(config, &self.args.common, &self.env).map_err(invalid)?;
+        check_placement(config, &self.args.cluster).map_err(invalid)?;
+        let env = &self.env;
+        if let Some((agent, var)) = config::missing_api_keys(config, &|key| env(key)).first() {
+            return Err(SubmitError::Invalid(anyhow::anyhow!(
+                "agent `{agent}` needs an API key: set {var} on the orchestrator"
+            )));
+        }
+        Ok(())
     }
 
     /// Registers and spawns a session.
@@ -438,13 +444,7 @@ impl Server {
             warn!("{warning}");
         }
         let mut config = loaded.config;
-        apply_common(&mut config, &self.args.common, env).map_err(|f| invalid(f.error))?;
-        check_placement(&config, &self.args.cluster).map_err(|f| invalid(f.error))?;
-        if let Some((agent, var)) = config::missing_api_keys(&config, &|key| env(key)).first() {
-            return Err(invalid(anyhow::anyhow!(
-                "agent `{agent}` needs an API key: set {var} on the orchestrator"
-            )));
-        }
+        self.prepare(&mut config)?;
         let session = match &job.session_id {
             Some(id) => {
                 SessionId::parse(id).map_err(|e| invalid(anyhow::anyhow!("session_id: {e}")))?
