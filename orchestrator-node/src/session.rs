@@ -647,7 +647,12 @@ impl Actor for SessionSupervisor {
                 error!(%reason, "the coordinator crashed");
             }
             state.ending = true;
-            myself.stop_children(Some("session over".into()));
+            // Wait for the agents to stop on their own: a supervisor that stops first kills
+            // the children still running, and a killed actor skips its `post_stop` (which
+            // ends its worker's stream and aborts its pending timers).
+            myself
+                .stop_children_and_wait(Some("session over".into()), Some(Duration::from_secs(3)))
+                .await;
             myself.stop(None);
             return Ok(());
         }

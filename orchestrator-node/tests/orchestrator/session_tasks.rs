@@ -2,6 +2,9 @@
 //! it has ended: no actor, and no timer. The orchestrator timeout (here an hour away) is a
 //! pending task holding the coordinator; left running, it would keep every finished session's
 //! actors and mailboxes alive until it fired.
+//!
+//! The simulated provider runs on a runtime of its own, so the tasks counted on the session's
+//! runtime are the session's (and its HTTP client's) only.
 
 use std::sync::Arc;
 use std::time::{Duration, Instant};
@@ -12,19 +15,29 @@ use conclave_protocol::{SessionId, TaskSpec};
 use conclave_sim::{SimConfig, SimServer};
 use tokio_util::sync::CancellationToken;
 
-#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
-async fn an_ended_session_leaves_no_task_behind() {
-    let sim = SimServer::start(
-        SimConfig {
-            tokens: 4,
-            token_delay: Duration::from_millis(2),
-            ..SimConfig::default()
-        },
-        "127.0.0.1:0".parse().expect("loopback"),
-    )
-    .await
-    .expect("sim provider starts");
-    let base = sim.base_url();
+#[test]
+fn an_ended_session_leaves_no_task_behind() {
+    let sim_runtime = tokio::runtime::Runtime::new().expect("a runtime for the sim");
+    let sim = sim_runtime
+        .block_on(SimServer::start(
+            SimConfig {
+                tokens: 4,
+                token_delay: Duration::from_millis(2),
+                ..SimConfig::default()
+            },
+            "127.0.0.1:0".parse().expect("loopback"),
+        ))
+        .expect("sim provider starts");
+    let runtime = tokio::runtime::Builder::new_multi_thread()
+        .worker_threads(2)
+        .enable_all()
+        .build()
+        .expect("a runtime for the session");
+    runtime.block_on(session_then_count(&sim.base_url()));
+    sim_runtime.block_on(sim.shutdown());
+}
+
+async fn session_then_count(base: &str) {
     let yaml = format!(
         "agents:\n  - id: a\n    backend: {{type: sim, model: sim-a, base_url: \"{base}\"}}\n  - id: b\n    backend: {{type: sim, model: sim-b, base_url: \"{base}\"}}\ntimeout_settings:\n  orchestrator_timeout_seconds: 3600\n  turn_timeout_seconds: 3600\n"
     );
@@ -38,7 +51,12 @@ async fn an_ended_session_leaves_no_task_behind() {
             .metrics()
             .num_alive_tasks()
     };
-    let http = conclave_agent::providers::http_client(Duration::from_secs(5)).unwrap();
+    // No idle pool: a pool's idle-connection reaper is a task of the client's that only
+    // notices the client is gone at its next tick, and is not the session's to end.
+    let http = reqwest::Client::builder()
+        .pool_max_idle_per_host(0)
+        .build()
+        .unwrap();
     let before = tasks();
     let plan = SessionPlan {
         session: SessionId::parse("tasks").unwrap(),
@@ -60,8 +78,7 @@ async fn an_ended_session_leaves_no_task_behind() {
     .expect("the session ends in time")
     .expect("the session runs");
     assert_eq!(outcome.exit_code(), 0);
-    // The shared client keeps its pooled connections (and their tasks); only the session's
-    // own tasks must be gone.
+    // The HTTP client's connections are tasks too; they end with the client.
     drop(http);
     let deadline = Instant::now() + Duration::from_secs(3);
     while tasks() > before {
@@ -72,5 +89,4 @@ async fn an_ended_session_leaves_no_task_behind() {
         );
         tokio::time::sleep(Duration::from_millis(10)).await;
     }
-    sim.shutdown().await;
 }
