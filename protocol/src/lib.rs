@@ -22,6 +22,7 @@ pub mod message;
 pub mod presets;
 pub mod report;
 pub mod trace;
+pub mod trust;
 
 pub use chunk::{StreamChunk, ToolCall, Usage};
 pub use codec::{CodecError, MAX_FRAME_BYTES, decode, encode};
@@ -33,3 +34,4 @@ pub use message::{
 };
 pub use report::error_text;
 pub use trace::TraceContext;
+pub use trust::{ProviderAllowList, TrustError};
