@@ -834,11 +834,64 @@ fn frames_at_the_size_limit() {
     assert!(matches!(encode(&big), Err(CodecError::TooLarge { .. })));
 }
 
-/// Prints the worst allocation seen (runs last in name order only by chance; informative).
+/// The allocation bound against its worst case: every length prefix of real frames inflated
+/// to huge values, decoded as every frame type. Asserts the worst peak this sweep saw stays
+/// within `2 × MAX_FRAME_BYTES + 64 × frame length`, and reports it together with the worst
+/// peak of the whole run so far (other properties may still be running).
 #[test]
 fn zz_report_worst_allocation() {
-    let (peak, len) = *WORST_PEAK.lock().unwrap_or_else(|e| e.into_inner());
+    use proptest::strategy::ValueTree;
+    let _guard = watchdog_arm("zz_report_worst_allocation", Arc::new("length bombs"));
+    let mut runner = conclave_fuzz::runner(1, 0xC0C1_A7E0_F4A3_00B0);
+    let strategy = any_message();
+    let mut worst = (0usize, 0usize);
+    let mut decodes = 0u32;
+    for _ in 0..24 {
+        let message = strategy
+            .new_tree(&mut runner)
+            .expect("the message strategy generates values")
+            .current();
+        let frame = message.frame();
+        // Every position for short frames, 64 spread-out positions for long ones.
+        let step = (frame.len() / 64).max(1);
+        for at in (1..frame.len()).step_by(step) {
+            for (marker, value) in [
+                (0xFDu8, u64::MAX),
+                (0xFC, u64::from(u32::MAX)),
+                (0xFD, MAX_FRAME_BYTES as u64),
+                (0xFD, 1u64 << 40),
+            ] {
+                let mut bomb = frame.clone();
+                mutate(&mut bomb, &Mutation::Inflate { at, marker, value }, &[]);
+                for peak in [
+                    peak_growth(|| decode::<Envelope<AgentReport>>(&bomb)).1,
+                    peak_growth(|| decode::<Envelope<CoordinatorCommand>>(&bomb)).1,
+                    peak_growth(|| decode::<SessionConfig>(&bomb)).1,
+                    peak_growth(|| decode::<ToHost>(&bomb)).1,
+                    peak_growth(|| decode::<ToOrchestrator>(&bomb)).1,
+                ] {
+                    decodes += 1;
+                    if peak > worst.0 {
+                        worst = (peak, bomb.len());
+                    }
+                }
+            }
+        }
+    }
+    let (peak, len) = worst;
+    let bound = 2 * MAX_FRAME_BYTES + 64 * len;
+    let (run_peak, run_len) = *WORST_PEAK.lock().unwrap_or_else(|e| e.into_inner());
     eprintln!(
-        "fuzz_frames: largest peak heap growth of one decode so far: {peak} bytes for a {len}-byte frame"
+        "fuzz_frames: {decodes} length-bomb decodes, worst peak heap growth {peak} bytes for a \
+         {len}-byte frame (bound {bound}); whole run so far: {run_peak} bytes for a {run_len}-byte frame"
+    );
+    assert!(decodes > 0, "the sweep decoded nothing");
+    assert!(
+        peak <= bound,
+        "a length bomb made one decode allocate {peak} bytes for a {len}-byte frame (bound {bound})"
+    );
+    assert!(
+        run_peak <= 2 * MAX_FRAME_BYTES + 64 * run_len,
+        "some decode of the run allocated {run_peak} bytes for a {run_len}-byte frame"
     );
 }

@@ -12,10 +12,11 @@
 #   wrong-cookie  a node with the wrong cookie, claiming an agent node's name, is refused (the
 #              orchestrator logs it) and never hosts an agent; the real node then runs the session
 #   tls        the cluster with mutual TLS (deploy/docker-compose.tls.yml, certificates from
-#              deploy/gen-tls.sh) runs a session; skipped when openssl is not installed
+#              deploy/gen-tls.sh) runs a session; openssl is required (skipped without it only outside CI)
 #
 # Usage: bash tests/docker/run.sh [SCENARIO...]     (default: all, in the order above)
-# Skips (exit 0, "SKIP: ...") when `docker info` fails; any other problem fails loudly.
+# Skips (exit 0, "SKIP: ...") when `docker info` fails, except under CI=true where that fails;
+# any other problem fails loudly.
 # Bounded: every wait has a timeout, the scenarios together a budget (CONCLAVE_DOCKER_TEST_BUDGET,
 # seconds, default 420; they take about 2.5 minutes), and building the image (a no-op cargo build
 # when the release binaries are fresh) its own (CONCLAVE_DOCKER_BUILD_TIMEOUT, default 1200).
@@ -37,14 +38,15 @@ say() { echo "docker-tests: $*"; }
 die() { echo "docker-tests: FAIL: $*" >&2; exit 1; }
 
 # --- Is there a docker to test with? ----------------------------------------------------------
-if ! command -v docker >/dev/null 2>&1; then
-  echo "SKIP: docker not available (no docker command); the docker cluster tests did not run"
+# Outside CI a machine without Docker skips (exit 0, "SKIP: ..."); under CI=true it fails: CI
+# must never pass by not running the cluster tests.
+no_docker() {
+  if [ "${CI:-}" = true ]; then die "$1 (CI=true: the docker cluster tests must run)"; fi
+  echo "SKIP: $1; the docker cluster tests did not run"
   exit 0
-fi
-if ! timeout 30 docker info >/dev/null 2>&1; then
-  echo "SKIP: docker not available (\`docker info\` failed); the docker cluster tests did not run"
-  exit 0
-fi
+}
+command -v docker >/dev/null 2>&1 || no_docker "docker not available (no docker command)"
+timeout 30 docker info >/dev/null 2>&1 || no_docker "docker not available (\`docker info\` failed)"
 # From here on docker works, so anything missing is a failure, not a skip.
 if timeout 30 docker compose version >/dev/null 2>&1; then
   compose_cmd=(docker compose)
@@ -215,6 +217,10 @@ run_scenario() { # run_scenario NAME: returns 0 on pass
   compose_files=(-f "$compose_file")
   if [ "$TLS" = 1 ]; then
     if ! command -v openssl >/dev/null 2>&1; then
+      if [ "${CI:-}" = true ]; then
+        say "[$name] FAIL: openssl is not installed (needed to make the certificates; CI=true never skips)"
+        return 1
+      fi
       say "[$name] SKIP: openssl is not installed (needed to make the certificates)"
       return 0
     fi

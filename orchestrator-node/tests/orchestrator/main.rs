@@ -6,5 +6,6 @@
 
 mod config_loading;
 mod consensus_props;
+mod massgen_configs;
 mod probe;
 mod session_tasks;
