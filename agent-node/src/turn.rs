@@ -301,7 +301,7 @@ async fn run_turn(
                                     problem: problem.to_string(),
                                 },
                             });
-                            workflow::correction(&mut request.messages, &output, &problem);
+                            workflow::correction(&mut request.messages, spec, &output, &problem);
                         }
                         last_problem = Some(problem);
                     }

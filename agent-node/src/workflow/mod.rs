@@ -1,5 +1,6 @@
 //! The coordination protocol as the model sees it: the prompt of a turn, the two workflow
-//! tools, and the check that a turn ended in exactly one valid workflow call.
+//! tools, and the check that a turn ended in exactly one valid workflow call. For models that
+//! do not call tools the same decision is written as a marked line ([`text`]).
 //!
 //! * `new_answer(content)` offers a complete answer. It is not offered when the agent has
 //!   reached its answer limit (`may_answer: false`).
@@ -11,6 +12,8 @@
 //! call is answered with a corrective message and tried again (see [`correction`]): the
 //! assistant message with its tool calls is kept, and every call gets a tool result, so the
 //! retried history is valid for servers that check tool-call pairing strictly.
+
+pub mod text;
 
 use std::fmt::Write as _;
 
@@ -122,13 +125,39 @@ fn render_answers(spec: &TurnSpec, out: &mut String) {
     out.push_str("</CURRENT ANSWERS>\n");
 }
 
-/// The messages of a coordination turn.
+/// The messages of a coordination turn in which the model decides by calling a tool.
 pub fn coordination_messages(spec: &TurnSpec, own_system: Option<&str>) -> Vec<ChatMessage> {
     let rules = if spec.may_answer {
         COORDINATION_RULES
     } else {
         VOTE_ONLY_RULES
     };
+    let closing = if spec.answers.is_empty() {
+        "There is no answer yet: call `new_answer` with your answer."
+    } else if spec.may_answer {
+        "Decide: `vote` for the best answer above, or `new_answer` if you can do clearly better."
+    } else {
+        "Call `vote` with the label of the best answer above."
+    };
+    coordination(spec, own_system, rules, closing)
+}
+
+/// The messages of a coordination turn in which the model decides by writing a marked line
+/// ([`text`]): no tools are offered.
+pub fn text_coordination_messages(spec: &TurnSpec, own_system: Option<&str>) -> Vec<ChatMessage> {
+    let closing = format!(
+        "End your reply with exactly one decision line: {}.",
+        text::allowed_lines(spec)
+    );
+    coordination(spec, own_system, &text::rules(spec), &closing)
+}
+
+fn coordination(
+    spec: &TurnSpec,
+    own_system: Option<&str>,
+    rules: &str,
+    closing: &str,
+) -> Vec<ChatMessage> {
     let mut messages = vec![system_message(own_system, rules)];
     history_messages(&spec.task, &mut messages);
     let mut user = String::with_capacity(spec.task.question.len() + 256);
@@ -138,13 +167,8 @@ pub fn coordination_messages(spec: &TurnSpec, own_system: Option<&str>) -> Vec<C
         spec.task.question
     );
     render_answers(spec, &mut user);
-    user.push_str(if spec.answers.is_empty() {
-        "\nThere is no answer yet: call `new_answer` with your answer."
-    } else if spec.may_answer {
-        "\nDecide: `vote` for the best answer above, or `new_answer` if you can do clearly better."
-    } else {
-        "\nCall `vote` with the label of the best answer above."
-    });
+    user.push('\n');
+    user.push_str(closing);
     messages.push(ChatMessage::User { content: user });
     messages
 }
@@ -205,6 +229,8 @@ pub enum DecisionProblem {
     NothingToVoteFor,
     #[error("`{given}` is not one of the current answers ({labels}); vote for one of them")]
     UnknownLabel { given: String, labels: String },
+    #[error("your reply did not end with a decision line; end it with {allowed}")]
+    NoMarkedDecision { allowed: String },
 }
 
 impl DecisionProblem {
@@ -219,6 +245,7 @@ impl DecisionProblem {
             DecisionProblem::AnswerNotAllowed => "answer_not_allowed",
             DecisionProblem::NothingToVoteFor => "nothing_to_vote_for",
             DecisionProblem::UnknownLabel { .. } => "unknown_label",
+            DecisionProblem::NoMarkedDecision { .. } => "no_marked_decision",
         }
     }
 }
@@ -339,7 +366,12 @@ pub fn parse_decision(spec: &TurnSpec, calls: &[ToolCall]) -> Result<Decision, D
 /// own message (text and tool calls) is kept, every tool call gets a result (an error for the
 /// wrong ones), and a user message explains what to do. The reasoning blocks go back with
 /// their signatures, which providers with signed reasoning require.
-pub fn correction(messages: &mut Vec<ChatMessage>, output: &TurnOutput, problem: &DecisionProblem) {
+pub fn correction(
+    messages: &mut Vec<ChatMessage>,
+    spec: &TurnSpec,
+    output: &TurnOutput,
+    problem: &DecisionProblem,
+) {
     let content = if output.text.is_empty() {
         None
     } else {
@@ -357,7 +389,55 @@ pub fn correction(messages: &mut Vec<ChatMessage>, output: &TurnOutput, problem:
         });
     }
     messages.push(ChatMessage::User {
-        content: format!("Your turn was not accepted: {problem}. Try again."),
+        content: format!(
+            "Your turn was not accepted: {problem}. Try again. {}",
+            valid_calls(spec)
+        ),
+    });
+}
+
+/// What a valid end of turn looks like, with this turn's real labels.
+fn valid_calls(spec: &TurnSpec) -> String {
+    let vote = spec.answers.first().map(|a| {
+        format!(
+            "`vote` with {{\"agent_id\": \"{}\", \"reason\": \"why it is best\"}} (agent_id is one of: {})",
+            a.label,
+            text::current_labels(spec)
+        )
+    });
+    let answer = spec
+        .may_answer
+        .then(|| "`new_answer` with {\"content\": \"your complete answer\"}".to_owned());
+    match (vote, answer) {
+        (Some(vote), Some(answer)) => {
+            format!("A valid turn ends with exactly one tool call: {vote}, or {answer}.")
+        }
+        (Some(only), None) | (None, Some(only)) => {
+            format!("A valid turn ends with exactly one tool call: {only}.")
+        }
+        (None, None) => String::new(),
+    }
+}
+
+/// Extends the conversation after a text-mode reply without a valid decision line: the reply
+/// is kept and a user message says what went wrong and which lines are accepted.
+pub fn text_correction(
+    messages: &mut Vec<ChatMessage>,
+    spec: &TurnSpec,
+    output: &TurnOutput,
+    problem: &DecisionProblem,
+) {
+    messages.push(ChatMessage::Assistant {
+        content: (!output.text.is_empty()).then(|| output.text.clone()),
+        tool_calls: Vec::new(),
+        reasoning: output.reasoning_blocks.clone(),
+    });
+    messages.push(ChatMessage::User {
+        content: format!(
+            "Your reply was not accepted: {problem}. Reply again and end with exactly one \
+             decision line: {}.",
+            text::allowed_lines(spec)
+        ),
     });
 }
 
@@ -513,7 +593,7 @@ mod tests {
             tool_calls: calls.to_vec(),
             ..TurnOutput::default()
         };
-        correction(&mut messages, &output, &problem);
+        correction(&mut messages, &s, &output, &problem);
         let n = messages.len();
         assert!(
             matches!(&messages[n - 4], ChatMessage::Assistant { tool_calls, .. } if tool_calls.len() == 2)
