@@ -85,6 +85,16 @@ pub enum Policy {
     /// Always reply with plain text, ignoring tools: an agent that breaks the workflow
     /// protocol, to exercise the corrective retry.
     Text,
+    /// Never call a tool; end the text with a marked decision (`VOTE: agent1.1 — ...` for
+    /// the first label the prompt shows, else `NEW ANSWER:` and an answer): a model that
+    /// follows conclave's text protocol.
+    Marked,
+    /// Call `vote` with a label that is not offered, until a corrective message names the
+    /// valid labels; then vote properly: a model that hallucinates labels.
+    WrongLabel,
+    /// Make the workflow call with arguments that are not valid JSON, until a corrective
+    /// message says so; then call properly: a model with broken tool-call JSON.
+    BrokenJson,
 }
 
 impl FromStr for Policy {
@@ -95,6 +105,9 @@ impl FromStr for Policy {
             "default" => Ok(Policy::Default),
             "answer" => Ok(Policy::Answer),
             "text" => Ok(Policy::Text),
+            "marked" => Ok(Policy::Marked),
+            "wrong_label" => Ok(Policy::WrongLabel),
+            "broken_json" => Ok(Policy::BrokenJson),
             _ => Err(()),
         }
     }
@@ -309,7 +322,7 @@ impl ModelOptions {
                 self.policy = value.parse().map_err(|()| OptionError::BadValue {
                     key: key.to_owned(),
                     value: value.to_owned(),
-                    expected: "one of default, answer, text",
+                    expected: "one of default, answer, text, marked, wrong_label, broken_json",
                 })?;
             }
             "fault" => {

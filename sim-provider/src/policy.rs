@@ -9,6 +9,15 @@
 //! 3. else → plain text content (what a final presentation looks like).
 //!
 //! [`Policy::Answer`] swaps 1 and 2 (answer whenever allowed); [`Policy::Text`] always takes 3.
+//!
+//! The policies of models that handle tools badly:
+//! - [`Policy::Marked`] never calls a tool and ends its text with a marked decision, as
+//!   conclave's text protocol asks: `VOTE: {label} — ...` for the first answer label in the
+//!   last user message (`<agent1.1>` tags or a label in a corrective message), otherwise
+//!   `NEW ANSWER:` and a generated answer.
+//! - [`Policy::WrongLabel`] votes for a label that is not offered, and [`Policy::BrokenJson`]
+//!   sends workflow arguments that are not JSON; both behave once the last user message is a
+//!   corrective one ("... was not accepted ..."), the way a real model usually does.
 //! Voting for the first label makes a session converge on the earliest answer in one round,
 //! which is what the demo and the benches want to measure: the coordination overhead, not
 //! the models' opinions.
@@ -60,6 +69,44 @@ impl Reply {
     pub fn decide(options: &ModelOptions, request: &SimRequest) -> Reply {
         let vote_label = request.first_vote_label();
         let may_answer = request.offers(NEW_ANSWER);
+        let corrected = request.last_user_text.contains("was not accepted");
+        let tokens = options.tokens.max(1) as usize;
+        match options.policy {
+            Policy::Marked => return Self::marked(options, request, tokens),
+            Policy::WrongLabel if !corrected && vote_label.is_some() => {
+                let label = "agent99.1";
+                let reason = format!("{} finds {label} correct and complete.", options.name);
+                let arguments = json!({ "agent_id": label, "reason": reason }).to_string();
+                return Reply::call(
+                    DecisionKind::Vote,
+                    Some(label.to_owned()),
+                    arguments,
+                    tokens,
+                );
+            }
+            Policy::BrokenJson if !corrected && (vote_label.is_some() || may_answer) => {
+                let (kind, target, mut arguments) = match vote_label {
+                    Some(label) => (
+                        DecisionKind::Vote,
+                        Some(label.to_owned()),
+                        json!({ "agent_id": label, "reason": "it is right" }).to_string(),
+                    ),
+                    None => {
+                        let (answer, _) = generate_answer(options, &request.last_user_text, tokens);
+                        (
+                            DecisionKind::NewAnswer,
+                            None,
+                            json!({ "content": answer }).to_string(),
+                        )
+                    }
+                };
+                // A cut-off object with a trailing comma: what a small model often sends.
+                arguments.pop();
+                arguments.push(',');
+                return Reply::call(kind, target, arguments, tokens);
+            }
+            _ => {}
+        }
         let kind = match (options.policy, vote_label) {
             (Policy::Text, _) => DecisionKind::Text,
             (Policy::Answer, _) if may_answer => DecisionKind::NewAnswer,
@@ -67,7 +114,6 @@ impl Reply {
             _ if may_answer => DecisionKind::NewAnswer,
             _ => DecisionKind::Text,
         };
-        let tokens = options.tokens.max(1) as usize;
         match (kind, vote_label) {
             (DecisionKind::Vote, Some(label)) => {
                 let reason = format!("{} finds {label} correct and complete.", options.name);
@@ -103,6 +149,37 @@ impl Reply {
         }
     }
 
+    /// A tool call with these arguments, streamed in `tokens` pieces.
+    fn call(kind: DecisionKind, target: Option<String>, arguments: String, tokens: usize) -> Reply {
+        let bounds = even_bounds(&arguments, tokens);
+        Reply {
+            kind,
+            vote_target: target,
+            body: arguments,
+            bounds,
+        }
+    }
+
+    /// Text ending in a marked decision (see [`Policy::Marked`]).
+    fn marked(options: &ModelOptions, request: &SimRequest, tokens: usize) -> Reply {
+        let (answer, _) = generate_answer(options, &request.last_user_text, tokens);
+        let label = label_in(&request.last_user_text);
+        let body = match &label {
+            Some(label) => format!(
+                "{answer}\n\nVOTE: {label} — {} finds it correct and complete.",
+                options.name
+            ),
+            None => format!("Here is my answer.\n\nNEW ANSWER:\n{answer}"),
+        };
+        let bounds = even_bounds(&body, tokens);
+        Reply {
+            kind: DecisionKind::Text,
+            vote_target: label,
+            body,
+            bounds,
+        }
+    }
+
     /// The number of streamed pieces (the request's `tokens`).
     pub fn pieces(&self) -> usize {
         self.bounds.len().saturating_sub(1)
@@ -124,6 +201,33 @@ impl Reply {
             DecisionKind::Text => None,
         }
     }
+}
+
+/// The first answer label (`agent{k}.{m}`) in `text`.
+fn label_in(text: &str) -> Option<String> {
+    let bytes = text.as_bytes();
+    let mut from = 0;
+    while let Some(found) = text[from..].find("agent") {
+        let start = from + found;
+        let mut at = start + "agent".len();
+        from = at;
+        let digits_from = at;
+        while at < bytes.len() && bytes[at].is_ascii_digit() {
+            at += 1;
+        }
+        if at == digits_from || bytes.get(at) != Some(&b'.') {
+            continue;
+        }
+        let answer_from = at + 1;
+        at = answer_from;
+        while at < bytes.len() && bytes[at].is_ascii_digit() {
+            at += 1;
+        }
+        if at > answer_from {
+            return Some(text[start..at].to_owned());
+        }
+    }
+    None
 }
 
 /// Words the generated answers are made of: neutral, so demo output reads like prose-ish

@@ -210,7 +210,7 @@ fn http_model() -> BoxedStrategy<String> {
         3 => (1u32..24).prop_map(|n| format!("tokens={n}")),
         1 => (0u32..2).prop_map(|n| format!("token_delay_ms={n}")),
         1 => (0u32..2).prop_map(|n| format!("first_byte_ms={n}")),
-        2 => proptest::sample::select(vec!["default", "answer", "text"]).prop_map(|p| format!("policy={p}")),
+        2 => proptest::sample::select(vec!["default", "answer", "text", "marked", "wrong_label", "broken_json"]).prop_map(|p| format!("policy={p}")),
         2 => proptest::sample::select(QUICK_FAULTS).prop_map(|f| format!("fault={f}")),
         1 => (0u32..3).prop_map(|n| format!("fault_times={n}")),
         1 => (0u32..50).prop_map(|n| format!("retry_after_ms={n}")),

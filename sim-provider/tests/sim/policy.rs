@@ -132,3 +132,101 @@ async fn non_streaming_request_gets_one_completion_object() {
     assert_eq!(record.output_tokens, 8);
     server.shutdown().await;
 }
+
+/// The same chat request with `user` as its last user message.
+fn chat_saying(model: &str, tools: Option<Value>, user: &str) -> Value {
+    let mut body = chat(model, tools);
+    body["messages"][1]["content"] = json!(user);
+    body
+}
+
+#[tokio::test]
+async fn marked_policy_writes_a_decision_line_instead_of_calling_tools() {
+    let server = start(fast()).await;
+    let tools = json!([new_answer_tool(), vote_tool(&["agent1.1"])]);
+    // No answers in the prompt: a marked new answer, even though tools are offered.
+    let first = stream(
+        &server.base_url(),
+        &chat_saying(
+            "m:policy=marked",
+            Some(tools),
+            "<CURRENT ANSWERS>\n(no answers yet)\n</CURRENT ANSWERS>",
+        ),
+    )
+    .await;
+    assert!(first.tool_name.is_none());
+    assert!(
+        first.content.contains("\nNEW ANSWER:\nm answers:"),
+        "{}",
+        first.content
+    );
+    // Answers in the prompt: a vote line for the first label shown.
+    let second = stream(
+        &server.base_url(),
+        &chat_saying(
+            "m:policy=marked",
+            None,
+            "<CURRENT ANSWERS>\n<agent3.2>\nx\n</agent3.2>\n<agent1.1>\ny\n</agent1.1>\n</CURRENT ANSWERS>",
+        ),
+    )
+    .await;
+    assert!(second.tool_name.is_none());
+    let last_line = second.content.lines().last().unwrap_or_default();
+    assert!(last_line.starts_with("VOTE: agent3.2 — "), "{last_line}");
+    assert_eq!(server.requests()[1].decision, DecisionKind::Text);
+    server.shutdown().await;
+}
+
+#[tokio::test]
+async fn wrong_label_policy_votes_for_a_label_not_offered_until_corrected() {
+    let server = start(fast()).await;
+    let tools = json!([new_answer_tool(), vote_tool(&["agent1.1"])]);
+    let wrong = stream(
+        &server.base_url(),
+        &chat("w:policy=wrong_label", Some(tools.clone())),
+    )
+    .await;
+    let arguments: Value = serde_json::from_str(&wrong.arguments).expect("arguments are JSON");
+    assert_eq!(arguments["agent_id"], "agent99.1");
+    let corrected = stream(
+        &server.base_url(),
+        &chat_saying(
+            "w:policy=wrong_label",
+            Some(tools),
+            "Your turn was not accepted: `agent99.1` is not one of the current answers (agent1.1).",
+        ),
+    )
+    .await;
+    let arguments: Value = serde_json::from_str(&corrected.arguments).expect("arguments are JSON");
+    assert_eq!(arguments["agent_id"], "agent1.1");
+    server.shutdown().await;
+}
+
+#[tokio::test]
+async fn broken_json_policy_sends_invalid_arguments_until_corrected() {
+    let server = start(fast()).await;
+    let tools = json!([new_answer_tool()]);
+    let broken = stream(
+        &server.base_url(),
+        &chat("b:policy=broken_json", Some(tools.clone())),
+    )
+    .await;
+    assert_eq!(broken.tool_name.as_deref(), Some("new_answer"));
+    assert!(
+        serde_json::from_str::<Value>(&broken.arguments).is_err(),
+        "{}",
+        broken.arguments
+    );
+    let corrected = stream(
+        &server.base_url(),
+        &chat_saying(
+            "b:policy=broken_json",
+            Some(tools),
+            "Your turn was not accepted: the arguments of `new_answer` are not valid JSON.",
+        ),
+    )
+    .await;
+    let arguments: Value = serde_json::from_str(&corrected.arguments).expect("arguments are JSON");
+    assert!(arguments["content"].as_str().is_some_and(|c| !c.is_empty()));
+    server.shutdown().await;
+}
