@@ -36,7 +36,7 @@
 pub mod http;
 mod registry;
 
-use std::path::PathBuf;
+use std::path::{Path, PathBuf};
 use std::sync::Arc;
 use std::time::Duration;
 
@@ -589,7 +589,7 @@ impl Server {
     /// The file a request's `"config": NAME` names inside the config directory. A name that
     /// is absolute, climbs out with `..`, leads out through a symlink or names no file gets
     /// the same 404, so a client cannot tell what exists outside the directory.
-    fn named_config(&self, name: &std::path::Path) -> Result<PathBuf, SubmitError> {
+    fn named_config(&self, name: &Path) -> Result<PathBuf, SubmitError> {
         let Some(dir) = &self.config_dir else {
             return Err(SubmitError::Invalid(anyhow::anyhow!(
                 "this server takes no \"config\" names (it has neither --config-dir nor --config); send \"config_yaml\""
@@ -708,7 +708,7 @@ fn allow_list(args: &ServerArgs, env: &EnvFn) -> ProviderAllowList {
 
 /// Resolves `name` inside `dir`: a relative path of plain components whose real location (all
 /// symlinks followed) is a file inside the real `dir`. `None` for everything else.
-pub fn resolve_config_name(dir: &std::path::Path, name: &std::path::Path) -> Option<PathBuf> {
+pub fn resolve_config_name(dir: &Path, name: &Path) -> Option<PathBuf> {
     use std::path::Component;
     if name.as_os_str().is_empty()
         || !name
@@ -883,6 +883,43 @@ pub async fn run(args: ServerArgs, env: EnvFn) -> Result<u8, Failure> {
 #[cfg(test)]
 mod tests {
     use super::*;
+
+    #[test]
+    fn config_names_resolve_only_inside_the_config_dir() {
+        let root = tempfile::tempdir().unwrap();
+        let dir = root.path().join("configs");
+        std::fs::create_dir_all(dir.join("teams")).unwrap();
+        std::fs::write(dir.join("team.yaml"), "agents: []").unwrap();
+        std::fs::write(dir.join("teams/two.yaml"), "agents: []").unwrap();
+        std::fs::write(root.path().join("outside.yaml"), "agents: []").unwrap();
+        std::os::unix::fs::symlink(root.path().join("outside.yaml"), dir.join("link.yaml"))
+            .unwrap();
+        std::os::unix::fs::symlink(dir.join("team.yaml"), dir.join("inner.yaml")).unwrap();
+        let resolve = |name: &str| resolve_config_name(&dir, Path::new(name));
+
+        assert!(resolve("team.yaml").is_some());
+        assert!(resolve("./teams/two.yaml").is_some());
+        assert!(
+            resolve("inner.yaml").is_some(),
+            "a symlink that stays inside"
+        );
+        for refused in [
+            "../outside.yaml",
+            "teams/../team.yaml",
+            "link.yaml",
+            "missing.yaml",
+            "teams",
+            "",
+        ] {
+            assert_eq!(resolve(refused), None, "{refused}");
+        }
+        let absolute = dir.join("team.yaml");
+        assert_eq!(
+            resolve_config_name(&dir, &absolute),
+            None,
+            "absolute paths are refused even inside the dir"
+        );
+    }
 
     #[test]
     fn a_plain_line_is_a_question_and_json_lines_are_requests() {
