@@ -16,7 +16,6 @@ use std::net::TcpStream;
 use std::path::Path;
 use std::time::Duration;
 
-use conclave_tests::{SimAgent, sim_config_yaml};
 use serde_json::{Value, json};
 
 use super::e2e_server::{DEADLINE, Server, sim, team_yaml};
