@@ -16,7 +16,7 @@
 //! `/healthz` needs `Authorization: Bearer TOKEN` (401 otherwise, compared in constant time).
 //! Without one the server only binds loopback addresses.
 //!
-//! **Trust.** A submitted config is untrusted (see [`super::Server`]'s `plan`): no `${VAR}`
+//! **Trust.** A submitted config is untrusted (see the `server` module docs, "Trust"): no `${VAR}`
 //! expansion, key variables and base URLs only from the operator's allow-lists (400 naming the
 //! agent and the rule), `"config": NAME` only inside `--config-dir` (a name outside it and a
 //! missing one get the same 404, so the disk cannot be probed), and errors about a file on the
@@ -231,27 +231,44 @@ fn host_port(authority: &str, default_port: u16) -> Option<(String, u16)> {
     Some((host, port))
 }
 
+/// Whether `authority` names this server (listening on `listen`): its listen address, or
+/// `localhost` / a loopback IP with its port; with a token also the `Host` the request was
+/// sent to (`host_header`).
+fn is_own(
+    authority: &str,
+    default_port: u16,
+    host_header: Option<&str>,
+    listen: SocketAddr,
+    has_token: bool,
+) -> bool {
+    let Some((host, port)) = host_port(authority, default_port) else {
+        return false;
+    };
+    if has_token
+        && let Some(sent) = host_header.and_then(|h| host_port(h, default_port))
+        && sent == (host.clone(), port)
+    {
+        return true;
+    }
+    if port != listen.port() {
+        return false;
+    }
+    let bare = host.trim_start_matches('[').trim_end_matches(']');
+    bare == "localhost"
+        || bare
+            .parse::<std::net::IpAddr>()
+            .is_ok_and(|ip| ip.is_loopback() || ip == listen.ip())
+}
+
 impl Api {
-    /// Whether `authority` names this server: its listen address, or `localhost` / a loopback
-    /// IP with its port; with a token also the `Host` the request was sent to.
     fn is_own(&self, authority: &str, default_port: u16, host_header: Option<&str>) -> bool {
-        let Some((host, port)) = host_port(authority, default_port) else {
-            return false;
-        };
-        if self.token.is_some()
-            && let Some(sent) = host_header.and_then(|h| host_port(h, default_port))
-            && sent == (host.clone(), port)
-        {
-            return true;
-        }
-        if port != self.listen.port() {
-            return false;
-        }
-        let bare = host.trim_start_matches('[').trim_end_matches(']');
-        bare == "localhost"
-            || bare
-                .parse::<std::net::IpAddr>()
-                .is_ok_and(|ip| ip.is_loopback() || ip == self.listen.ip())
+        is_own(
+            authority,
+            default_port,
+            host_header,
+            self.listen,
+            self.token.is_some(),
+        )
     }
 }
 
@@ -585,7 +602,29 @@ async fn nodes(State(api): State<Api>) -> Response {
 
 #[cfg(test)]
 mod tests {
-    use super::same_secret;
+    use super::{host_port, is_own, same_secret};
+
+    #[test]
+    fn own_addresses_are_the_listen_address_and_loopback_names_with_its_port() {
+        let listen = "127.0.0.1:7421".parse().unwrap();
+        let own = |authority: &str| is_own(authority, 80, None, listen, false);
+        assert!(own("127.0.0.1:7421"));
+        assert!(own("LOCALHOST:7421"));
+        assert!(own("[::1]:7421"));
+        assert!(!own("127.0.0.1:7422"), "another port is another site");
+        assert!(!own("localhost"), "the default port is not this one");
+        assert!(!own("evil.example:7421"), "a rebound name");
+        assert!(!own("user@127.0.0.1:7421"));
+        assert!(!own(""));
+        // With a token, the Host the client used counts too (a reverse proxy's name).
+        let public = "0.0.0.0:7421".parse().unwrap();
+        let sent = Some("conclave.example.org");
+        assert!(is_own("conclave.example.org", 443, sent, public, true));
+        assert!(!is_own("conclave.example.org", 443, sent, public, false));
+        assert!(!is_own("evil.example", 443, sent, public, true));
+        assert_eq!(host_port("[::1]", 80), Some(("[::1]".to_owned(), 80)));
+        assert_eq!(host_port("h:x", 80), None);
+    }
 
     #[test]
     fn secrets_match_only_when_equal() {

@@ -12,9 +12,31 @@
 //! * **HTTP** (`--http IP:PORT`): the API of [`http`]: submit, list, inspect, watch live (SSE)
 //!   and cancel sessions, list the joined agent nodes.
 //!
+//! **Trust.** stdin is the operator's own channel: its configs are trusted like `conclave
+//! run`'s (`${VAR}` expanded, `config` any path). An HTTP client is someone else, and the
+//! server holds API keys, so everything a client's config can touch is the operator's to
+//! allow:
+//! * a config it sends (`config_yaml`) or names (`config`) loads with `${VAR}` expansion off
+//!   (a reference is a 400 saying so) and nothing read from the server's environment, so no
+//!   variable can reach a prompt, the journal, the event feed or an error. Files in the config
+//!   directory are the operator's, but the client chose which one, so they load the same way;
+//!   only the server's own `--config` (used when a request names none) is trusted;
+//! * every backend, of agents run here and of agents placed on agent nodes, must pass the
+//!   [`ProviderAllowList`] built at start: the presets' key variables and hosted URLs, every
+//!   backend of `--config`, `--allow-key-env VAR` and `--allow-base-url PREFIX`. A refusal is a
+//!   400 naming the agent and the rule, never a value from the environment;
+//! * `"config": NAME` resolves only inside `--config-dir` (default: the directory of
+//!   `--config`; without either, names are refused); a name that is absolute, contains `..`,
+//!   leads out through a symlink or does not exist gets the same 404, so the disk cannot be
+//!   probed. An error in such a file (or in `--config`) names the key; its values go only to
+//!   the server's log;
+//! * a resumed session runs the config its journal holds, which passed these checks when it
+//!   was submitted.
+//!
 //! Sessions run concurrently, at most `--max-sessions` (default 4) at once; the others wait in
 //! submission order (state `queued`), so a long batch piped into stdin does not hit every
-//! provider with every question at once. Each prints one JSON line on stdout when it ends, wherever it
+//! provider with every question at once. At most `--max-queued` (default 256) HTTP sessions
+//! wait; more are refused with 429 (stdin batches are the operator's and always wait). Each prints one JSON line on stdout when it ends, wherever it
 //! came from: `{"session", "exit_code", "reason", "winner", "final_answer", ...}`, or
 //! `{"session", "exit_code", "error"}` when it could not run. Journals go under
 //! `--session-dir` as usual. `--listen` (agent nodes) and `--http` are each optional, but a
@@ -174,7 +196,7 @@ pub enum Submitter {
     /// run`'s (`${VAR}` expanded, any file path).
     Operator,
     /// An HTTP client: its configs (inline, or a file it names) are untrusted. See
-    /// [`Server::plan`].
+    /// the module docs, "Trust".
     Client,
 }
 

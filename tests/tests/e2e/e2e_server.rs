@@ -9,6 +9,9 @@
 //!   SIGTERM stops the server with exit 0;
 //! * a token guards every route but `/healthz`, and a non-loopback address without a token is
 //!   refused at start.
+//!
+//! What a client may not do (untrusted configs, same-site checks, limits) is in
+//! `e2e_server_trust`, which shares the [`Server`] helper.
 
 use std::path::Path;
 use std::process::Command;
