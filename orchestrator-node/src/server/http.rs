@@ -487,7 +487,11 @@ async fn resume(
     let server = api.server.clone();
     let lookup = id.clone();
     // Loading a journal reads the whole file: off the async workers.
-    let resumed = match tokio::task::spawn_blocking(move || server.resume(&lookup)).await {
+    let resumed = match tokio::task::spawn_blocking(move || {
+        server.resume(&lookup, Submitter::Client)
+    })
+    .await
+    {
         Ok(resumed) => resumed,
         Err(_) => return error(StatusCode::INTERNAL_SERVER_ERROR, "the resume task failed"),
     };

@@ -285,24 +285,22 @@ impl Server {
         if self.stop.is_cancelled() {
             return Err(SubmitError::Stopping);
         }
-        // Only HTTP submissions are bounded: a batch piped into stdin is the operator's and
-        // waits in full, as before.
-        if from == Submitter::Client && self.registry.queued() >= self.args.max_queued as usize {
-            return Err(SubmitError::Busy(format!(
-                "{} sessions are already waiting for a slot (--max-queued); try again later",
-                self.args.max_queued
-            )));
-        }
+        self.check_queue(from)?;
         let plan = self.plan(job, from)?;
         self.start(Start::New(Box::new(plan)))
     }
 
     /// Continues a session that did not end (the orchestrator died under it) from its
     /// journal: decisions already journaled are never asked for again.
-    pub fn resume(self: &Arc<Self>, id: &str) -> Result<Arc<SessionEntry>, SubmitError> {
+    pub fn resume(
+        self: &Arc<Self>,
+        id: &str,
+        from: Submitter,
+    ) -> Result<Arc<SessionEntry>, SubmitError> {
         if self.stop.is_cancelled() {
             return Err(SubmitError::Stopping);
         }
+        self.check_queue(from)?;
         let session = SessionId::parse(id)
             .map_err(|e| SubmitError::Invalid(anyhow::anyhow!("session id: {e}")))?;
         if let Some(entry) = self.registry.get(id)
@@ -333,11 +331,34 @@ impl Server {
         self.start(Start::Resume(Box::new(plan)))
     }
 
+    /// Refuses a client's session when `--max-queued` sessions wait already. Only HTTP
+    /// submissions are bounded: a batch piped into stdin (or resumed at start) is the
+    /// operator's and waits in full.
+    fn check_queue(&self, from: Submitter) -> Result<(), SubmitError> {
+        if from == Submitter::Client && self.registry.queued() >= self.args.max_queued as usize {
+            return Err(SubmitError::Busy(format!(
+                "{} sessions are already waiting for a slot (--max-queued); try again later",
+                self.args.max_queued
+            )));
+        }
+        Ok(())
+    }
+
     /// What every session config goes through before it runs, new or resumed: the server's
     /// command-line overrides, a cluster for agents placed on nodes, and the API keys present.
     fn prepare(&self, config: &mut SessionConfig) -> Result<(), SubmitError> {
         let invalid = |f: Failure| SubmitError::Invalid(f.error);
-        apply_common(config, &self.args.common, &self.env).map_err(invalid)?;
+        // The server's own flags: an error there (a bad --pricing file) is the operator's to
+        // read in the log, and its values are not a client's to see.
+        apply_common(config, &self.args.common, &self.env).map_err(|failure| {
+            warn!(
+                "the server's settings cannot be applied to a session: {}",
+                conclave_protocol::error_text(&*failure.error)
+            );
+            SubmitError::Invalid(anyhow::anyhow!(
+                "the server's own settings (--pricing, --max-cost, ...) cannot be applied; the server's log says why"
+            ))
+        })?;
         check_placement(config, &self.args.cluster).map_err(invalid)?;
         let env = &self.env;
         if let Some((agent, var)) = config::missing_api_keys(config, &|key| env(key)).first() {
@@ -491,7 +512,7 @@ impl Server {
             .collect();
         ids.sort();
         for id in ids {
-            match self.resume(&id) {
+            match self.resume(&id, Submitter::Operator) {
                 Ok(_) => eprintln!("conclave server: resuming unfinished session {id}"),
                 // Sessions that ended are what most directories hold: not worth a word.
                 Err(SubmitError::Conflict(_)) => {}
