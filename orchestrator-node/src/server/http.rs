@@ -4,7 +4,7 @@
 //! | Route | What it does |
 //! |---|---|
 //! | `GET /healthz` | `{"status": "ok", "running": N, "nodes": N}`; needs no token |
-//! | `POST /sessions` | body `{"question", "config"?, "config_yaml"?, "session_id"?}`: validates (400 with the config error, 409 for a taken id) and starts the session: 202 with its status and a `Location`. With `?wait=true` it answers 200 once the session has ended |
+//! | `POST /sessions` | body `{"question", "config"?, "config_yaml"?, "session_id"?}` (`config`: a file name inside `--config-dir`): validates (400 with the config error or the allow-list rule broken, 404 for a config name not in the config directory, 409 for a taken id, 429 when `--max-queued` sessions wait) and starts the session: 202 with its status and a `Location`. With `?wait=true` it answers 200 once the session has ended |
 //! | `GET /sessions` | every session this server remembers, oldest first |
 //! | `GET /sessions/{id}` | `{"session", "state": "queued"\|"running"\|"cancelling"\|"done", "question", "started_at_ms", "events", "result"?}`; `result` is the line printed on stdout. A session this process did not run is read from its journal: `done` with its result, or `unfinished` (resumable) |
 //! | `GET /sessions/{id}/events` | Server-Sent Events: each `data:` is one object of `--display json` (journal events, stream chunks, then `final`). A late watcher first gets the journal events so far (for an ended session, read from its journal, which also holds its start, usage and end); chunks are live only. `event: lagged` says how many items a slow watcher missed. The stream ends when the session does |
@@ -26,11 +26,12 @@
 //! cross-site request), and a page whose DNS name is rebound to 127.0.0.1 even looks
 //! same-site. So: every `POST` needs `Content-Type: application/json` (415 otherwise; a plain
 //! HTML form cannot send it, and a page's script then needs the server's consent, which it
-//! never gives); a request with an `Origin` that is not this server is refused (403); and a
-//! server without a token (loopback only) also refuses a `Host` that is not its own address,
-//! `localhost` or a loopback IP with its port. Requests without `Origin` (curl, SDKs) pass.
-//! With a token, the `Host` the client used counts as the server's own too (a reverse proxy's
-//! name), since a page cannot send the token anyway.
+//! never gives); a request with an `Origin` that is not this server (the host and port the
+//! request was sent to, or `localhost` / a loopback IP with the listen port) is refused (403);
+//! and a server without a token (loopback only) also refuses a `Host` that is not `localhost`,
+//! a loopback IP or its listen IP (any port, so an SSH tunnel works): a rebound DNS name
+//! cannot pass. Requests without `Origin` (curl, SDKs) pass. With a token any `Host` is
+//! accepted (a reverse proxy's name): a page cannot send the token anyway.
 //!
 //! **Limits.** Request bodies up to [`MAX_BODY_BYTES`] (413 beyond); a client gets
 //! `--http-read-timeout` to send a request's headers (an idle keep-alive connection too) and
@@ -231,28 +232,26 @@ fn host_port(authority: &str, default_port: u16) -> Option<(String, u16)> {
     Some((host, port))
 }
 
-/// Whether `authority` names this server (listening on `listen`): its listen address, or
-/// `localhost` / a loopback IP with its port; with a token also the `Host` the request was
-/// sent to (`host_header`).
+/// Whether the `Origin` authority `authority` is this server: the host and port the request
+/// was sent to (`host_header`; the `Host` check has vouched for it), or `localhost` / a
+/// loopback IP / the listen IP with the listen port.
 fn is_own(
     authority: &str,
     default_port: u16,
     host_header: Option<&str>,
     listen: SocketAddr,
-    has_token: bool,
 ) -> bool {
     let Some((host, port)) = host_port(authority, default_port) else {
         return false;
     };
-    if has_token
-        && let Some(sent) = host_header.and_then(|h| host_port(h, default_port))
-        && sent == (host.clone(), port)
-    {
+    if host_header.and_then(|h| host_port(h, default_port)) == Some((host.clone(), port)) {
         return true;
     }
-    if port != listen.port() {
-        return false;
-    }
+    port == listen.port() && is_local_name(&host, listen)
+}
+
+/// `localhost`, a loopback IP or the listen IP: names a rebound DNS name cannot take.
+fn is_local_name(host: &str, listen: SocketAddr) -> bool {
     let bare = host.trim_start_matches('[').trim_end_matches(']');
     bare == "localhost"
         || bare
@@ -260,22 +259,22 @@ fn is_own(
             .is_ok_and(|ip| ip.is_loopback() || ip == listen.ip())
 }
 
-impl Api {
-    fn is_own(&self, authority: &str, default_port: u16, host_header: Option<&str>) -> bool {
-        is_own(
-            authority,
-            default_port,
-            host_header,
-            self.listen,
-            self.token.is_some(),
-        )
-    }
-}
-
 /// Refuses what a web page could make a browser send (see the module docs, "Browsers").
 async fn same_site(State(api): State<Api>, request: Request, next: Next) -> Response {
     let headers = request.headers();
     let host = headers.get(header::HOST).and_then(|v| v.to_str().ok());
+    // Any port: a tunnel (`ssh -L 9000:127.0.0.1:7421`) changes it; a rebound name cannot
+    // become `localhost`.
+    let local_host = host
+        .and_then(|h| host_port(h, 80))
+        .is_some_and(|(h, _)| is_local_name(&h, api.listen));
+    if api.token.is_none() && !local_host {
+        warn!(path = %request.uri().path(), "HTTP request for another host refused");
+        return error(
+            StatusCode::FORBIDDEN,
+            "the request's Host is not this server (a server without a token answers only to localhost, a loopback IP or its listen address)",
+        );
+    }
     if let Some(origin) = headers.get(header::ORIGIN) {
         let own = origin.to_str().ok().and_then(|origin| {
             let (scheme, authority) = origin.split_once("://")?;
@@ -284,7 +283,7 @@ async fn same_site(State(api): State<Api>, request: Request, next: Next) -> Resp
             } else {
                 80
             };
-            Some(api.is_own(authority, default_port, host))
+            Some(is_own(authority, default_port, host, api.listen))
         });
         if own != Some(true) {
             warn!(path = %request.uri().path(), "cross-origin HTTP request refused");
@@ -293,13 +292,6 @@ async fn same_site(State(api): State<Api>, request: Request, next: Next) -> Resp
                 "cross-origin requests are refused: the request's Origin is not this server",
             );
         }
-    }
-    if api.token.is_none() && !host.is_some_and(|h| api.is_own(h, 80, None)) {
-        warn!(path = %request.uri().path(), "HTTP request for another host refused");
-        return error(
-            StatusCode::FORBIDDEN,
-            "the request's Host is not this server's address (a server without a token answers only to its own address, localhost or a loopback IP)",
-        );
     }
     if request.method() == Method::POST && !is_json(headers) {
         return error(
@@ -606,12 +598,12 @@ async fn nodes(State(api): State<Api>) -> Response {
 
 #[cfg(test)]
 mod tests {
-    use super::{host_port, is_own, same_secret};
+    use super::{host_port, is_local_name, is_own, same_secret};
 
     #[test]
-    fn own_addresses_are_the_listen_address_and_loopback_names_with_its_port() {
+    fn own_origins_are_the_host_asked_or_local_names_with_the_listen_port() {
         let listen = "127.0.0.1:7421".parse().unwrap();
-        let own = |authority: &str| is_own(authority, 80, None, listen, false);
+        let own = |authority: &str| is_own(authority, 80, None, listen);
         assert!(own("127.0.0.1:7421"));
         assert!(own("LOCALHOST:7421"));
         assert!(own("[::1]:7421"));
@@ -620,12 +612,15 @@ mod tests {
         assert!(!own("evil.example:7421"), "a rebound name");
         assert!(!own("user@127.0.0.1:7421"));
         assert!(!own(""));
-        // With a token, the Host the client used counts too (a reverse proxy's name).
-        let public = "0.0.0.0:7421".parse().unwrap();
+        // Through a tunnel or a proxy: the Host the client used.
+        let sent = Some("localhost:9000");
+        assert!(is_own("localhost:9000", 80, sent, listen));
+        assert!(!is_own("localhost:9001", 80, sent, listen));
         let sent = Some("conclave.example.org");
-        assert!(is_own("conclave.example.org", 443, sent, public, true));
-        assert!(!is_own("conclave.example.org", 443, sent, public, false));
-        assert!(!is_own("evil.example", 443, sent, public, true));
+        assert!(is_own("conclave.example.org", 443, sent, listen));
+        assert!(!is_own("evil.example", 443, sent, listen));
+        assert!(is_local_name("[::1]", listen) && is_local_name("127.0.0.2", listen));
+        assert!(!is_local_name("evil.example", listen));
         assert_eq!(host_port("[::1]", 80), Some(("[::1]".to_owned(), 80)));
         assert_eq!(host_port("h:x", 80), None);
     }

@@ -845,6 +845,16 @@ pub async fn run(args: ServerArgs, env: EnvFn) -> Result<u8, Failure> {
                 .context("the HTTP listener has no address")
                 .map_err(execution)?;
             eprintln!("conclave server: HTTP API at http://{bound}");
+            let prefixes: Vec<&str> = server.allow.base_url_prefixes().collect();
+            eprintln!(
+                "conclave server: submitted configs may name the key variables {} and use the base URLs under {} (and hosted providers' own); widen with --allow-key-env / --allow-base-url",
+                server.allow.key_envs().collect::<Vec<_>>().join(", "),
+                if prefixes.is_empty() {
+                    "no prefix".to_owned()
+                } else {
+                    prefixes.join(", ")
+                }
+            );
             let limits = http::Limits {
                 max_connections: server.args.max_connections as usize,
                 read_timeout: Duration::from_secs(server.args.http_read_timeout),

@@ -332,6 +332,13 @@ async fn browsers_cannot_drive_the_api_and_bodies_are_limited() {
     );
     assert!(answer.starts_with("HTTP/1.1 200"), "{answer}");
 
+    // Through a tunnel the port differs; the name is still local.
+    let answer = raw(
+        port,
+        b"GET /sessions HTTP/1.1\r\nHost: localhost:9999\r\nOrigin: http://localhost:9999\r\nConnection: close\r\n\r\n",
+    );
+    assert!(answer.starts_with("HTTP/1.1 200"), "{answer}");
+
     // A body over the limit: 413, and the server goes on.
     let big = json!({"question": "q", "config_yaml": "#".repeat(1 << 20)}).to_string();
     let (code, reply) = server.post("/sessions", &big).await;
