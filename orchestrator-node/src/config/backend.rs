@@ -386,7 +386,10 @@ fn base_url(
             &endpoint_path,
             format!("names `{b}` but `base_url` names `{a}`; keep one of them"),
         )),
-        (None, None) => match (ctx.env)(AZURE_ENDPOINT_VAR).filter(|v| !v.trim().is_empty()) {
+        (None, None) => match ctx
+            .lookup(AZURE_ENDPOINT_VAR, &fields.child_path("base_url"))
+            .filter(|v| !v.trim().is_empty())
+        {
             Some(value) => normalise_base_url(&value).map(Some).map_err(|problem| {
                 ctx.invalid(
                     &fields.child_path("base_url"),

@@ -266,6 +266,41 @@ fn expand_nested(
     Ok(out)
 }
 
+/// For a config someone else submitted (expansion off): `$${` still writes a literal `${`, but
+/// any `${...}` reference is an error. Refusing is clearer than passing `${VAR}` through as
+/// text, which would look like it worked and then reach the provider verbatim.
+pub(crate) fn refuse_references(
+    text: &str,
+    origin: &str,
+    path: &str,
+) -> Result<String, ConfigError> {
+    let mut out = String::with_capacity(text.len());
+    let mut rest = text;
+    while let Some(dollar) = rest.find('$') {
+        out.push_str(&rest[..dollar]);
+        let after = &rest[dollar..];
+        if let Some(tail) = after.strip_prefix("$${") {
+            out.push_str("${");
+            rest = tail;
+        } else if after.starts_with("${") {
+            return Err(ConfigError::Invalid {
+                origin: origin.to_owned(),
+                path: path.to_owned(),
+                problem: "`${...}` is not expanded in a config submitted to the server \
+                          (environment expansion is off for submitted configs); write the \
+                          value itself, name an API key with `api_key_env: VAR_NAME`, or write \
+                          `$${` for a literal `${`"
+                    .to_owned(),
+            });
+        } else {
+            out.push('$');
+            rest = &after[1..];
+        }
+    }
+    out.push_str(rest);
+    Ok(out)
+}
+
 /// The index of the `}` closing a `${` whose body starts `text`, counting nested `${`.
 fn matching_brace(text: &str) -> Option<usize> {
     let bytes = text.as_bytes();

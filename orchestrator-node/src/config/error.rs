@@ -120,6 +120,22 @@ pub enum ConfigError {
         var: String,
     },
 
+    /// A value taken from the environment (`${VAR}`, or a variable the loader reads such as
+    /// `AZURE_OPENAI_ENDPOINT`) is not valid for its key. The value is never shown: it may be a
+    /// secret, and the error may travel to someone who must not see it.
+    #[error(
+        "{origin}: `{path}`: the value taken from the environment ({vars}) is not valid here \
+         ({what}); the value is not shown because it came from the environment"
+    )]
+    FromEnvironment {
+        origin: String,
+        path: String,
+        /// The variables, e.g. "`TEMPERATURE`".
+        vars: String,
+        /// What the key accepts, with no part of the value.
+        what: String,
+    },
+
     /// Any other problem with one key; `problem` says what is wrong and what to do.
     #[error("{origin}: `{path}`: {problem}")]
     Invalid {
@@ -158,6 +174,7 @@ impl ConfigError {
             | ConfigError::NoAgents { path, .. }
             | ConfigError::LiteralApiKey { path, .. }
             | ConfigError::UnsetVariable { path, .. }
+            | ConfigError::FromEnvironment { path, .. }
             | ConfigError::Invalid { path, .. } => Some(path),
             ConfigError::Read { .. }
             | ConfigError::Yaml { .. }

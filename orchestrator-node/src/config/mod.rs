@@ -15,7 +15,12 @@
 //! 2. `${VAR}` and `${VAR:-default}` are expanded in the string values the loader reads, from
 //!    the lookup function the caller passes ([`EnvLookup`]: process environment over `.env`).
 //!    Keys that are ignored are not expanded, so an MCP server's `${TOKEN}` in a MassGen config
-//!    does not stop a load. `$${` writes a literal `${`.
+//!    does not stop a load. `$${` writes a literal `${`. A config someone else wrote (one
+//!    submitted to `conclave server`) loads with expansion off ([`load_str_untrusted`]): a
+//!    `${` reference is an error saying so, and nothing is read from the environment, so none
+//!    of the server's variables can reach the config, its journal, its event feed or an error.
+//!    An error about a value that *was* expanded names the key and the variable, never the
+//!    value ([`ConfigError::FromEnvironment`]): errors travel to logs and HTTP clients.
 //! 3. Backends resolve through the provider presets (module `backend`), their provider
 //!    options (reasoning, verbosity, thinking budget, built-in tools, API version) through
 //!    module `options`; sessions through module `session`. The result holds no secrets: it is
@@ -53,7 +58,7 @@ pub use options::{
 };
 pub use session::MAX_TIMEOUT_SECONDS;
 
-use tree::Ctx;
+use tree::{Ctx, Expansion};
 
 /// A loaded config: the resolved session settings, the keys that were ignored, and the file
 /// it came from.
@@ -71,10 +76,7 @@ pub fn load_file(
     path: &Path,
     env: &dyn Fn(&str) -> Option<String>,
 ) -> Result<LoadedConfig, ConfigError> {
-    let text = std::fs::read_to_string(path).map_err(|source| ConfigError::Read {
-        path: path.to_path_buf(),
-        source,
-    })?;
+    let text = read(path)?;
     let mut loaded = load_str(&text, &path.display().to_string(), env)?;
     loaded.source = Some(path.to_path_buf());
     Ok(loaded)
@@ -86,18 +88,115 @@ pub fn load_str(
     origin: &str,
     env: &dyn Fn(&str) -> Option<String>,
 ) -> Result<LoadedConfig, ConfigError> {
-    let root = tree::parse_yaml(yaml, origin)?;
-    let mut ctx = Ctx {
-        origin: origin.to_owned(),
-        env,
-        warnings: Vec::new(),
-    };
-    let config = session::resolve(&root, &mut ctx)?;
-    Ok(LoadedConfig {
-        config,
-        warnings: ctx.warnings,
-        source: None,
+    load(yaml, origin, env, Expansion::On)
+}
+
+/// Loads a config someone other than the operator wrote (a config submitted to `conclave
+/// server`, or a file the request names): no `${VAR}` is expanded (a reference is an error
+/// saying so) and nothing at all is read from the environment, so no value of the server's
+/// environment can reach the resolved config, its journal or an error. `api_key: ${VAR}` and
+/// `api_key_env: VAR` still *name* a key variable; the caller checks the name against its
+/// allow-list ([`conclave_protocol::trust::ProviderAllowList`]).
+pub fn load_str_untrusted(yaml: &str, origin: &str) -> Result<LoadedConfig, ConfigError> {
+    load(yaml, origin, &|_| None, Expansion::Off)
+}
+
+/// [`load_str_untrusted`] for a file; `origin` names it in errors (the name the request gave,
+/// not the server's path).
+pub fn load_file_untrusted(path: &Path, origin: &str) -> Result<LoadedConfig, ConfigError> {
+    let text = read(path)?;
+    let mut loaded = load_str_untrusted(&text, origin)?;
+    loaded.source = Some(path.to_path_buf());
+    Ok(loaded)
+}
+
+fn read(path: &Path) -> Result<String, ConfigError> {
+    std::fs::read_to_string(path).map_err(|source| ConfigError::Read {
+        path: path.to_path_buf(),
+        source,
     })
+}
+
+fn load(
+    yaml: &str,
+    origin: &str,
+    env: &dyn Fn(&str) -> Option<String>,
+    expansion: Expansion,
+) -> Result<LoadedConfig, ConfigError> {
+    let root = tree::parse_yaml(yaml, origin)?;
+    let mut ctx = Ctx::new(origin, env, expansion);
+    match session::resolve(&root, &mut ctx) {
+        Ok(config) => Ok(LoadedConfig {
+            config,
+            warnings: ctx.warnings,
+            source: None,
+        }),
+        Err(error) => Err(redact(error, &ctx)),
+    }
+}
+
+/// An error about a value that came from the environment, rewritten so it names the key and
+/// the variables but not the value (which may be a secret, and errors reach HTTP clients and
+/// logs). An error counts as such when its key path (or a parent of it) was expanded from the
+/// environment, or when its text contains the value of a variable the load read.
+fn redact(error: ConfigError, ctx: &Ctx<'_>) -> ConfigError {
+    let from_env = ctx.from_env.borrow();
+    let Some(path) = error.key_path().map(str::to_owned) else {
+        return error;
+    };
+    let text = error.to_string();
+    let mut vars: Vec<&str> = Vec::new();
+    for (env_path, names) in from_env.iter() {
+        let under = path == *env_path
+            || path.starts_with(&format!("{env_path}."))
+            || path.starts_with(&format!("{env_path}["));
+        let shown = names.iter().any(|name| {
+            (ctx.env)(name).is_some_and(|value| {
+                let value = value.trim().trim_end_matches('/');
+                // Very short values ("1", "on") would match unrelated text; they are caught by
+                // the key path above.
+                value.len() >= 4 && text.contains(value)
+            })
+        });
+        if under || shown {
+            vars.extend(names.iter().map(String::as_str));
+        }
+    }
+    if vars.is_empty() {
+        return error;
+    }
+    vars.sort_unstable();
+    vars.dedup();
+    let what = match &error {
+        ConfigError::WrongType { expected, .. } => format!("expected {expected}"),
+        ConfigError::OutOfRange { allowed, .. } | ConfigError::InvalidValue { allowed, .. } => {
+            format!("allowed: {allowed}")
+        }
+        ConfigError::UnknownBackendType { supported, .. }
+        | ConfigError::UnsupportedBackendType { supported, .. } => {
+            format!("not a backend type conclave runs; supported: {supported}")
+        }
+        ConfigError::Missing { hint, .. } => hint.clone(),
+        _ if path.ends_with("base_url") || path.ends_with("azure_endpoint") => {
+            "expected an http(s) URL with a host, e.g. `https://RESOURCE.openai.azure.com`"
+                .to_owned()
+        }
+        // The loader's own "allowed: ..." lists are fixed text, never part of the value.
+        ConfigError::Invalid { problem, .. } if problem.contains("allowed: ") => {
+            problem[problem.rfind("allowed: ").unwrap_or(0)..].to_owned()
+        }
+        _ => "see the documentation of this key".to_owned(),
+    };
+    ConfigError::FromEnvironment {
+        origin: ctx.origin.clone(),
+        path,
+        vars: vars
+            .iter()
+            .map(|v| format!("`{v}`"))
+            .collect::<Vec<_>>()
+            .join(", "),
+        what,
+    }
 }
 
 /// Reads a pricing file (`--pricing FILE`): a YAML or JSON mapping of model-name prefix to
@@ -118,12 +217,8 @@ pub fn load_pricing_file(
     })?;
     let origin = path.display().to_string();
     let root = tree::parse_yaml(&text, &origin)?;
-    let mut ctx = Ctx {
-        origin,
-        env,
-        warnings: Vec::new(),
-    };
-    let prices = session::pricing_table(&root, "", &mut ctx)?;
+    let mut ctx = Ctx::new(origin, env, Expansion::On);
+    let prices = session::pricing_table(&root, "", &mut ctx).map_err(|e| redact(e, &ctx))?;
     Ok((prices, ctx.warnings))
 }
 
@@ -140,11 +235,7 @@ pub fn single_agent(
     base_url: Option<&str>,
     env: &dyn Fn(&str) -> Option<String>,
 ) -> Result<SessionConfig, ConfigError> {
-    let ctx = Ctx {
-        origin: "command line".to_owned(),
-        env,
-        warnings: Vec::new(),
-    };
+    let ctx = Ctx::new("command line", env, Expansion::On);
     let model = env::expand(model, env, &ctx.origin, "--model")?
         .trim()
         .to_owned();

@@ -391,7 +391,7 @@ pub(crate) fn resolve(
         check_api_version(version, f.path, "", ctx)
     })?;
     if api_version.is_none() && wire == WireFormat::AzureOpenAi {
-        api_version = match (ctx.env)(AZURE_API_VERSION_VAR) {
+        api_version = match ctx.lookup(AZURE_API_VERSION_VAR, &version_path) {
             Some(version) if !version.trim().is_empty() => Some(check_api_version(
                 version.trim().to_owned(),
                 &version_path,

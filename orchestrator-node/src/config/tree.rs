@@ -13,7 +13,9 @@
 
 use config::{Format, ValueKind};
 
-use super::env::expand;
+use std::cell::RefCell;
+
+use super::env::{expand, refuse_references};
 use super::error::{ConfigError, ConfigWarning};
 
 /// One YAML value. Mappings keep the file's key order (the `preserve_order` feature of
@@ -174,9 +176,61 @@ pub(crate) struct Ctx<'e> {
     pub origin: String,
     pub env: &'e dyn Fn(&str) -> Option<String>,
     pub warnings: Vec<ConfigWarning>,
+    /// Whether `${VAR}` is expanded (a config the operator wrote) or refused (a submitted,
+    /// untrusted one, whose `env` then answers nothing).
+    pub expansion: Expansion,
+    /// Key paths whose value was taken from the environment, with the variables: an error
+    /// about such a key names them instead of the value (see `super::redact`).
+    pub from_env: RefCell<Vec<(String, Vec<String>)>>,
+}
+
+/// Whether a load expands `${VAR}` references.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub(crate) enum Expansion {
+    /// The operator's own config: `${VAR}` is expanded from the lookup function.
+    On,
+    /// A config someone else submitted: a `${` reference is an error; nothing is read from
+    /// the environment.
+    Off,
+}
+
+impl<'e> Ctx<'e> {
+    pub(crate) fn new(
+        origin: impl Into<String>,
+        env: &'e dyn Fn(&str) -> Option<String>,
+        expansion: Expansion,
+    ) -> Self {
+        Ctx {
+            origin: origin.into(),
+            env,
+            warnings: Vec::new(),
+            expansion,
+            from_env: RefCell::new(Vec::new()),
+        }
+    }
 }
 
 impl Ctx<'_> {
+    /// Records that the value at `path` came from the environment variables `vars`.
+    pub(crate) fn note_env(&self, path: &str, vars: Vec<String>) {
+        if !vars.is_empty() {
+            self.from_env.borrow_mut().push((path.to_owned(), vars));
+        }
+    }
+
+    /// Looks a variable up for a value the loader reads directly (not through `${VAR}`),
+    /// recording it against `path`. Always `None` when expansion is off.
+    pub(crate) fn lookup(&self, var: &str, path: &str) -> Option<String> {
+        if self.expansion == Expansion::Off {
+            return None;
+        }
+        let value = (self.env)(var);
+        if value.is_some() {
+            self.note_env(path, vec![var.to_owned()]);
+        }
+        value
+    }
+
     pub(crate) fn warn(&mut self, path: impl Into<String>, message: impl Into<String>) {
         self.warnings.push(ConfigWarning {
             path: path.into(),
@@ -327,10 +381,25 @@ impl<'n> Fields<'n> {
 }
 
 impl Field<'_, '_> {
-    /// A string, with `${VAR}` / `${VAR:-default}` expanded from the environment.
+    /// A string, with `${VAR}` / `${VAR:-default}` expanded from the environment (or, with
+    /// expansion off, refused).
     pub(crate) fn string(&self, ctx: &Ctx<'_>) -> Result<String, ConfigError> {
         match self.node {
-            Node::Str(s) => expand(s, ctx.env, &ctx.origin, self.path),
+            Node::Str(s) => match ctx.expansion {
+                Expansion::Off => refuse_references(s, &ctx.origin, self.path),
+                Expansion::On => {
+                    let used = RefCell::new(Vec::new());
+                    let recording = |var: &str| {
+                        let value = (ctx.env)(var);
+                        used.borrow_mut().push(var.to_owned());
+                        value
+                    };
+                    // Errors of the expansion itself name the variable, never a value.
+                    let expanded = expand(s, &recording, &ctx.origin, self.path)?;
+                    ctx.note_env(self.path, used.into_inner());
+                    Ok(expanded)
+                }
+            },
             other => Err(ctx.wrong_type(self.path, "a string", other)),
         }
     }

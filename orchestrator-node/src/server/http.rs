@@ -4,7 +4,7 @@
 //! | Route | What it does |
 //! |---|---|
 //! | `GET /healthz` | `{"status": "ok", "running": N, "nodes": N}`; needs no token |
-//! | `POST /sessions` | body `{"question", "config"?, "config_yaml"?, "session_id"?}`: validates (400 with the config error, 409 for a taken id) and starts the session: 202 with its status and a `Location`. With `?wait=true` it answers 200 once the session has ended |
+//! | `POST /sessions` | body `{"question", "config"?, "config_yaml"?, "session_id"?}` (`config`: a file name inside `--config-dir`): validates (400 with the config error or the allow-list rule broken, 404 for a config name not in the config directory, 409 for a taken id, 429 when `--max-queued` sessions wait) and starts the session: 202 with its status and a `Location`. With `?wait=true` it answers 200 once the session has ended |
 //! | `GET /sessions` | every session this server remembers, oldest first |
 //! | `GET /sessions/{id}` | `{"session", "state": "queued"\|"running"\|"cancelling"\|"done", "question", "started_at_ms", "events", "result"?}`; `result` is the line printed on stdout. A session this process did not run is read from its journal: `done` with its result, or `unfinished` (resumable) |
 //! | `GET /sessions/{id}/events` | Server-Sent Events: each `data:` is one object of `--display json` (journal events, stream chunks, then `final`). A late watcher first gets the journal events so far (for an ended session, read from its journal, which also holds its start, usage and end); chunks are live only. `event: lagged` says how many items a slow watcher missed. The stream ends when the session does |
@@ -14,16 +14,44 @@
 //!
 //! **Auth.** With a token (`--http-token-file` or `CONCLAVE_HTTP_TOKEN`), every route but
 //! `/healthz` needs `Authorization: Bearer TOKEN` (401 otherwise, compared in constant time).
-//! Without one the server only binds loopback addresses. A `config` path is read on the
-//! server, with the server's permissions: give the token only to people who may run it.
+//! Without one the server only binds loopback addresses.
+//!
+//! **Trust.** A submitted config is untrusted (see the `server` module docs, "Trust"): no `${VAR}`
+//! expansion, key variables and base URLs only from the operator's allow-lists (400 naming the
+//! agent and the rule), `"config": NAME` only inside `--config-dir` (a name outside it and a
+//! missing one get the same 404, so the disk cannot be probed), and errors about a file on the
+//! server name the key, not the file's values.
+//!
+//! **Browsers.** A web page may send requests to the API from the user's browser (a
+//! cross-site request), and a page whose DNS name is rebound to 127.0.0.1 even looks
+//! same-site. So: every `POST` needs `Content-Type: application/json` (415 otherwise; a plain
+//! HTML form cannot send it, and a page's script then needs the server's consent, which it
+//! never gives); a request with an `Origin` that is not this server (the host and port the
+//! request was sent to, or `localhost` / a loopback IP with the listen port) is refused (403);
+//! and a server without a token (loopback only) also refuses a `Host` that is not `localhost`,
+//! a loopback IP or its listen IP (any port, so an SSH tunnel works): a rebound DNS name
+//! cannot pass. Requests without `Origin` (curl, SDKs) pass. With a token any `Host` is
+//! accepted (a reverse proxy's name): a page cannot send the token anyway.
+//!
+//! **Limits.** Request bodies up to [`MAX_BODY_BYTES`] (413 beyond); a client gets
+//! `--http-read-timeout` to send a request's headers (an idle keep-alive connection too) and
+//! the same between pieces of its body, then its connection is closed, so a slow client cannot
+//! hold a connection forever; at most `--max-connections` are open at once (the next is
+//! answered 503 and closed, rather than left waiting unseen); at most `--max-queued` HTTP
+//! sessions wait for a slot (429 beyond); `?wait=true` answers at the latest
+//! [`WAIT_GRACE`] after the session's own orchestrator timeout, with 202 and the status
+//! when it has not ended by then (it may have waited in the queue).
 
 use std::convert::Infallible;
+use std::net::SocketAddr;
 use std::sync::Arc;
+use std::time::Duration;
 
 use axum::Router;
 use axum::body::Bytes;
-use axum::extract::{Path, Query, Request, State};
-use axum::http::{HeaderValue, StatusCode, header};
+use axum::extract::rejection::BytesRejection;
+use axum::extract::{DefaultBodyLimit, Path, Query, Request, State};
+use axum::http::{HeaderMap, HeaderValue, Method, StatusCode, header};
 use axum::middleware::{self, Next};
 use axum::response::sse::{Event, KeepAlive, Sse};
 use axum::response::{IntoResponse, Response};
@@ -35,34 +63,135 @@ use tokio::sync::broadcast::error::RecvError;
 use tokio_util::sync::CancellationToken;
 use tracing::{info, warn};
 
-use super::{Job, Server, SessionEntry, SubmitError};
+use super::{Job, Server, SessionEntry, SubmitError, Submitter};
+
+/// The largest request body accepted (413 beyond). A config is a few kilobytes.
+pub const MAX_BODY_BYTES: usize = 1 << 20;
+/// How long past a session's own orchestrator timeout `?wait=true` may wait (its final
+/// presentation, the journal's end).
+pub const WAIT_GRACE: Duration = Duration::from_secs(60);
+/// Connections being refused at once (each gets a 503 within a second); more are dropped.
+const MAX_REFUSING: usize = 64;
 
 #[derive(Clone)]
 struct Api {
     server: Arc<Server>,
     token: Option<Arc<str>>,
+    /// The address the API listens on (for the same-origin checks).
+    listen: SocketAddr,
+}
+
+/// How the API treats its connections.
+#[derive(Debug, Clone, Copy)]
+pub struct Limits {
+    pub max_connections: usize,
+    pub read_timeout: Duration,
 }
 
 /// Serves the API on `listener` until `stop` is cancelled and open responses have ended.
+///
+/// Each connection is served by hyper directly (not `axum::serve`, which has neither a header
+/// read timeout nor a connection cap): a permit per connection, a timer for the header read
+/// timeout, and a graceful shutdown of each connection when `stop` comes.
 pub async fn serve(
     listener: tokio::net::TcpListener,
     server: Arc<Server>,
     token: Option<String>,
     stop: CancellationToken,
+    limits: Limits,
 ) {
-    let app = router(server, token);
-    if let Err(error) = axum::serve(listener, app)
-        .with_graceful_shutdown(async move { stop.cancelled().await })
-        .await
-    {
-        warn!("the HTTP API stopped: {error}");
+    let listen = match listener.local_addr() {
+        Ok(addr) => addr,
+        Err(error) => {
+            warn!("the HTTP listener has no address: {error}");
+            return;
+        }
+    };
+    let app = router(server, token, listen, limits.read_timeout);
+    let permits = Arc::new(tokio::sync::Semaphore::new(limits.max_connections));
+    let refusing = Arc::new(tokio::sync::Semaphore::new(MAX_REFUSING));
+    let mut http = hyper::server::conn::http1::Builder::new();
+    http.timer(hyper_util::rt::TokioTimer::new())
+        .header_read_timeout(limits.read_timeout);
+    let mut connections = tokio::task::JoinSet::new();
+    loop {
+        let accepted = tokio::select! {
+            accepted = listener.accept() => accepted,
+            _ = stop.cancelled() => break,
+        };
+        // Reap finished connections so the set does not grow with the server's lifetime.
+        while connections.try_join_next().is_some() {}
+        let (stream, peer) = match accepted {
+            Ok(accepted) => accepted,
+            Err(error) => {
+                // Out of file descriptors and the like: wait a little instead of spinning.
+                warn!("accepting an HTTP connection failed: {error}");
+                tokio::time::sleep(Duration::from_millis(50)).await;
+                continue;
+            }
+        };
+        let Ok(permit) = permits.clone().try_acquire_owned() else {
+            warn!(%peer, "HTTP connection refused: --max-connections are open");
+            if let Ok(refusal) = refusing.clone().try_acquire_owned() {
+                connections.spawn(async move {
+                    refuse_connection(stream).await;
+                    drop(refusal);
+                });
+            }
+            continue;
+        };
+        let service = hyper_util::service::TowerToHyperService::new(app.clone());
+        let connection = http.serve_connection(hyper_util::rt::TokioIo::new(stream), service);
+        let stop = stop.clone();
+        connections.spawn(async move {
+            let _permit = permit;
+            let mut connection = std::pin::pin!(connection);
+            let result = tokio::select! {
+                result = connection.as_mut() => result,
+                _ = stop.cancelled() => {
+                    // Ends the connection after the response in flight (a live event feed
+                    // ends with its session).
+                    connection.as_mut().graceful_shutdown();
+                    connection.await
+                }
+            };
+            if let Err(error) = result {
+                info!(%peer, "HTTP connection closed: {error}");
+            }
+        });
     }
+    while connections.join_next().await.is_some() {}
 }
 
-fn router(server: Arc<Server>, token: Option<String>) -> Router {
+/// Answers a connection beyond `--max-connections` with 503 and closes it. The request is read
+/// first (briefly), so the client sees the answer rather than a reset.
+async fn refuse_connection(mut stream: tokio::net::TcpStream) {
+    use tokio::io::{AsyncReadExt, AsyncWriteExt};
+    let mut buffer = [0u8; 4096];
+    let _ = tokio::time::timeout(Duration::from_millis(500), stream.read(&mut buffer)).await;
+    let body = json!({"error": "too many connections to this server (--max-connections); try again later"})
+        .to_string();
+    let response = format!(
+        "HTTP/1.1 503 Service Unavailable\r\ncontent-type: application/json\r\ncontent-length: {}\r\nconnection: close\r\n\r\n{body}",
+        body.len()
+    );
+    let _ = tokio::time::timeout(Duration::from_millis(500), async {
+        let _ = stream.write_all(response.as_bytes()).await;
+        let _ = stream.shutdown().await;
+    })
+    .await;
+}
+
+fn router(
+    server: Arc<Server>,
+    token: Option<String>,
+    listen: SocketAddr,
+    read_timeout: Duration,
+) -> Router {
     let api = Api {
         server,
         token: token.map(Arc::from),
+        listen,
     };
     let guarded = Router::new()
         .route("/sessions", post(submit).get(list))
@@ -81,7 +210,104 @@ fn router(server: Arc<Server>, token: Option<String>) -> Router {
                 "no such route; see GET /healthz, /sessions, /nodes",
             )
         })
+        .layer(middleware::from_fn_with_state(api.clone(), same_site))
+        .layer(DefaultBodyLimit::max(MAX_BODY_BYTES))
+        .layer(tower_http::timeout::RequestBodyTimeoutLayer::new(
+            read_timeout,
+        ))
         .with_state(api)
+}
+
+/// The host and port of `authority` (`host[:port]`, IPv6 in brackets), lowercased; the port
+/// defaults to `default_port`.
+fn host_port(authority: &str, default_port: u16) -> Option<(String, u16)> {
+    let authority = authority.trim().to_ascii_lowercase();
+    if authority.is_empty() || authority.contains(['/', '@', ' ']) {
+        return None;
+    }
+    let (host, port) = match authority.rsplit_once(':') {
+        Some((host, port)) if !port.contains(']') => (host.to_owned(), port.parse().ok()?),
+        _ => (authority.clone(), default_port),
+    };
+    Some((host, port))
+}
+
+/// Whether the `Origin` authority `authority` is this server: the host and port the request
+/// was sent to (`host_header`; the `Host` check has vouched for it), or `localhost` / a
+/// loopback IP / the listen IP with the listen port.
+fn is_own(
+    authority: &str,
+    default_port: u16,
+    host_header: Option<&str>,
+    listen: SocketAddr,
+) -> bool {
+    let Some((host, port)) = host_port(authority, default_port) else {
+        return false;
+    };
+    if host_header.and_then(|h| host_port(h, default_port)) == Some((host.clone(), port)) {
+        return true;
+    }
+    port == listen.port() && is_local_name(&host, listen)
+}
+
+/// `localhost`, a loopback IP or the listen IP: names a rebound DNS name cannot take.
+fn is_local_name(host: &str, listen: SocketAddr) -> bool {
+    let bare = host.trim_start_matches('[').trim_end_matches(']');
+    bare == "localhost"
+        || bare
+            .parse::<std::net::IpAddr>()
+            .is_ok_and(|ip| ip.is_loopback() || ip == listen.ip())
+}
+
+/// Refuses what a web page could make a browser send (see the module docs, "Browsers").
+async fn same_site(State(api): State<Api>, request: Request, next: Next) -> Response {
+    let headers = request.headers();
+    let host = headers.get(header::HOST).and_then(|v| v.to_str().ok());
+    // Any port: a tunnel (`ssh -L 9000:127.0.0.1:7421`) changes it; a rebound name cannot
+    // become `localhost`.
+    let local_host = host
+        .and_then(|h| host_port(h, 80))
+        .is_some_and(|(h, _)| is_local_name(&h, api.listen));
+    if api.token.is_none() && !local_host {
+        warn!(path = %request.uri().path(), "HTTP request for another host refused");
+        return error(
+            StatusCode::FORBIDDEN,
+            "the request's Host is not this server (a server without a token answers only to localhost, a loopback IP or its listen address)",
+        );
+    }
+    if let Some(origin) = headers.get(header::ORIGIN) {
+        let own = origin.to_str().ok().and_then(|origin| {
+            let (scheme, authority) = origin.split_once("://")?;
+            let default_port = if scheme.eq_ignore_ascii_case("https") {
+                443
+            } else {
+                80
+            };
+            Some(is_own(authority, default_port, host, api.listen))
+        });
+        if own != Some(true) {
+            warn!(path = %request.uri().path(), "cross-origin HTTP request refused");
+            return error(
+                StatusCode::FORBIDDEN,
+                "cross-origin requests are refused: the request's Origin is not this server",
+            );
+        }
+    }
+    if request.method() == Method::POST && !is_json(headers) {
+        return error(
+            StatusCode::UNSUPPORTED_MEDIA_TYPE,
+            "a POST needs `Content-Type: application/json`",
+        );
+    }
+    next.run(request).await
+}
+
+fn is_json(headers: &HeaderMap) -> bool {
+    headers
+        .get(header::CONTENT_TYPE)
+        .and_then(|v| v.to_str().ok())
+        .and_then(|v| v.split(';').next())
+        .is_some_and(|v| v.trim().eq_ignore_ascii_case("application/json"))
 }
 
 fn error(status: StatusCode, message: impl Into<String>) -> Response {
@@ -141,7 +367,26 @@ struct SubmitQuery {
     wait: bool,
 }
 
-async fn submit(State(api): State<Api>, Query(query): Query<SubmitQuery>, body: Bytes) -> Response {
+async fn submit(
+    State(api): State<Api>,
+    Query(query): Query<SubmitQuery>,
+    body: Result<Bytes, BytesRejection>,
+) -> Response {
+    let body = match body {
+        Ok(body) => body,
+        Err(rejected) if rejected.status() == StatusCode::PAYLOAD_TOO_LARGE => {
+            return error(
+                StatusCode::PAYLOAD_TOO_LARGE,
+                format!("the body is larger than {MAX_BODY_BYTES} bytes"),
+            );
+        }
+        Err(rejected) => {
+            return error(
+                rejected.status(),
+                format!("the body could not be read: {}", rejected.body_text()),
+            );
+        }
+    };
     let job: Job = match serde_json::from_slice(&body) {
         Ok(job) => job,
         Err(e) => {
@@ -153,7 +398,7 @@ async fn submit(State(api): State<Api>, Query(query): Query<SubmitQuery>, body: 
             );
         }
     };
-    let entry = match api.server.submit(job) {
+    let entry = match api.server.submit(job, Submitter::Client) {
         Ok(entry) => entry,
         Err(refused) => return refusal(refused),
     };
@@ -167,6 +412,7 @@ fn refusal(refused: SubmitError) -> Response {
         SubmitError::Conflict(_) => StatusCode::CONFLICT,
         SubmitError::NotFound(_) => StatusCode::NOT_FOUND,
         SubmitError::Stopping => StatusCode::SERVICE_UNAVAILABLE,
+        SubmitError::Busy(_) => StatusCode::TOO_MANY_REQUESTS,
     };
     error(status, refused.to_string())
 }
@@ -175,8 +421,12 @@ fn refusal(refused: SubmitError) -> Response {
 async fn started(entry: Arc<SessionEntry>, wait: bool) -> Response {
     let location = HeaderValue::from_str(&format!("/sessions/{}", entry.id)).ok();
     let (code, body) = if wait {
-        entry.done.cancelled().await;
-        (StatusCode::OK, entry.status())
+        // Bounded: a session that waited long in the queue may still be running.
+        let limit = entry.timeout.saturating_add(WAIT_GRACE);
+        match tokio::time::timeout(limit, entry.done.cancelled()).await {
+            Ok(()) => (StatusCode::OK, entry.status()),
+            Err(_) => (StatusCode::ACCEPTED, entry.status()),
+        }
     } else {
         (StatusCode::ACCEPTED, entry.status())
     };
@@ -229,7 +479,11 @@ async fn resume(
     let server = api.server.clone();
     let lookup = id.clone();
     // Loading a journal reads the whole file: off the async workers.
-    let resumed = match tokio::task::spawn_blocking(move || server.resume(&lookup)).await {
+    let resumed = match tokio::task::spawn_blocking(move || {
+        server.resume(&lookup, Submitter::Client)
+    })
+    .await
+    {
         Ok(resumed) => resumed,
         Err(_) => return error(StatusCode::INTERNAL_SERVER_ERROR, "the resume task failed"),
     };
@@ -344,7 +598,32 @@ async fn nodes(State(api): State<Api>) -> Response {
 
 #[cfg(test)]
 mod tests {
-    use super::same_secret;
+    use super::{host_port, is_local_name, is_own, same_secret};
+
+    #[test]
+    fn own_origins_are_the_host_asked_or_local_names_with_the_listen_port() {
+        let listen = "127.0.0.1:7421".parse().unwrap();
+        let own = |authority: &str| is_own(authority, 80, None, listen);
+        assert!(own("127.0.0.1:7421"));
+        assert!(own("LOCALHOST:7421"));
+        assert!(own("[::1]:7421"));
+        assert!(!own("127.0.0.1:7422"), "another port is another site");
+        assert!(!own("localhost"), "the default port is not this one");
+        assert!(!own("evil.example:7421"), "a rebound name");
+        assert!(!own("user@127.0.0.1:7421"));
+        assert!(!own(""));
+        // Through a tunnel or a proxy: the Host the client used.
+        let sent = Some("localhost:9000");
+        assert!(is_own("localhost:9000", 80, sent, listen));
+        assert!(!is_own("localhost:9001", 80, sent, listen));
+        let sent = Some("conclave.example.org");
+        assert!(is_own("conclave.example.org", 443, sent, listen));
+        assert!(!is_own("evil.example", 443, sent, listen));
+        assert!(is_local_name("[::1]", listen) && is_local_name("127.0.0.2", listen));
+        assert!(!is_local_name("evil.example", listen));
+        assert_eq!(host_port("[::1]", 80), Some(("[::1]".to_owned(), 80)));
+        assert_eq!(host_port("h:x", 80), None);
+    }
 
     #[test]
     fn secrets_match_only_when_equal() {

@@ -12,9 +12,31 @@
 //! * **HTTP** (`--http IP:PORT`): the API of [`http`]: submit, list, inspect, watch live (SSE)
 //!   and cancel sessions, list the joined agent nodes.
 //!
+//! **Trust.** stdin is the operator's own channel: its configs are trusted like `conclave
+//! run`'s (`${VAR}` expanded, `config` any path). An HTTP client is someone else, and the
+//! server holds API keys, so everything a client's config can touch is the operator's to
+//! allow:
+//! * a config it sends (`config_yaml`) or names (`config`) loads with `${VAR}` expansion off
+//!   (a reference is a 400 saying so) and nothing read from the server's environment, so no
+//!   variable can reach a prompt, the journal, the event feed or an error. Files in the config
+//!   directory are the operator's, but the client chose which one, so they load the same way;
+//!   only the server's own `--config` (used when a request names none) is trusted;
+//! * every backend, of agents run here and of agents placed on agent nodes, must pass the
+//!   [`ProviderAllowList`] built at start: the presets' key variables and hosted URLs, every
+//!   backend of `--config`, `--allow-key-env VAR` and `--allow-base-url PREFIX`. A refusal is a
+//!   400 naming the agent and the rule, never a value from the environment;
+//! * `"config": NAME` resolves only inside `--config-dir` (default: the directory of
+//!   `--config`; without either, names are refused); a name that is absolute, contains `..`,
+//!   leads out through a symlink or does not exist gets the same 404, so the disk cannot be
+//!   probed. An error in such a file (or in `--config`) names the key; its values go only to
+//!   the server's log;
+//! * a resumed session runs the config its journal holds, which passed these checks when it
+//!   was submitted.
+//!
 //! Sessions run concurrently, at most `--max-sessions` (default 4) at once; the others wait in
 //! submission order (state `queued`), so a long batch piped into stdin does not hit every
-//! provider with every question at once. Each prints one JSON line on stdout when it ends, wherever it
+//! provider with every question at once. At most `--max-queued` (default 256) HTTP sessions
+//! wait; more are refused with 429 (stdin batches are the operator's and always wait). Each prints one JSON line on stdout when it ends, wherever it
 //! came from: `{"session", "exit_code", "reason", "winner", "final_answer", ...}`, or
 //! `{"session", "exit_code", "error"}` when it could not run. Journals go under
 //! `--session-dir` as usual. `--listen` (agent nodes) and `--http` are each optional, but a
@@ -36,13 +58,14 @@
 pub mod http;
 mod registry;
 
-use std::path::PathBuf;
+use std::path::{Path, PathBuf};
 use std::sync::Arc;
 use std::time::Duration;
 
 use anyhow::Context;
 use clap::Args;
 use conclave_protocol::config::{DisplayKind, SessionConfig};
+use conclave_protocol::trust::{ProviderAllowList, TrustError};
 use conclave_protocol::{SessionId, TaskSpec};
 use serde::Deserialize;
 use serde_json::{Value, json};
@@ -90,6 +113,29 @@ pub struct ServerArgs {
     /// Without it, CONCLAVE_HTTP_TOKEN is read. Required unless --http is a loopback address.
     #[arg(long, value_name = "FILE")]
     pub http_token_file: Option<PathBuf>,
+    /// Where `"config": NAME` of an HTTP request is looked up (only there: absolute paths, `..`
+    /// and symlinks out of it are refused). Default: the directory of --config.
+    #[arg(long, value_name = "DIR")]
+    pub config_dir: Option<PathBuf>,
+    /// A key variable a config submitted over HTTP may name (`api_key_env`), besides those of
+    /// the provider presets and of --config. Repeatable.
+    #[arg(long = "allow-key-env", value_name = "VAR")]
+    pub allow_key_env: Vec<String>,
+    /// A base-URL prefix a config submitted over HTTP may use, besides the base URLs of
+    /// --config and the hosted providers' own. Repeatable.
+    #[arg(long = "allow-base-url", value_name = "PREFIX")]
+    pub allow_base_url: Vec<String>,
+    /// At most this many HTTP sessions wait for a slot (state `queued`); beyond it POST
+    /// /sessions answers 429.
+    #[arg(long, value_name = "N", default_value_t = 256, value_parser = clap::value_parser!(u32).range(0..=1_000_000))]
+    pub max_queued: u32,
+    /// At most this many HTTP connections open at once; more are answered 503 and closed.
+    #[arg(long, value_name = "N", default_value_t = 256, value_parser = clap::value_parser!(u32).range(1..=100_000))]
+    pub max_connections: u32,
+    /// An HTTP client has this long to send a request's headers (and this long between reads
+    /// of a body), or its connection is closed.
+    #[arg(long, value_name = "SECONDS", default_value_t = 30, value_parser = clap::value_parser!(u64).range(1..=3600))]
+    pub http_read_timeout: u64,
     #[command(flatten)]
     pub common: CommonArgs,
     #[command(flatten)]
@@ -104,7 +150,8 @@ pub const HTTP_TOKEN_ENV: &str = "CONCLAVE_HTTP_TOKEN";
 #[serde(deny_unknown_fields)]
 pub struct Job {
     pub question: String,
-    /// A config file on the server (relative to its working directory).
+    /// A config file on the server: over HTTP a name inside `--config-dir`; on stdin (the
+    /// operator's own channel) any path, relative to the working directory.
     #[serde(default)]
     pub config: Option<PathBuf>,
     /// The config itself, as YAML text.
@@ -138,13 +185,28 @@ pub enum SubmitError {
     NotFound(String),
     /// The server is stopping.
     Stopping,
+    /// Too many sessions wait already (`--max-queued`).
+    Busy(String),
+}
+
+/// Who submitted a session, which decides how far its config is trusted.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum Submitter {
+    /// A line on the server's stdin: the operator, whose configs are trusted like `conclave
+    /// run`'s (`${VAR}` expanded, any file path).
+    Operator,
+    /// An HTTP client: its configs (inline, or a file it names) are untrusted. See
+    /// the module docs, "Trust".
+    Client,
 }
 
 impl std::fmt::Display for SubmitError {
     fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
         match self {
             SubmitError::Invalid(error) => f.write_str(&conclave_protocol::error_text(&**error)),
-            SubmitError::Conflict(message) | SubmitError::NotFound(message) => f.write_str(message),
+            SubmitError::Conflict(message)
+            | SubmitError::NotFound(message)
+            | SubmitError::Busy(message) => f.write_str(message),
             SubmitError::Stopping => write!(f, "the server is stopping"),
         }
     }
@@ -176,12 +238,25 @@ pub struct Server {
     /// TLS setup for the server's lifetime rather than one per session (which cost megabytes
     /// per running session and a new TLS handshake per session).
     clients: std::sync::Mutex<std::collections::HashMap<u64, reqwest::Client>>,
+    /// The key variables and base URLs a submitted config may use.
+    allow: ProviderAllowList,
+    /// Where `"config": NAME` of a request is looked up; `None`: nowhere.
+    config_dir: Option<PathBuf>,
 }
 
 impl Server {
     fn new(args: ServerArgs, env: EnvFn, cluster: Option<Cluster>) -> Arc<Server> {
         let slots = Arc::new(tokio::sync::Semaphore::new(args.max_sessions as usize));
+        let allow = allow_list(&args, &env);
+        let config_dir = args.config_dir.clone().or_else(|| {
+            args.config.as_ref().map(|file| match file.parent() {
+                Some(dir) if !dir.as_os_str().is_empty() => dir.to_path_buf(),
+                _ => PathBuf::from("."),
+            })
+        });
         Arc::new(Server {
+            allow,
+            config_dir,
             slots,
             clients: std::sync::Mutex::new(std::collections::HashMap::new()),
             args,
@@ -202,20 +277,30 @@ impl Server {
     }
 
     /// Validates a job and starts its session. The returned entry reports its progress.
-    pub fn submit(self: &Arc<Self>, job: Job) -> Result<Arc<SessionEntry>, SubmitError> {
+    pub fn submit(
+        self: &Arc<Self>,
+        job: Job,
+        from: Submitter,
+    ) -> Result<Arc<SessionEntry>, SubmitError> {
         if self.stop.is_cancelled() {
             return Err(SubmitError::Stopping);
         }
-        let plan = self.plan(job)?;
+        self.check_queue(from)?;
+        let plan = self.plan(job, from)?;
         self.start(Start::New(Box::new(plan)))
     }
 
     /// Continues a session that did not end (the orchestrator died under it) from its
     /// journal: decisions already journaled are never asked for again.
-    pub fn resume(self: &Arc<Self>, id: &str) -> Result<Arc<SessionEntry>, SubmitError> {
+    pub fn resume(
+        self: &Arc<Self>,
+        id: &str,
+        from: Submitter,
+    ) -> Result<Arc<SessionEntry>, SubmitError> {
         if self.stop.is_cancelled() {
             return Err(SubmitError::Stopping);
         }
+        self.check_queue(from)?;
         let session = SessionId::parse(id)
             .map_err(|e| SubmitError::Invalid(anyhow::anyhow!("session id: {e}")))?;
         if let Some(entry) = self.registry.get(id)
@@ -246,11 +331,34 @@ impl Server {
         self.start(Start::Resume(Box::new(plan)))
     }
 
+    /// Refuses a client's session when `--max-queued` sessions wait already. Only HTTP
+    /// submissions are bounded: a batch piped into stdin (or resumed at start) is the
+    /// operator's and waits in full.
+    fn check_queue(&self, from: Submitter) -> Result<(), SubmitError> {
+        if from == Submitter::Client && self.registry.queued() >= self.args.max_queued as usize {
+            return Err(SubmitError::Busy(format!(
+                "{} sessions are already waiting for a slot (--max-queued); try again later",
+                self.args.max_queued
+            )));
+        }
+        Ok(())
+    }
+
     /// What every session config goes through before it runs, new or resumed: the server's
     /// command-line overrides, a cluster for agents placed on nodes, and the API keys present.
     fn prepare(&self, config: &mut SessionConfig) -> Result<(), SubmitError> {
         let invalid = |f: Failure| SubmitError::Invalid(f.error);
-        apply_common(config, &self.args.common, &self.env).map_err(invalid)?;
+        // The server's own flags: an error there (a bad --pricing file) is the operator's to
+        // read in the log, and its values are not a client's to see.
+        apply_common(config, &self.args.common, &self.env).map_err(|failure| {
+            warn!(
+                "the server's settings cannot be applied to a session: {}",
+                conclave_protocol::error_text(&*failure.error)
+            );
+            SubmitError::Invalid(anyhow::anyhow!(
+                "the server's own settings (--pricing, --max-cost, ...) cannot be applied; the server's log says why"
+            ))
+        })?;
         check_placement(config, &self.args.cluster).map_err(invalid)?;
         let env = &self.env;
         if let Some((agent, var)) = config::missing_api_keys(config, &|key| env(key)).first() {
@@ -263,21 +371,24 @@ impl Server {
 
     /// Registers and spawns a session.
     fn start(self: &Arc<Self>, start: Start) -> Result<Arc<SessionEntry>, SubmitError> {
-        let (id, dir, question) = match &start {
+        let (id, dir, question, timeout) = match &start {
             Start::New(plan) => (
                 plan.session.to_string(),
                 plan.dir.clone(),
                 plan.task.question.clone(),
+                plan.config.timeouts.orchestrator_timeout_seconds,
             ),
             Start::Resume(plan) => (
                 plan.session.to_string(),
                 plan.dir.clone(),
                 plan.task.question.clone(),
+                plan.config.timeouts.orchestrator_timeout_seconds,
             ),
         };
+        let timeout = Duration::from_secs(timeout);
         let entry = self
             .registry
-            .insert(&id, &dir, &question, self.stop.child_token())
+            .insert(&id, &dir, &question, timeout, self.stop.child_token())
             .ok_or_else(|| exists(&id))?;
         let task_entry = entry.clone();
         let server = self.clone();
@@ -401,7 +512,7 @@ impl Server {
             .collect();
         ids.sort();
         for id in ids {
-            match self.resume(&id) {
+            match self.resume(&id, Submitter::Operator) {
                 Ok(_) => eprintln!("conclave server: resuming unfinished session {id}"),
                 // Sessions that ended are what most directories hold: not worth a word.
                 Err(SubmitError::Conflict(_)) => {}
@@ -417,29 +528,64 @@ impl Server {
     }
 
     /// Resolves a job into a session plan, checking everything that can be checked up front.
-    fn plan(&self, job: Job) -> Result<SessionPlan, SubmitError> {
+    ///
+    /// A client's config is untrusted (see the module docs, "Trust"): inline YAML and files
+    /// it names load with `${VAR}` expansion off, every backend must pass the allow-list, a
+    /// named file must lie inside `--config-dir`, and an error about a file on the server
+    /// names only the key (the details go to the server's log).
+    fn plan(&self, job: Job, from: Submitter) -> Result<SessionPlan, SubmitError> {
         let invalid = |e: anyhow::Error| SubmitError::Invalid(e);
         if job.question.trim().is_empty() {
             return Err(invalid(anyhow::anyhow!("the question is empty")));
         }
         let env = &self.env;
-        let loaded = match (&job.config_yaml, &job.config, &self.args.config) {
+        let client = from == Submitter::Client;
+        // (the config, whether the operator wrote it, what to call a file in errors)
+        let (loaded, trusted, file) = match (&job.config_yaml, &job.config, &self.args.config) {
             (Some(_), Some(_), _) => {
                 return Err(invalid(anyhow::anyhow!(
                     "give either \"config\" (a file on the server) or \"config_yaml\", not both"
                 )));
             }
-            (Some(yaml), None, _) => config::load_str(yaml, "config_yaml", &|key| env(key)),
-            (None, Some(path), _) | (None, None, Some(path)) => {
-                config::load_file(path, &|key| env(key))
+            (Some(yaml), None, _) if client => {
+                (config::load_str_untrusted(yaml, "config_yaml"), false, None)
             }
+            (Some(yaml), None, _) => (
+                config::load_str(yaml, "config_yaml", &|key| env(key)),
+                true,
+                None,
+            ),
+            (None, Some(name), _) if client => {
+                let path = self.named_config(name)?;
+                let shown = name.display().to_string();
+                (
+                    config::load_file_untrusted(&path, &shown),
+                    false,
+                    Some(format!("config `{shown}`")),
+                )
+            }
+            (None, Some(path), _) | (None, None, Some(path)) => (
+                config::load_file(path, &|key| env(key)),
+                true,
+                client.then(|| "the server's default config".to_owned()),
+            ),
             (None, None, None) => {
                 return Err(invalid(anyhow::anyhow!(
                     "no config: start the server with --config FILE or give \"config\" or \"config_yaml\" in the request"
                 )));
             }
+        };
+        let loaded = loaded.map_err(|error| match &file {
+            // A file on the server: its values are not the client's to see.
+            Some(file) => {
+                warn!("{file} of a submitted session: {error}");
+                invalid(anyhow::anyhow!(file_error(file, &error)))
+            }
+            None => invalid(error.into()),
+        })?;
+        if !trusted {
+            self.check_trust(&loaded.config, file.as_deref())?;
         }
-        .map_err(|e| invalid(e.into()))?;
         for warning in &loaded.warnings {
             warn!("{warning}");
         }
@@ -483,6 +629,39 @@ impl Server {
         Ok(client)
     }
 
+    /// The file a request's `"config": NAME` names inside the config directory. A name that
+    /// is absolute, climbs out with `..`, leads out through a symlink or names no file gets
+    /// the same 404, so a client cannot tell what exists outside the directory.
+    fn named_config(&self, name: &Path) -> Result<PathBuf, SubmitError> {
+        let Some(dir) = &self.config_dir else {
+            return Err(SubmitError::Invalid(anyhow::anyhow!(
+                "this server takes no \"config\" names (it has neither --config-dir nor --config); send \"config_yaml\""
+            )));
+        };
+        resolve_config_name(dir, name).ok_or_else(|| {
+            SubmitError::NotFound(format!(
+                "no config `{}` in the server's config directory",
+                name.display()
+            ))
+        })
+    }
+
+    /// Checks every backend of an untrusted config (agents run here and on agent nodes) against
+    /// the allow-list. `file`: the config is a file on the server, whose values are not shown.
+    fn check_trust(&self, config: &SessionConfig, file: Option<&str>) -> Result<(), SubmitError> {
+        for agent in &config.agents {
+            if let Err(refused) = self.allow.check(&agent.backend) {
+                let message = match file {
+                    None => format!("agent `{}`: {refused}", agent.id),
+                    Some(file) => format!("{file}, agent `{}`: {}", agent.id, trust_rule(&refused)),
+                };
+                warn!("submitted config refused: agent `{}`: {refused}", agent.id);
+                return Err(SubmitError::Invalid(anyhow::anyhow!(message)));
+            }
+        }
+        Ok(())
+    }
+
     /// Submits a stdin line; a refused one prints its error line at once.
     fn submit_line(self: &Arc<Self>, line: &str) {
         let refused = |session: Option<String>, error: String| {
@@ -494,7 +673,7 @@ impl Server {
         match parse_job(line) {
             Ok(job) => {
                 let id = job.session_id.clone();
-                if let Err(error) = self.submit(job) {
+                if let Err(error) = self.submit(job, Submitter::Operator) {
                     refused(id, error.to_string());
                 }
             }
@@ -544,6 +723,74 @@ fn outcome_json(outcome: &SessionOutcome) -> Value {
         "usage": outcome.usage,
         "cost_usd": outcome.cost_usd,
     })
+}
+
+/// The allow-list for submitted configs: the presets, the backends of the server's own
+/// --config (read once, at start), and the --allow-key-env / --allow-base-url flags.
+fn allow_list(args: &ServerArgs, env: &EnvFn) -> ProviderAllowList {
+    let mut allow = ProviderAllowList::presets();
+    if let Some(path) = &args.config {
+        match config::load_file(path, &|key| env(key)) {
+            Ok(loaded) => {
+                for agent in &loaded.config.agents {
+                    allow.allow_backend(&agent.backend);
+                }
+            }
+            // Reported again (to the operator) with the first session that uses it.
+            Err(error) => warn!("--config: {error}"),
+        }
+    }
+    for var in &args.allow_key_env {
+        allow.allow_key_env(var.trim());
+    }
+    for prefix in &args.allow_base_url {
+        allow.allow_base_url(prefix.as_str());
+    }
+    allow
+}
+
+/// Resolves `name` inside `dir`: a relative path of plain components whose real location (all
+/// symlinks followed) is a file inside the real `dir`. `None` for everything else.
+pub fn resolve_config_name(dir: &Path, name: &Path) -> Option<PathBuf> {
+    use std::path::Component;
+    if name.as_os_str().is_empty()
+        || !name
+            .components()
+            .all(|part| matches!(part, Component::Normal(_) | Component::CurDir))
+    {
+        return None;
+    }
+    let root = std::fs::canonicalize(dir).ok()?;
+    let path = std::fs::canonicalize(root.join(name)).ok()?;
+    (path.starts_with(&root) && path.is_file()).then_some(path)
+}
+
+/// A config error of a file on the server, for a client: where, not what (the value is the
+/// file's). The full error is in the server's log.
+fn file_error(file: &str, error: &config::ConfigError) -> String {
+    match error.key_path() {
+        Some(path) if !path.is_empty() => format!(
+            "{file} on the server is not valid at `{path}`; the server's log says why (the file's values are not shown here)"
+        ),
+        _ => format!(
+            "{file} on the server cannot be loaded; the server's log says why (the file's contents are not shown here)"
+        ),
+    }
+}
+
+/// The rule a backend broke, without the value that broke it.
+fn trust_rule(refused: &TrustError) -> &'static str {
+    match refused {
+        TrustError::KeyEnv { .. } => {
+            "its key variable is not allowed: a submitted config may only name the key variables of the provider presets, of the operator's own config, or given with --allow-key-env"
+        }
+        TrustError::BaseUrl { .. } => {
+            "its base URL is not allowed: a submitted config may only use the default URL of a hosted provider preset (with that provider's own key), a base URL of the operator's own config, or a prefix given with --allow-base-url"
+        }
+        TrustError::Program { .. } => {
+            "its claude_code program is not allowed: only `claude` from PATH or a program the operator allowed with --allow-base-url"
+        }
+    }
 }
 
 /// Reads the HTTP bearer token, and refuses to serve a non-loopback address without one.
@@ -598,11 +845,26 @@ pub async fn run(args: ServerArgs, env: EnvFn) -> Result<u8, Failure> {
                 .context("the HTTP listener has no address")
                 .map_err(execution)?;
             eprintln!("conclave server: HTTP API at http://{bound}");
+            let prefixes: Vec<&str> = server.allow.base_url_prefixes().collect();
+            eprintln!(
+                "conclave server: submitted configs may name the key variables {} and use the base URLs under {} (and hosted providers' own); widen with --allow-key-env / --allow-base-url",
+                server.allow.key_envs().collect::<Vec<_>>().join(", "),
+                if prefixes.is_empty() {
+                    "no prefix".to_owned()
+                } else {
+                    prefixes.join(", ")
+                }
+            );
+            let limits = http::Limits {
+                max_connections: server.args.max_connections as usize,
+                read_timeout: Duration::from_secs(server.args.http_read_timeout),
+            };
             Some(tokio::spawn(http::serve(
                 listener,
                 server.clone(),
                 token,
                 server.stop.clone(),
+                limits,
             )))
         }
         None => None,
@@ -674,6 +936,43 @@ pub async fn run(args: ServerArgs, env: EnvFn) -> Result<u8, Failure> {
 #[cfg(test)]
 mod tests {
     use super::*;
+
+    #[test]
+    fn config_names_resolve_only_inside_the_config_dir() {
+        let root = tempfile::tempdir().unwrap();
+        let dir = root.path().join("configs");
+        std::fs::create_dir_all(dir.join("teams")).unwrap();
+        std::fs::write(dir.join("team.yaml"), "agents: []").unwrap();
+        std::fs::write(dir.join("teams/two.yaml"), "agents: []").unwrap();
+        std::fs::write(root.path().join("outside.yaml"), "agents: []").unwrap();
+        std::os::unix::fs::symlink(root.path().join("outside.yaml"), dir.join("link.yaml"))
+            .unwrap();
+        std::os::unix::fs::symlink(dir.join("team.yaml"), dir.join("inner.yaml")).unwrap();
+        let resolve = |name: &str| resolve_config_name(&dir, Path::new(name));
+
+        assert!(resolve("team.yaml").is_some());
+        assert!(resolve("./teams/two.yaml").is_some());
+        assert!(
+            resolve("inner.yaml").is_some(),
+            "a symlink that stays inside"
+        );
+        for refused in [
+            "../outside.yaml",
+            "teams/../team.yaml",
+            "link.yaml",
+            "missing.yaml",
+            "teams",
+            "",
+        ] {
+            assert_eq!(resolve(refused), None, "{refused}");
+        }
+        let absolute = dir.join("team.yaml");
+        assert_eq!(
+            resolve_config_name(&dir, &absolute),
+            None,
+            "absolute paths are refused even inside the dir"
+        );
+    }
 
     #[test]
     fn a_plain_line_is_a_question_and_json_lines_are_requests() {

@@ -16,7 +16,7 @@ use std::collections::{HashMap, VecDeque};
 use std::io::{self, Write};
 use std::path::{Path, PathBuf};
 use std::sync::{Arc, Mutex, MutexGuard};
-use std::time::SystemTime;
+use std::time::{Duration, SystemTime};
 
 use serde_json::{Value, json};
 use tokio::sync::broadcast;
@@ -44,6 +44,8 @@ pub struct SessionEntry {
     /// Set when the session got a slot and began (it waits in a queue before that when the
     /// server already runs `--max-sessions` of them).
     pub begun: std::sync::atomic::AtomicBool,
+    /// The session's own orchestrator timeout (bounds `?wait=true`).
+    pub timeout: Duration,
     state: Mutex<EntryState>,
 }
 
@@ -169,6 +171,7 @@ impl Registry {
         id: &str,
         dir: &Path,
         question: &str,
+        timeout: Duration,
         cancel: CancellationToken,
     ) -> Option<Arc<SessionEntry>> {
         let mut inner = self.inner();
@@ -183,6 +186,7 @@ impl Registry {
             cancel,
             done: CancellationToken::new(),
             begun: std::sync::atomic::AtomicBool::new(false),
+            timeout,
             state: Mutex::new(EntryState {
                 kept: Vec::new(),
                 kept_count: 0,
@@ -240,6 +244,18 @@ impl Registry {
             .collect()
     }
 
+    /// Sessions waiting for a slot (not begun, not ended).
+    pub fn queued(&self) -> usize {
+        self.inner()
+            .by_id
+            .values()
+            .filter(|entry| {
+                !entry.begun.load(std::sync::atomic::Ordering::Acquire)
+                    && !entry.done.is_cancelled()
+            })
+            .count()
+    }
+
     pub fn running(&self) -> usize {
         let inner = self.inner();
         inner.by_id.len() - inner.finished.len()
@@ -290,7 +306,13 @@ mod tests {
 
     fn entry(registry: &Registry, id: &str) -> Arc<SessionEntry> {
         registry
-            .insert(id, Path::new("/nonexistent"), "q", CancellationToken::new())
+            .insert(
+                id,
+                Path::new("/nonexistent"),
+                "q",
+                Duration::from_secs(60),
+                CancellationToken::new(),
+            )
             .unwrap()
     }
 
@@ -341,7 +363,13 @@ mod tests {
         let first = entry(&registry, "first");
         assert!(
             registry
-                .insert("first", Path::new("/x"), "q", CancellationToken::new())
+                .insert(
+                    "first",
+                    Path::new("/x"),
+                    "q",
+                    Duration::from_secs(60),
+                    CancellationToken::new()
+                )
                 .is_none()
         );
         registry.finish(&first, json!({}));

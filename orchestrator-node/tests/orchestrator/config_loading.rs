@@ -5,8 +5,8 @@ use std::collections::HashMap;
 use std::path::{Path, PathBuf};
 
 use conclave::config::{
-    ConfigError, EnvLookup, LoadedConfig, load_file, load_str, missing_api_keys, single_agent,
-    supported_backend_types,
+    ConfigError, EnvLookup, LoadedConfig, load_file, load_file_untrusted, load_str,
+    load_str_untrusted, missing_api_keys, single_agent, supported_backend_types,
 };
 use conclave_protocol::config::{
     BackendOptions, DisplayKind, OrchestratorSettings, RestartPolicy, SessionConfig,
@@ -1843,4 +1843,129 @@ fn turn_restart_limits_load_default_and_name_their_key_when_bad() {
     );
     assert_eq!(loaded.config.orchestrator.max_turn_restarts, 3);
     assert_eq!(loaded.config.orchestrator.restart_window_seconds, 60);
+}
+
+/// A recognisable secret: no error and no loaded config may contain it.
+const SECRET: &str = "sk-very-secret-value-4242";
+
+fn secret_env(key: &str) -> Option<String> {
+    match key {
+        "SECRET" | "AZURE_OPENAI_ENDPOINT" | "AZURE_OPENAI_API_VERSION" => Some(SECRET.to_owned()),
+        "NUMBER" => Some("12345".to_owned()),
+        _ => None,
+    }
+}
+
+#[test]
+fn an_untrusted_config_expands_nothing_and_says_so() {
+    for yaml in [
+        "agent:\n  system_message: ${SECRET}\n  backend: {type: openai, model: gpt-4o}\n",
+        "agent:\n  backend: {type: openai, model: '${SECRET}'}\n",
+        "agent:\n  backend: {type: openai, model: gpt-4o, temperature: '${NUMBER:-1}'}\n",
+        "agent:\n  backend: {type: openai, model: gpt-4o, extra_body: {x: 'a ${SECRET}'}}\n",
+    ] {
+        let err = load_str_untrusted(yaml, "config_yaml")
+            .expect_err(yaml)
+            .to_string();
+        assert!(err.contains("expansion is off"), "{yaml}: {err}");
+        assert!(!err.contains(SECRET), "{err}");
+    }
+    // `$${` is still a literal `${`.
+    let loaded = load_str_untrusted(
+        "agent:\n  system_message: cost $${x}\n  backend: {type: openai, model: gpt-4o}\n",
+        "config_yaml",
+    )
+    .unwrap();
+    assert_eq!(
+        loaded.config.agents[0].system_message.as_deref(),
+        Some("cost ${x}")
+    );
+}
+
+#[test]
+fn an_untrusted_config_still_names_key_variables() {
+    for backend in [
+        "{type: openai, model: gpt-4o, api_key: '${MY_KEY}'}",
+        "{type: openai, model: gpt-4o, api_key_env: MY_KEY}",
+    ] {
+        let yaml = format!("agent:\n  backend: {backend}\n");
+        let loaded = load_str_untrusted(&yaml, "config_yaml").unwrap();
+        assert_eq!(
+            loaded.config.agents[0].backend.api_key_env.as_deref(),
+            Some("MY_KEY"),
+            "{backend}"
+        );
+    }
+}
+
+#[test]
+fn an_untrusted_config_reads_no_variable_the_loader_would_look_up() {
+    // Trusted, `AZURE_OPENAI_ENDPOINT` fills a missing base_url; untrusted it is not read.
+    let yaml = "agent:\n  backend: {type: azure_openai, model: dep}\n";
+    let err = load_str_untrusted(yaml, "config_yaml").unwrap_err();
+    assert!(matches!(err, ConfigError::Missing { .. }), "{err}");
+    assert!(!err.to_string().contains(SECRET));
+    let dir = tempfile::tempdir().unwrap();
+    let file = dir.path().join("team.yaml");
+    std::fs::write(
+        &file,
+        "agent:\n  system_message: ${SECRET}\n  backend: {type: openai, model: gpt-4o}\n",
+    )
+    .unwrap();
+    let err = load_file_untrusted(&file, "team.yaml")
+        .unwrap_err()
+        .to_string();
+    assert!(
+        err.starts_with("team.yaml:"),
+        "named as the request named it: {err}"
+    );
+    assert!(err.contains("expansion is off"), "{err}");
+}
+
+#[test]
+fn an_error_about_an_expanded_value_names_the_variable_not_the_value() {
+    let cases = [
+        // A bad number: once echoed as `found a string ("sk-...")`.
+        "agent:\n  backend: {type: openai, model: gpt-4o, temperature: '${SECRET}'}\n",
+        "agent:\n  backend: {type: openai, model: gpt-4o, temperature: '${NUMBER}'}\n",
+        "agent:\n  backend: {type: openai, model: gpt-4o, max_tokens: 'x${SECRET}'}\n",
+        "agent:\n  backend: {type: '${SECRET}', model: gpt-4o}\n",
+        "agent:\n  backend: {type: chatcompletion, model: m, base_url: '${SECRET}'}\n",
+        "agent:\n  backend: {type: openai, model: gpt-4o, reasoning: {effort: '${SECRET}'}}\n",
+        // Read directly by the loader, not through `${}`.
+        "agent:\n  backend: {type: azure_openai, model: dep}\n",
+    ];
+    for yaml in cases {
+        let err = load_str(yaml, "team.yaml", &secret_env).expect_err(yaml);
+        let text = err.to_string();
+        assert!(!text.contains(SECRET), "{yaml}: {text}");
+        assert!(!text.contains("12345"), "{yaml}: {text}");
+        assert!(
+            matches!(err, ConfigError::FromEnvironment { .. }),
+            "{yaml}: {text}"
+        );
+        assert!(
+            text.contains("`SECRET`")
+                || text.contains("`NUMBER`")
+                || text.contains("`AZURE_OPENAI_ENDPOINT`"),
+            "names the variable: {text}"
+        );
+    }
+    // What the key accepts is still said.
+    let err = load_str(cases[1], "team.yaml", &secret_env)
+        .unwrap_err()
+        .to_string();
+    assert!(
+        err.contains("temperature") && err.contains("from 0 to 2"),
+        "{err}"
+    );
+    // A value written in the file itself is still shown: it is the user's own text.
+    let err = load_str(
+        "agent:\n  backend: {type: openai, model: gpt-4o, temperature: hot}\n",
+        "team.yaml",
+        &secret_env,
+    )
+    .unwrap_err()
+    .to_string();
+    assert!(err.contains("hot"), "{err}");
 }

@@ -9,6 +9,9 @@
 //!   SIGTERM stops the server with exit 0;
 //! * a token guards every route but `/healthz`, and a non-loopback address without a token is
 //!   refused at start.
+//!
+//! What a client may not do (untrusted configs, same-site checks, limits) is in
+//! `e2e_server_trust`, which shares the [`Server`] helper.
 
 use std::path::Path;
 use std::process::Command;
@@ -24,14 +27,14 @@ use futures::StreamExt;
 use serde_json::{Value, json};
 
 /// Any server or request still running after this fails the test.
-const DEADLINE: Duration = Duration::from_secs(40);
-const TOKEN: &str = "0123456789abcdef0123456789abcdef";
+pub(crate) const DEADLINE: Duration = Duration::from_secs(40);
+pub(crate) const TOKEN: &str = "0123456789abcdef0123456789abcdef";
 
-async fn sim() -> SimServer {
+pub(crate) async fn sim() -> SimServer {
     start_sim(8, 5).await.expect("sim provider starts")
 }
 
-fn team_yaml(sim: &SimServer, model_options: &str) -> String {
+pub(crate) fn team_yaml(sim: &SimServer, model_options: &str) -> String {
     let models: Vec<String> = ["sim-a", "sim-b", "sim-c"]
         .iter()
         .map(|m| format!("{m}{model_options}"))
@@ -57,15 +60,26 @@ fn team_yaml(sim: &SimServer, model_options: &str) -> String {
     )
 }
 
-struct Server {
+pub(crate) struct Server {
     running: Running,
-    base: String,
-    http: reqwest::Client,
+    pub(crate) base: String,
+    pub(crate) port: u16,
+    pub(crate) http: reqwest::Client,
 }
 
 impl Server {
     /// Starts `conclave server --http` in `dir` and waits until `/healthz` answers.
-    async fn start(dir: &Path, config: &Path, extra: &[&str]) -> Server {
+    pub(crate) async fn start(dir: &Path, config: &Path, extra: &[&str]) -> Server {
+        Server::start_env(dir, config, extra, &[]).await
+    }
+
+    /// [`Server::start`] with extra environment variables for the server.
+    pub(crate) async fn start_env(
+        dir: &Path,
+        config: &Path,
+        extra: &[&str],
+        env: &[(&str, &str)],
+    ) -> Server {
         let port = free_port().expect("a free port");
         let mut command = Command::new(workspace_bin("conclave").expect("conclave binary"));
         command
@@ -75,7 +89,8 @@ impl Server {
             .args(extra)
             .current_dir(dir)
             .env_remove("RUST_LOG")
-            .env_remove("CONCLAVE_HTTP_TOKEN");
+            .env_remove("CONCLAVE_HTTP_TOKEN")
+            .envs(env.iter().copied());
         let running = Running::start(&mut command).expect("server starts");
         let base = format!("http://127.0.0.1:{port}");
         let http = reqwest::Client::builder()
@@ -98,21 +113,22 @@ impl Server {
         Server {
             running,
             base,
+            port,
             http,
         }
     }
 
-    fn url(&self, path: &str) -> String {
+    pub(crate) fn url(&self, path: &str) -> String {
         format!("{}{path}", self.base)
     }
 
-    async fn get(&self, path: &str) -> (u16, Value) {
+    pub(crate) async fn get(&self, path: &str) -> (u16, Value) {
         let response = self.http.get(self.url(path)).send().await.expect("GET");
         let status = response.status().as_u16();
         (status, response.json().await.unwrap_or(Value::Null))
     }
 
-    async fn post(&self, path: &str, body: &str) -> (u16, Value) {
+    pub(crate) async fn post(&self, path: &str, body: &str) -> (u16, Value) {
         let response = self
             .http
             .post(self.url(path))
@@ -126,7 +142,7 @@ impl Server {
     }
 
     /// Reads a session's event feed to its end: the `data:` objects and the `event:` names.
-    async fn events(&self, id: &str) -> Vec<Value> {
+    pub(crate) async fn events(&self, id: &str) -> Vec<Value> {
         let response = self
             .http
             .get(self.url(&format!("/sessions/{id}/events")))
@@ -152,7 +168,7 @@ impl Server {
     }
 
     /// SIGTERM, then the exit status and stdout.
-    fn stop(self) -> (Option<i32>, String) {
+    pub(crate) fn stop(self) -> (Option<i32>, String) {
         self.signal_and_wait(libc::SIGTERM)
     }
 
@@ -163,7 +179,7 @@ impl Server {
     }
 
     /// Polls a session's status until it is `done`.
-    async fn until_done(&self, id: &str) -> Value {
+    pub(crate) async fn until_done(&self, id: &str) -> Value {
         let path = format!("/sessions/{id}");
         tokio::time::timeout(DEADLINE, async {
             loop {
@@ -288,8 +304,8 @@ async fn bad_requests_get_a_status_and_say_what_to_fix() {
         (r#"{"question": "   "}"#, 400, "question is empty"),
         (
             r#"{"question": "q", "config": "missing.yaml"}"#,
-            400,
-            "cannot read missing.yaml",
+            404,
+            "no config `missing.yaml` in the server's config directory",
         ),
         (
             r#"{"question": "q", "config_yaml": "agents: 5"}"#,
@@ -357,6 +373,7 @@ async fn a_cancelled_session_ends_with_its_best_answer_and_sigterm_stops_the_ser
         tokio::spawn(async move {
             let response = http
                 .post(url)
+                .header("content-type", "application/json")
                 .body(r#"{"question": "q", "session_id": "slow"}"#)
                 .send()
                 .await

@@ -12,4 +12,5 @@ mod e2e_interrupt;
 mod e2e_mixed;
 mod e2e_resume;
 mod e2e_server;
+mod e2e_server_trust;
 mod e2e_session;
