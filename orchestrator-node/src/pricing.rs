@@ -8,9 +8,44 @@
 //! matches `gpt-4o-mini`, not `gpt-4o`. The user's prices are searched first, so a user
 //! prefix covers every model it prefixes. A model with no price shows tokens only; it is never
 //! guessed.
+//!
+//! A cost cap (`max_cost_usd`) can only count priced tokens, so a session with a cost cap and
+//! an agent whose model has no price is refused before it starts ([`check_budget`]), naming
+//! the model and how to price it, unless `max_total_tokens` caps every agent's tokens as well.
+//! Silently not counting that agent would let it spend without limit under a cap that looks
+//! like it holds.
 
 use conclave_protocol::Usage;
-use conclave_protocol::config::ModelPrice;
+use conclave_protocol::config::{ModelPrice, SessionConfig};
+
+/// A budget that cannot hold.
+#[derive(Debug, Clone, PartialEq, thiserror::Error)]
+pub enum BudgetError {
+    #[error(
+        "max_cost_usd is set, but agent `{agent}` uses model `{model}`, which has no known price, so its spending cannot be counted: add a price for it under `orchestrator.pricing` in the config (`{model}: {{input_per_million: USD, output_per_million: USD}}`) or in a file given with --pricing, or cap tokens as well with `orchestrator.max_total_tokens` / --max-tokens"
+    )]
+    UnpricedModel { agent: String, model: String },
+}
+
+/// Refuses a cost cap that cannot hold (see the module docs).
+pub fn check_budget(config: &SessionConfig) -> Result<(), BudgetError> {
+    let settings = &config.orchestrator;
+    if settings.max_cost_usd.is_none() || settings.max_total_tokens.is_some() {
+        return Ok(());
+    }
+    let book = PriceBook::new(settings.pricing.clone());
+    match config
+        .agents
+        .iter()
+        .find(|a| book.price(&a.backend.model).is_none())
+    {
+        Some(agent) => Err(BudgetError::UnpricedModel {
+            agent: agent.id.clone(),
+            model: agent.backend.model.clone(),
+        }),
+        None => Ok(()),
+    }
+}
 
 /// A price in US dollars per million tokens.
 #[derive(Debug, Clone, Copy, PartialEq)]
