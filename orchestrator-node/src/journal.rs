@@ -870,4 +870,207 @@ mod tests {
             Err(JournalError::Corrupt { line: 2, .. })
         ));
     }
+
+    /// A file whose `sync` waits for the test's permission, and whose writes or syncs fail
+    /// on cue.
+    struct GatedFile {
+        written: std::sync::Arc<std::sync::Mutex<Vec<u8>>>,
+        durable: std::sync::Arc<std::sync::Mutex<usize>>,
+        entered: mpsc::Sender<()>,
+        permits: mpsc::Receiver<()>,
+        fail_writes: bool,
+        fail_syncs: bool,
+    }
+
+    impl Write for GatedFile {
+        fn write(&mut self, buf: &[u8]) -> io::Result<usize> {
+            if self.fail_writes {
+                return Err(io::Error::from_raw_os_error(libc::ENOSPC));
+            }
+            self.written.lock().unwrap().extend_from_slice(buf);
+            Ok(buf.len())
+        }
+        fn flush(&mut self) -> io::Result<()> {
+            Ok(())
+        }
+    }
+
+    impl JournalFile for GatedFile {
+        fn sync(&mut self) -> io::Result<()> {
+            let _ = self.entered.send(());
+            let _ = self
+                .permits
+                .recv_timeout(std::time::Duration::from_secs(10));
+            if self.fail_syncs {
+                return Err(io::Error::from_raw_os_error(libc::EIO));
+            }
+            *self.durable.lock().unwrap() = self.written.lock().unwrap().len();
+            Ok(())
+        }
+    }
+
+    struct Gate {
+        durable: std::sync::Arc<std::sync::Mutex<usize>>,
+        written: std::sync::Arc<std::sync::Mutex<Vec<u8>>>,
+        entered: mpsc::Receiver<()>,
+        permits: mpsc::Sender<()>,
+    }
+
+    fn gated(fail_writes: bool, fail_syncs: bool) -> (Journal, Gate) {
+        let written = std::sync::Arc::new(std::sync::Mutex::new(Vec::new()));
+        let durable = std::sync::Arc::new(std::sync::Mutex::new(0));
+        let (entered_tx, entered) = mpsc::channel();
+        let (permits, permits_rx) = mpsc::channel();
+        let file = GatedFile {
+            written: written.clone(),
+            durable: durable.clone(),
+            entered: entered_tx,
+            permits: permits_rx,
+            fail_writes,
+            fail_syncs,
+        };
+        let journal = Journal::with_file("disk/events.jsonl".into(), Box::new(file), None).unwrap();
+        (
+            journal,
+            Gate {
+                durable,
+                written,
+                entered,
+                permits,
+            },
+        )
+    }
+
+    fn decision() -> JournalEvent {
+        JournalEvent::DecisionReceived {
+            agent: "a".into(),
+            turn: 1,
+            seen_revision: 0,
+            decision: Decision::NewAnswer {
+                content: "42".into(),
+            },
+        }
+    }
+
+    #[tokio::test]
+    async fn a_commit_resolves_only_after_the_sync_that_covers_its_lines() {
+        use futures::FutureExt;
+        let (journal, gate) = gated(false, false);
+        journal.record(event(1)).unwrap();
+        journal.record(decision()).unwrap();
+        let mut commit = Box::pin(journal.commit());
+        // The writer is inside `sync`, held there by the gate.
+        gate.entered
+            .recv_timeout(std::time::Duration::from_secs(10))
+            .expect("the writer syncs");
+        assert!(
+            (&mut commit).now_or_never().is_none(),
+            "the commit resolved before the sync returned"
+        );
+        assert_eq!(*gate.durable.lock().unwrap(), 0);
+        // Let this sync and any later ones (the writer may have taken the lines in two
+        // batches, and closing syncs once more) through.
+        for _ in 0..4 {
+            gate.permits.send(()).unwrap();
+        }
+        tokio::time::timeout(std::time::Duration::from_secs(10), commit)
+            .await
+            .expect("the commit resolves")
+            .expect("the commit succeeds");
+        // Both lines (the bookkeeping one too) are covered by the one sync.
+        let durable = *gate.durable.lock().unwrap();
+        let text = String::from_utf8(gate.written.lock().unwrap()[..durable].to_vec()).unwrap();
+        assert_eq!(text.lines().count(), 2, "{text}");
+        journal.close().unwrap();
+    }
+
+    #[tokio::test]
+    async fn a_failed_write_fails_this_and_every_later_commit_naming_the_journal() {
+        let (journal, gate) = gated(true, false);
+        drop(gate.permits);
+        journal.record(decision()).unwrap();
+        let error = journal.commit().await.expect_err("the write failed");
+        let text = conclave_protocol::error_text(&error);
+        assert!(
+            text.contains("disk/events.jsonl") && text.contains("No space left on device"),
+            "{text}"
+        );
+        // Nothing more is written after the first failure, and every commit says so.
+        let _ = journal.record(event(2));
+        let again = journal.commit().await.expect_err("still failed");
+        assert!(conclave_protocol::error_text(&again).contains("No space left on device"));
+        assert!(gate.written.lock().unwrap().is_empty());
+        assert!(journal.close().is_err());
+    }
+
+    #[tokio::test]
+    async fn a_failed_sync_fails_the_commit() {
+        let (journal, gate) = gated(false, true);
+        drop(gate.permits);
+        journal.record(decision()).unwrap();
+        let error = journal.commit().await.expect_err("the sync failed");
+        assert!(
+            conclave_protocol::error_text(&error).contains("Input/output error"),
+            "{error}"
+        );
+        // The writer does not retry a failed sync: later commits fail too.
+        journal.record(event(2)).unwrap();
+        assert!(journal.commit().await.is_err());
+    }
+
+    #[test]
+    fn one_writer_per_journal_and_the_refusal_names_the_holder() {
+        let root = tempfile::tempdir().unwrap();
+        let dir = root.path().join("sessions/s1");
+        let journal = Journal::create(&dir).unwrap();
+        // A second writer, here or in another process, is refused while the first lives.
+        let error = JournalLock::acquire(&dir).expect_err("the journal is locked");
+        let text = error.to_string();
+        assert!(matches!(error, JournalError::Locked { .. }), "{text}");
+        assert!(
+            text.contains(&format!("process {}", std::process::id())),
+            "{text}"
+        );
+        assert!(text.contains("since ") && text.contains(" UTC"), "{text}");
+        assert!(text.contains("events.jsonl"), "{text}");
+        assert!(matches!(
+            Journal::reopen(&dir, 0, None),
+            Err(JournalError::Locked { .. })
+        ));
+        journal.close().unwrap();
+        // Released with the journal; the holder line is cleared.
+        assert_eq!(std::fs::read_to_string(dir.join(LOCK_FILE)).unwrap(), "");
+        let lock = JournalLock::acquire(&dir).expect("free again");
+        // A new journal is never created over an existing one.
+        drop(lock);
+        assert!(matches!(
+            Journal::create(&dir),
+            Err(JournalError::Exists(_))
+        ));
+        let reopened = Journal::reopen(&dir, 0, None).expect("resumable");
+        reopened.close().unwrap();
+    }
+
+    #[test]
+    fn a_holder_line_that_is_not_ours_is_not_echoed() {
+        let dir = tempfile::tempdir().unwrap();
+        let mut file = OpenOptions::new()
+            .read(true)
+            .write(true)
+            .create(true)
+            .truncate(true)
+            .open(dir.path().join(LOCK_FILE))
+            .unwrap();
+        file.write_all(b"{\"pid\":7,\"host\":\"evil\\u001b[2J\",\"since_unix_ms\":0}\n")
+            .unwrap();
+        file.rewind().unwrap();
+        assert_eq!(
+            describe_holder(&file),
+            "process 7 on an unnamed host (since 1970-01-01 00:00:00 UTC)"
+        );
+        file.set_len(0).unwrap();
+        file.write_all(b"SECRET=hunter2").unwrap();
+        file.rewind().unwrap();
+        assert!(!describe_holder(&file).contains("hunter2"));
+    }
 }

@@ -8,3 +8,4 @@ mod config_loading;
 mod consensus_props;
 mod probe;
 mod session_tasks;
+mod write_ahead;
