@@ -329,6 +329,10 @@ impl CoordinatorState {
         error!(error = %conclave_protocol::error_text(&error), "the journal failed; ending the session");
         self.pending.clear();
         self.ending = None;
+        // Its error is the one being reported; closing only stops the writer thread.
+        if let Some(journal) = self.journal.take() {
+            let _ = journal.close();
+        }
         self.over = true;
         self.span = tracing::Span::none();
         if let Some(done) = self.done.take() {

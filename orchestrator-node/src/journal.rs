@@ -685,6 +685,7 @@ fn write_loop(file: Box<dyn JournalFile>, rx: mpsc::Receiver<WriterCmd>) -> Resu
                     if failed.is_none()
                         && let Err(error) = out.write_all(text.as_bytes())
                     {
+                        tracing::debug!(%error, "the journal write failed; nothing more is written");
                         failed = Some(error);
                     }
                     sync |= wants;
@@ -705,7 +706,7 @@ fn write_loop(file: Box<dyn JournalFile>, rx: mpsc::Receiver<WriterCmd>) -> Resu
                 .flush()
                 .and_then(|()| if sync { out.get_mut().sync() } else { Ok(()) });
             if let Err(error) = result {
-                tracing::error!(%error, "the journal write failed; nothing more is written");
+                tracing::debug!(%error, "the journal sync failed; nothing more is written");
                 failed = Some(error);
             }
         }
