@@ -251,12 +251,12 @@ impl CoordinatorState {
     /// Makes what this message recorded durable, then releases what it made visible. On a
     /// journal failure nothing is released and the session ends with the error.
     async fn flush(&mut self, myself: &ActorRef<CoordinatorMsg>) {
-        if self.journal_error.is_none() && self.must_commit {
-            if let Some(journal) = &self.journal
-                && let Err(error) = journal.commit().await
-            {
-                self.journal_error = Some(error);
-            }
+        if self.journal_error.is_none()
+            && self.must_commit
+            && let Some(journal) = &self.journal
+            && let Err(error) = journal.commit().await
+        {
+            self.journal_error = Some(error);
         }
         if let Some(error) = self.journal_error.take() {
             self.fail(myself, error);

@@ -394,7 +394,7 @@ impl Drop for JournalLock {
 /// checked before it is shown: a number, a plain host name, a time.
 fn describe_holder(file: &File) -> String {
     let mut text = String::new();
-    let read = Read::take(&*file, 4096)
+    let read = Read::take(file, 4096)
         .read_to_string(&mut text)
         .ok()
         .and_then(|_| serde_json::from_str::<LockHolder>(text.trim()).ok());
