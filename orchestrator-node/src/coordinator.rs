@@ -10,12 +10,17 @@
 //! **Write-ahead.** Handling a message never lets anything out directly: journal lines are
 //! recorded, and what would be visible outside (display lines, and through them stdout and the
 //! server's HTTP view; commands to agents, among them the next turn's prompt; the final answer
-//! file; the outcome) is queued as an [`Effect`]. At the end of the message, if anything
-//! recorded must be durable ([`JournalEvent::needs_sync`]), the coordinator awaits the
-//! journal's commit (one `fsync` for everything the message recorded) and only then releases
-//! the effects, in order. A stream chunk or a usage report records nothing that needs a sync
-//! and is released at once. If the journal cannot be written, the queued effects are dropped,
-//! nothing more is sent, and the session ends with the journal's error (exit code 2).
+//! file; the outcome) is queued as an effect. At the end of the message, if anything
+//! recorded must be durable ([`JournalEvent::needs_sync`]), the coordinator asks the journal
+//! for a commit and parks the message's effects behind it; the journal's writer thread answers
+//! with `CoordinatorMsg::Committed` once the lines are synced, and only then are the effects
+//! released, in order. The coordinator does not wait in between: it goes on with the next
+//! messages (their effects queue behind the earlier ones), and the writer covers everything
+//! queued meanwhile with one `fsync` (group commit), so a thousand agents deciding at once
+//! cost a few syncs, not a thousand in a row. Effects that need no sync of their own (a
+//! stream chunk) are released at once unless earlier effects are still waiting. If the
+//! journal cannot be written, the waiting effects are dropped, nothing more is sent, and the
+//! session ends with the journal's error (exit code 2).
 //!
 //! **Budgets.** Usage is counted as agents report it. Once `max_total_tokens` or
 //! `max_cost_usd` is reached, the machine ends the session with the best answer so far: turns
@@ -119,6 +124,11 @@ pub enum CoordinatorMsg {
     Timeout,
     /// The user pressed Ctrl-C.
     Interrupt,
+    /// The journal's writer synced everything up to commit number `upto` (or failed).
+    Committed {
+        upto: u64,
+        result: Result<(), JournalError>,
+    },
 }
 
 impl ractor::Message for CoordinatorMsg {}
@@ -168,6 +178,8 @@ enum Effect {
         content: Option<String>,
         shown: Shown,
     },
+    /// The session is over: close the journal and hand the outcome over.
+    End(SessionOutcome),
 }
 
 pub struct CoordinatorState {
@@ -179,14 +191,16 @@ pub struct CoordinatorState {
     display: Display,
     timeout: Duration,
     done: Option<oneshot::Sender<Result<SessionOutcome, JournalError>>>,
-    /// What this message made visible, released after the commit.
+    /// What the current message made visible.
     pending: Vec<Effect>,
-    /// Whether something recorded since the last release must be synced first.
+    /// Whether something the current message recorded must be synced first.
     must_commit: bool,
+    /// Effects parked behind a commit, by commit number, oldest first.
+    waiting: std::collections::VecDeque<(u64, Vec<Effect>)>,
+    /// Commits asked for so far.
+    commits: u64,
     /// The first journal error; it ends the session.
     journal_error: Option<JournalError>,
-    /// The outcome, once the machine has finished; handed over after the last release.
-    ending: Option<SessionOutcome>,
     /// Set once the session is over (ended or failed): later messages are ignored.
     over: bool,
     agents: Vec<AgentLink>,
@@ -248,22 +262,58 @@ impl CoordinatorState {
         self.pending.push(Effect::Command(agent, envelope));
     }
 
-    /// Makes what this message recorded durable, then releases what it made visible. On a
-    /// journal failure nothing is released and the session ends with the error.
+    /// At the end of a message: parks what it made visible behind a commit of what it
+    /// recorded, or behind effects still waiting, or releases it at once when neither is
+    /// needed. On a journal failure nothing is released and the session ends with the error.
     async fn flush(&mut self, myself: &ActorRef<CoordinatorMsg>) {
-        if self.journal_error.is_none()
-            && self.must_commit
-            && let Some(journal) = &self.journal
-            && let Err(error) = journal.commit().await
-        {
-            self.journal_error = Some(error);
-        }
         if let Some(error) = self.journal_error.take() {
             self.fail(myself, error);
             return;
         }
-        self.must_commit = false;
-        for effect in std::mem::take(&mut self.pending) {
+        let batch = std::mem::take(&mut self.pending);
+        let must_commit = std::mem::take(&mut self.must_commit);
+        match &self.journal {
+            Some(journal) if must_commit => {
+                self.commits += 1;
+                let upto = self.commits;
+                let me = myself.clone();
+                journal.commit_then(Box::new(move |result| {
+                    let _ = me.send_message(CoordinatorMsg::Committed { upto, result });
+                }));
+                self.waiting.push_back((upto, batch));
+            }
+            _ => match self.waiting.back_mut() {
+                Some((_, parked)) => parked.extend(batch),
+                None => self.release(myself, batch).await,
+            },
+        }
+    }
+
+    /// The journal synced up to commit `upto`: release what waited for it.
+    async fn on_committed(
+        &mut self,
+        myself: &ActorRef<CoordinatorMsg>,
+        upto: u64,
+        result: Result<(), JournalError>,
+    ) {
+        if let Err(error) = result {
+            self.fail(myself, error);
+            return;
+        }
+        while self.waiting.front().is_some_and(|(n, _)| *n <= upto) {
+            let Some((_, batch)) = self.waiting.pop_front() else {
+                break;
+            };
+            self.release(myself, batch).await;
+            if self.over {
+                return;
+            }
+        }
+    }
+
+    /// Lets effects out, in order.
+    async fn release(&mut self, myself: &ActorRef<CoordinatorMsg>, batch: Vec<Effect>) {
+        for effect in batch {
             match effect {
                 Effect::Event(event) => {
                     crate::telemetry::session_event(&self.span, &event);
@@ -283,10 +333,11 @@ impl CoordinatorState {
                     }
                     self.display.show(shown);
                 }
+                Effect::End(outcome) => {
+                    self.hand_over(myself, outcome).await;
+                    return;
+                }
             }
-        }
-        if let Some(outcome) = self.ending.take() {
-            self.hand_over(myself, outcome).await;
         }
     }
 
@@ -328,7 +379,7 @@ impl CoordinatorState {
     fn fail(&mut self, myself: &ActorRef<CoordinatorMsg>, error: JournalError) {
         error!(error = %conclave_protocol::error_text(&error), "the journal failed; ending the session");
         self.pending.clear();
-        self.ending = None;
+        self.waiting.clear();
         // Its error is the one being reported; closing only stops the writer thread.
         if let Some(journal) = self.journal.take() {
             let _ = journal.close();
@@ -652,7 +703,7 @@ impl CoordinatorState {
         for agent in 0..self.agents.len() as AgentIndex {
             self.send(agent, CoordinatorCommand::Stop);
         }
-        self.ending = Some(outcome);
+        self.pending.push(Effect::End(outcome));
     }
 
     fn on_report(&mut self, envelope: Envelope<AgentReport>) {
@@ -807,8 +858,9 @@ impl Actor for Coordinator {
             turns: 0,
             pending: Vec::new(),
             must_commit: false,
+            waiting: std::collections::VecDeque::new(),
+            commits: 0,
             journal_error: None,
-            ending: None,
             over: false,
         })
     }
@@ -862,11 +914,18 @@ impl Actor for Coordinator {
             state.flush(&myself).await;
             return Ok(());
         }
-        if state.over || state.machine.is_finished() {
+        if state.over {
+            return Ok(());
+        }
+        if let CoordinatorMsg::Committed { upto, result } = message {
+            state.on_committed(&myself, upto, result).await;
+            return Ok(());
+        }
+        if state.machine.is_finished() {
             return Ok(());
         }
         match message {
-            CoordinatorMsg::Begin { .. } => {}
+            CoordinatorMsg::Begin { .. } | CoordinatorMsg::Committed { .. } => {}
             CoordinatorMsg::Report(envelope) => state.on_report(envelope),
             CoordinatorMsg::AgentDown { agent, reason } => {
                 let name = state.agent_name(agent);

@@ -315,7 +315,8 @@ impl JournalFile for File {
     }
 }
 
-type CommitAck = oneshot::Sender<Result<(), io::Error>>;
+/// Called on the writer thread once a commit's lines are durable, or with the write error.
+pub type CommitCallback = Box<dyn FnOnce(Result<(), JournalError>) + Send>;
 
 enum WriterCmd {
     Line {
@@ -323,7 +324,7 @@ enum WriterCmd {
         sync: bool,
     },
     /// Answered once every line queued before it is written and synced.
-    Commit(CommitAck),
+    Commit(CommitCallback),
     Close,
 }
 
@@ -574,9 +575,10 @@ impl Journal {
         lock: Option<JournalLock>,
     ) -> Result<Self, JournalError> {
         let (tx, rx) = mpsc::channel();
+        let writer_path = path.clone();
         let writer = std::thread::Builder::new()
             .name("conclave-journal".into())
-            .spawn(move || write_loop(file, rx))
+            .spawn(move || write_loop(writer_path, file, rx))
             .map_err(|source| JournalError::Open {
                 path: path.clone(),
                 source,
@@ -617,17 +619,19 @@ impl Journal {
     /// events recorded after the call are not waited for.
     pub fn commit(&self) -> impl Future<Output = Result<(), JournalError>> + Send + 'static {
         let (ack, done) = oneshot::channel();
-        let queued = self.tx.send(WriterCmd::Commit(ack)).is_ok();
-        let path = self.path.clone();
-        async move {
-            if !queued {
-                return Err(JournalError::WriterGone);
-            }
-            match done.await {
-                Ok(Ok(())) => Ok(()),
-                Ok(Err(source)) => Err(JournalError::Write { path, source }),
-                Err(_) => Err(JournalError::WriterGone),
-            }
+        self.commit_then(Box::new(move |result| {
+            let _ = ack.send(result);
+        }));
+        async move { done.await.unwrap_or(Err(JournalError::WriterGone)) }
+    }
+
+    /// Like [`Journal::commit`], without waiting: `then` runs on the writer thread once the
+    /// lines are durable (or with the error). Commits complete in the order they were made.
+    /// If the writer is gone, `then` runs at once with [`JournalError::WriterGone`].
+    pub fn commit_then(&self, then: CommitCallback) {
+        if let Err(mpsc::SendError(WriterCmd::Commit(then))) = self.tx.send(WriterCmd::Commit(then))
+        {
+            then(Err(JournalError::WriterGone));
         }
     }
 
@@ -669,7 +673,11 @@ fn copy_error(error: &io::Error) -> io::Error {
     }
 }
 
-fn write_loop(file: Box<dyn JournalFile>, rx: mpsc::Receiver<WriterCmd>) -> Result<(), io::Error> {
+fn write_loop(
+    path: PathBuf,
+    file: Box<dyn JournalFile>,
+    rx: mpsc::Receiver<WriterCmd>,
+) -> Result<(), io::Error> {
     let mut out = BufWriter::with_capacity(64 * 1024, file);
     let mut failed: Option<io::Error> = None;
     let mut closing = false;
@@ -711,8 +719,11 @@ fn write_loop(file: Box<dyn JournalFile>, rx: mpsc::Receiver<WriterCmd>) -> Resu
             }
         }
         for ack in acks {
-            let _ = ack.send(match &failed {
-                Some(error) => Err(copy_error(error)),
+            ack(match &failed {
+                Some(error) => Err(JournalError::Write {
+                    path: path.clone(),
+                    source: copy_error(error),
+                }),
                 None => Ok(()),
             });
         }
