@@ -15,6 +15,13 @@
 //! command channel goes through the cluster gateway; its reports come back to the coordinator
 //! as ordinary `CoordinatorMsg::Report`s, and its node's loss as `CoordinatorMsg::AgentDown`
 //! (see [`crate::cluster`]).
+//!
+//! Before anything runs, a cost cap that cannot hold (an agent's model has no price and no
+//! token cap bounds it) is refused ([`crate::pricing::check_budget`]). A session holds its
+//! journal's lock for as long as it runs ([`crate::journal::JournalLock`]): a new session takes
+//! it when it creates the journal, a resumed one before it reads the journal (or, for a plan
+//! read without the lock, takes it here and checks that the journal did not grow meanwhile).
+//! A journal that fails to write ends the session with [`SessionError::Journal`].
 
 use std::path::{Path, PathBuf};
 use std::sync::Arc;
