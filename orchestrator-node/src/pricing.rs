@@ -242,4 +242,36 @@ mod tests {
         });
         assert!((cost - 6.0).abs() < 1e-9);
     }
+
+    #[test]
+    fn a_cost_cap_needs_a_price_for_every_model_unless_tokens_are_capped() {
+        let yaml = "agents:\n  - id: known\n    backend: {type: openai, model: gpt-4o-mini}\n  \
+                    - id: local\n    backend: {type: vllm, model: my-local-llama, base_url: \"http://127.0.0.1:8000/v1\"}\n";
+        let mut config = crate::config::load_str(yaml, "budget.yaml", &|_| None)
+            .expect("the config loads")
+            .config;
+        assert_eq!(check_budget(&config), Ok(()), "no cap, nothing to check");
+        config.orchestrator.max_cost_usd = Some(1.0);
+        let error = check_budget(&config).expect_err("an unpriced model under a cost cap");
+        assert_eq!(
+            error,
+            BudgetError::UnpricedModel {
+                agent: "local".into(),
+                model: "my-local-llama".into()
+            }
+        );
+        let text = error.to_string();
+        assert!(text.contains("orchestrator.pricing") && text.contains("--pricing"));
+        // A token cap bounds every agent: allowed.
+        config.orchestrator.max_total_tokens = Some(10_000);
+        assert_eq!(check_budget(&config), Ok(()));
+        // So does a price for the model.
+        config.orchestrator.max_total_tokens = None;
+        config.orchestrator.pricing.push(ModelPrice {
+            model: "my-local".into(),
+            input_per_million: 0.0,
+            output_per_million: 0.0,
+        });
+        assert_eq!(check_budget(&config), Ok(()));
+    }
 }
