@@ -1,9 +1,12 @@
 //! The `conclave` command line. Parsing is clap's; everything else is a call into the library.
 //!
 //! Exit codes: 0 done, 1 usage or config error (including a missing API key, reported before
-//! any provider call, on this machine or on the agent node an agent is placed on), 2 execution
-//! error (every agent failed, the coordinator crashed, agent nodes that never joined within
-//! `node_join_timeout_seconds`), 3 timeout, 130 interrupted.
+//! any provider call, on this machine or on the agent node an agent is placed on; a cost cap
+//! with an unpriced model; a `resume` of a session another process is running, refused with
+//! the holder's process id, host and start time — nothing ran, so trying again later is the
+//! fix), 2 execution error (every agent failed, the coordinator crashed, the journal could not
+//! be written or synced, agent nodes that never joined within `node_join_timeout_seconds`),
+//! 3 timeout or budget cap reached, 130 interrupted.
 //!
 //! Cluster flags (`--listen`, `--cookie-file`, `--tls-*`, heartbeat timing) are shared by the
 //! main command, `resume` and `server`; see [`crate::cluster`] and [`crate::server`].
@@ -388,6 +391,7 @@ pub(crate) fn apply_common(
         // Later entries win ties, so the file overrides the config's own `pricing:`.
         config.orchestrator.pricing.extend(prices);
     }
+    crate::pricing::check_budget(config).map_err(|e| usage(e.into()))?;
     Ok(())
 }
 
@@ -542,7 +546,12 @@ pub(crate) fn session_failure(error: SessionError) -> Failure {
         error @ (SessionError::Backend { .. }
         | SessionError::NoCluster { .. }
         | SessionError::Placement(PlaceError::Agent { .. })
-        | SessionError::Consensus(_)) => usage(error.into()),
+        | SessionError::Consensus(_)
+        | SessionError::Budget(_)
+        | SessionError::JournalMoved(_)
+        | SessionError::Journal(
+            crate::journal::JournalError::Locked { .. } | crate::journal::JournalError::Exists(_),
+        )) => usage(error.into()),
         error => execution(error.into()),
     }
 }
@@ -673,7 +682,8 @@ async fn run_demo(args: DemoArgs, env: EnvFn) -> Result<u8, Failure> {
 async fn run_resume(args: ResumeArgs, env: EnvFn) -> Result<u8, Failure> {
     let dir = crate::resume::locate(&args.session, &args.common.session_dir)
         .map_err(|e| usage(e.into()))?;
-    let mut plan = crate::resume::load(&dir).map_err(|e| usage(e.into()))?;
+    // The journal's lock first: a session another process runs is refused, naming it.
+    let mut plan = crate::resume::claim(&dir).map_err(|e| usage(e.into()))?;
     apply_common(&mut plan.config, &args.common, &env)?;
     if let Some(ended) = &plan.ended {
         // Nothing to run: show what the session produced.

@@ -6,6 +6,30 @@
 //! alone rebuilds the session. Reports are deduplicated by (sender, sequence number) and
 //! checked against the session id; a report from an unknown sender is logged and dropped.
 //! The orchestrator timeout is a message the coordinator sends itself when it begins.
+//!
+//! **Write-ahead.** Handling a message never lets anything out directly: journal lines are
+//! recorded, and what would be visible outside (display lines, and through them stdout and the
+//! server's HTTP view; commands to agents, among them the next turn's prompt; the final answer
+//! file; the outcome) is queued as an effect. At the end of the message, if anything
+//! recorded must be durable ([`JournalEvent::needs_sync`]), the coordinator asks the journal
+//! for a commit and parks the message's effects behind it; the journal's writer thread answers
+//! with `CoordinatorMsg::Committed` once the lines are synced, and only then are the effects
+//! released, in order. The coordinator does not wait in between: it goes on with the next
+//! messages (their effects queue behind the earlier ones), and the writer covers everything
+//! queued meanwhile with one `fsync` (group commit), so a thousand agents deciding at once
+//! cost a few syncs, not a thousand in a row. Effects that need no sync of their own (a
+//! stream chunk) are released at once unless earlier effects are still waiting. If the
+//! journal cannot be written, the waiting effects are dropped, nothing more is sent, and the
+//! session ends with the journal's error (exit code 2).
+//!
+//! **Budgets.** Usage is counted as agents report it. Once `max_total_tokens` or
+//! `max_cost_usd` is reached, the machine ends the session with the best answer so far: turns
+//! in flight are cancelled, no turn starts, and no final presentation is asked for (that would
+//! be another provider call): the best answer's own text is the final answer. The
+//! `budget_exhausted` journal line says what was spent and by how much the cap was overshot.
+//! A resumed session whose journal already spent its budget (a lower cap given to `resume`,
+//! or a crash between the usage line and the end) ends the same way before any turn is
+//! re-sent.
 
 use std::collections::HashMap;
 use std::sync::Arc;
@@ -21,7 +45,7 @@ use tracing::{debug, error, info, warn};
 
 use crate::consensus::{Action, AgentIndex, Consensus, EndReason, Event, Input, Outcome, TurnPlan};
 use crate::display::{Display, Shown};
-use crate::journal::{AgentUsage, FINAL_FILE, Journal, JournalEvent};
+use crate::journal::{AgentUsage, FINAL_FILE, Journal, JournalError, JournalEvent};
 use crate::pricing::Price;
 
 /// Delivers a command to one agent. Returns false if the agent is unreachable.
@@ -100,6 +124,11 @@ pub enum CoordinatorMsg {
     Timeout,
     /// The user pressed Ctrl-C.
     Interrupt,
+    /// The journal's writer synced everything up to commit number `upto` (or failed).
+    Committed {
+        upto: u64,
+        result: Result<(), JournalError>,
+    },
 }
 
 impl ractor::Message for CoordinatorMsg {}
@@ -113,7 +142,8 @@ pub struct CoordinatorArgs {
     pub journal: Journal,
     pub display: Display,
     pub timeout: Duration,
-    pub done: oneshot::Sender<SessionOutcome>,
+    /// Receives the outcome, or the journal error that ended the session.
+    pub done: oneshot::Sender<Result<SessionOutcome, JournalError>>,
     /// Set when the session continues from its journal after a crash.
     pub resumed: Option<Resumed>,
     pub budget: Budget,
@@ -136,6 +166,22 @@ pub struct Resumed {
     pub turns: u64,
 }
 
+/// Something visible outside the coordinator, held back until the journal lines it depends
+/// on are durable (see the module docs).
+enum Effect {
+    /// A journal event for the display and the session's trace.
+    Event(JournalEvent),
+    Chunk(Shown),
+    Command(AgentIndex, Envelope<CoordinatorCommand>),
+    /// The final answer's file, then the final display line.
+    Final {
+        content: Option<String>,
+        shown: Shown,
+    },
+    /// The session is over: close the journal and hand the outcome over.
+    End(SessionOutcome),
+}
+
 pub struct CoordinatorState {
     session: SessionId,
     session_dir: std::path::PathBuf,
@@ -144,7 +190,19 @@ pub struct CoordinatorState {
     journal: Option<Journal>,
     display: Display,
     timeout: Duration,
-    done: Option<oneshot::Sender<SessionOutcome>>,
+    done: Option<oneshot::Sender<Result<SessionOutcome, JournalError>>>,
+    /// What the current message made visible.
+    pending: Vec<Effect>,
+    /// Whether something the current message recorded must be synced first.
+    must_commit: bool,
+    /// Effects parked behind a commit, by commit number, oldest first.
+    waiting: std::collections::VecDeque<(u64, Vec<Effect>)>,
+    /// Commits asked for so far.
+    commits: u64,
+    /// The first journal error; it ends the session.
+    journal_error: Option<JournalError>,
+    /// Set once the session is over (ended or failed): later messages are ignored.
+    over: bool,
     agents: Vec<AgentLink>,
     by_name: HashMap<Arc<str>, AgentIndex>,
     seen: SequenceTracker,
@@ -172,20 +230,27 @@ impl CoordinatorState {
             .unwrap_or_else(|| format!("agent#{agent}"))
     }
 
-    fn record(&self, event: JournalEvent) {
-        crate::telemetry::session_event(&self.span, &event);
+    /// Journals an event; its display waits for the commit.
+    fn record(&mut self, event: JournalEvent) {
+        self.journal_only(&event);
+        self.pending.push(Effect::Event(event));
+    }
+
+    /// Journals an event that is not displayed.
+    fn journal_only(&mut self, event: &JournalEvent) {
+        self.must_commit |= event.needs_sync();
         if let Some(journal) = &self.journal
             && let Err(error) = journal.record(event.clone())
+            && self.journal_error.is_none()
         {
-            error!(%error, "journal write failed");
+            self.journal_error = Some(error);
         }
-        self.display.show(Shown::Event(event));
     }
 
     fn send(&mut self, agent: AgentIndex, body: CoordinatorCommand) {
-        let Some(link) = self.agents.get(agent as usize) else {
+        if agent as usize >= self.agents.len() {
             return;
-        };
+        }
         let envelope = Envelope {
             session: self.session.clone(),
             sender: "coordinator".to_owned(),
@@ -194,9 +259,137 @@ impl CoordinatorState {
             body,
         };
         self.next_seq += 1;
-        if !(link.commands)(envelope) {
-            warn!(agent = %link.id, "agent unreachable; command dropped");
+        self.pending.push(Effect::Command(agent, envelope));
+    }
+
+    /// At the end of a message: parks what it made visible behind a commit of what it
+    /// recorded, or behind effects still waiting, or releases it at once when neither is
+    /// needed. On a journal failure nothing is released and the session ends with the error.
+    async fn flush(&mut self, myself: &ActorRef<CoordinatorMsg>) {
+        if let Some(error) = self.journal_error.take() {
+            self.fail(myself, error);
+            return;
         }
+        let batch = std::mem::take(&mut self.pending);
+        let must_commit = std::mem::take(&mut self.must_commit);
+        match &self.journal {
+            Some(journal) if must_commit => {
+                self.commits += 1;
+                let upto = self.commits;
+                let me = myself.clone();
+                journal.commit_then(Box::new(move |result| {
+                    let _ = me.send_message(CoordinatorMsg::Committed { upto, result });
+                }));
+                self.waiting.push_back((upto, batch));
+            }
+            _ => match self.waiting.back_mut() {
+                Some((_, parked)) => parked.extend(batch),
+                None => self.release(myself, batch).await,
+            },
+        }
+    }
+
+    /// The journal synced up to commit `upto`: release what waited for it.
+    async fn on_committed(
+        &mut self,
+        myself: &ActorRef<CoordinatorMsg>,
+        upto: u64,
+        result: Result<(), JournalError>,
+    ) {
+        if let Err(error) = result {
+            self.fail(myself, error);
+            return;
+        }
+        while self.waiting.front().is_some_and(|(n, _)| *n <= upto) {
+            let Some((_, batch)) = self.waiting.pop_front() else {
+                break;
+            };
+            self.release(myself, batch).await;
+            if self.over {
+                return;
+            }
+        }
+    }
+
+    /// Lets effects out, in order.
+    async fn release(&mut self, myself: &ActorRef<CoordinatorMsg>, batch: Vec<Effect>) {
+        for effect in batch {
+            match effect {
+                Effect::Event(event) => {
+                    crate::telemetry::session_event(&self.span, &event);
+                    self.display.show(Shown::Event(event));
+                }
+                Effect::Chunk(shown) => self.display.show(shown),
+                Effect::Command(agent, envelope) => {
+                    if let Some(link) = self.agents.get(agent as usize)
+                        && !(link.commands)(envelope)
+                    {
+                        warn!(agent = %link.id, "agent unreachable; command dropped");
+                    }
+                }
+                Effect::Final { content, shown } => {
+                    if let Some(content) = content {
+                        self.write_final(&content);
+                    }
+                    self.display.show(shown);
+                }
+                Effect::End(outcome) => {
+                    self.hand_over(myself, outcome).await;
+                    return;
+                }
+            }
+        }
+    }
+
+    /// `final.md`: a copy of the final answer for people (the journal has it too).
+    fn write_final(&self, content: &str) {
+        let path = self.session_dir.join(FINAL_FILE);
+        let mut text = content.to_owned();
+        if !text.ends_with('\n') {
+            text.push('\n');
+        }
+        if let Err(error) = std::fs::write(&path, text) {
+            error!(%error, path = %path.display(), "could not write the final answer file");
+        }
+    }
+
+    /// The end, after the last release: close the journal and report the outcome.
+    async fn hand_over(&mut self, myself: &ActorRef<CoordinatorMsg>, outcome: SessionOutcome) {
+        if let Some(journal) = self.journal.take() {
+            let closed = tokio::task::spawn_blocking(move || journal.close())
+                .await
+                .unwrap_or(Err(JournalError::WriterGone));
+            if let Err(error) = closed {
+                self.fail(myself, error);
+                return;
+            }
+        }
+        crate::telemetry::end_session(&self.span, &outcome);
+        // Dropping the span ends it.
+        self.span = tracing::Span::none();
+        if let Some(done) = self.done.take() {
+            let _ = done.send(Ok(outcome));
+        }
+        self.over = true;
+        myself.stop(Some("session finished".into()));
+    }
+
+    /// The journal cannot be written: nothing more is released or sent, and the session
+    /// ends with the error (the supervisor stops the agents).
+    fn fail(&mut self, myself: &ActorRef<CoordinatorMsg>, error: JournalError) {
+        error!(error = %conclave_protocol::error_text(&error), "the journal failed; ending the session");
+        self.pending.clear();
+        self.waiting.clear();
+        // Its error is the one being reported; closing only stops the writer thread.
+        if let Some(journal) = self.journal.take() {
+            let _ = journal.close();
+        }
+        self.over = true;
+        self.span = tracing::Span::none();
+        if let Some(done) = self.done.take() {
+            let _ = done.send(Err(error));
+        }
+        myself.stop(Some("journal failed".into()));
     }
 
     /// The priced part of the usage so far; `None` when no agent's model has a price.
@@ -209,13 +402,40 @@ impl CoordinatorState {
         priced.fold(None, |sum, cost| Some(sum.unwrap_or(0.0) + cost))
     }
 
-    /// Why the session must stop for its budget, if it must.
-    fn budget_exceeded(&self) -> Option<String> {
-        // Saturating: a provider reporting absurd usage must not crash the coordinator.
-        let tokens = self.usage.iter().fold(0u64, |sum, u| {
+    /// Tokens used so far, input and output. Saturating: a provider reporting absurd usage
+    /// must not crash the coordinator.
+    fn tokens_used(&self) -> u64 {
+        self.usage.iter().fold(0u64, |sum, u| {
             sum.saturating_add(u.input_tokens)
                 .saturating_add(u.output_tokens)
-        });
+        })
+    }
+
+    /// The journal line of a reached cap: what was spent and by how much it overshot.
+    fn budget_line(&self, reason: String) -> JournalEvent {
+        let tokens = self.tokens_used();
+        let cost = self.cost();
+        let max_tokens = self.budget.max_total_tokens;
+        let max_cost = self.budget.max_cost_usd;
+        JournalEvent::BudgetExhausted {
+            reason,
+            tokens_used: Some(tokens),
+            max_total_tokens: max_tokens,
+            tokens_over: max_tokens
+                .filter(|limit| tokens >= *limit)
+                .map(|limit| tokens - limit),
+            cost_usd: cost,
+            max_cost_usd: max_cost,
+            cost_over_usd: match (cost, max_cost) {
+                (Some(cost), Some(limit)) if cost >= limit => Some(cost - limit),
+                _ => None,
+            },
+        }
+    }
+
+    /// Why the session must stop for its budget, if it must.
+    fn budget_exceeded(&self) -> Option<String> {
+        let tokens = self.tokens_used();
         if let Some(limit) = self.budget.max_total_tokens
             && tokens >= limit
         {
@@ -252,7 +472,7 @@ impl CoordinatorState {
     }
 
     /// Feeds one input to the machine and carries out what it asks.
-    fn apply(&mut self, myself: &ActorRef<CoordinatorMsg>, input: Input) {
+    fn apply(&mut self, input: Input) {
         let actions = self.machine.handle(input);
         for action in actions {
             match action {
@@ -265,7 +485,7 @@ impl CoordinatorState {
                     self.send(agent, CoordinatorCommand::Cancel { turn });
                 }
                 Action::Record(event) => self.record_event(event),
-                Action::Finish(outcome) => self.finish(myself, outcome),
+                Action::Finish(outcome) => self.finish(outcome),
             }
         }
     }
@@ -392,12 +612,14 @@ impl CoordinatorState {
             },
             Event::Interrupted => JournalEvent::Interrupted,
             Event::AllAgentsFailed => JournalEvent::AllAgentsFailed,
-            Event::BudgetExhausted { reason } => JournalEvent::BudgetExhausted { reason },
+            Event::BudgetExhausted { reason } => self.budget_line(reason),
         };
         self.record(journal_event);
     }
 
-    fn finish(&mut self, myself: &ActorRef<CoordinatorMsg>, outcome: Outcome) {
+    /// Records the end; the final answer is shown, and the outcome handed over, once it is
+    /// durable (see [`CoordinatorState::flush`]).
+    fn finish(&mut self, outcome: Outcome) {
         let wall = self.started.elapsed();
         let winner = outcome.winner.map(|(agent, _)| self.agent_name(agent));
         let label = outcome.winner.map(|(_, label)| label.to_string());
@@ -440,17 +662,9 @@ impl CoordinatorState {
                 presented_by: outcome.presented_by.clone(),
                 content: content.clone(),
             });
-            let path = self.session_dir.join(FINAL_FILE);
-            let mut text = content.clone();
-            if !text.ends_with('\n') {
-                text.push('\n');
-            }
-            if let Err(error) = std::fs::write(&path, text) {
-                error!(%error, path = %path.display(), "could not write the final answer file");
-            }
         }
-        if let Some(journal) = &self.journal {
-            let _ = journal.record(JournalEvent::SessionEnded {
+        {
+            let ended = JournalEvent::SessionEnded {
                 reason: reason_name(outcome.reason).to_owned(),
                 exit_code: outcome.exit_code(),
                 wall_ms: wall.as_millis() as u64,
@@ -471,35 +685,28 @@ impl CoordinatorState {
                         cost_usd: price.map(|p| p.cost(*u)),
                     })
                     .collect(),
-            });
+            };
+            self.journal_only(&ended);
         }
-        self.display.show(Shown::Final {
-            content: outcome
-                .final_answer
-                .clone()
-                .unwrap_or_else(|| "(no answer was produced)".to_owned()),
-            winner: outcome.winner.clone(),
-            label: outcome.label.clone(),
-            reason: reason_name(outcome.reason).to_owned(),
+        self.pending.push(Effect::Final {
+            content: outcome.final_answer.clone(),
+            shown: Shown::Final {
+                content: outcome
+                    .final_answer
+                    .clone()
+                    .unwrap_or_else(|| "(no answer was produced)".to_owned()),
+                winner: outcome.winner.clone(),
+                label: outcome.label.clone(),
+                reason: reason_name(outcome.reason).to_owned(),
+            },
         });
         for agent in 0..self.agents.len() as AgentIndex {
             self.send(agent, CoordinatorCommand::Stop);
         }
-        if let Some(journal) = self.journal.take()
-            && let Err(error) = journal.close()
-        {
-            error!(%error, "journal could not be closed");
-        }
-        crate::telemetry::end_session(&self.span, &outcome);
-        // Dropping the span ends it.
-        self.span = tracing::Span::none();
-        if let Some(done) = self.done.take() {
-            let _ = done.send(outcome);
-        }
-        myself.stop(Some("session finished".into()));
+        self.pending.push(Effect::End(outcome));
     }
 
-    fn on_report(&mut self, myself: &ActorRef<CoordinatorMsg>, envelope: Envelope<AgentReport>) {
+    fn on_report(&mut self, envelope: Envelope<AgentReport>) {
         if envelope.session != self.session {
             warn!(session = %envelope.session, sender = %envelope.sender, "report for another session dropped");
             return;
@@ -520,27 +727,25 @@ impl CoordinatorState {
                         total.add(*usage);
                     }
                     let price = self.budget.prices.get(agent as usize).copied().flatten();
-                    if let Some(journal) = &self.journal {
-                        let _ = journal.record(JournalEvent::Usage {
-                            agent: name.to_string(),
-                            turn: turn.0,
-                            input_tokens: usage.input_tokens,
-                            output_tokens: usage.output_tokens,
-                            cost_usd: price.map(|p| p.cost(*usage)),
-                        });
-                    }
+                    self.journal_only(&JournalEvent::Usage {
+                        agent: name.to_string(),
+                        turn: turn.0,
+                        input_tokens: usage.input_tokens,
+                        output_tokens: usage.output_tokens,
+                        cost_usd: price.map(|p| p.cost(*usage)),
+                    });
                     if let Some(reason) = self.budget_exceeded() {
                         warn!(%reason, "budget cap reached; ending the session");
-                        self.apply(myself, Input::BudgetExhausted { reason });
+                        self.apply(Input::BudgetExhausted { reason });
                         return;
                     }
                 }
                 if self.display.wants_chunks() {
-                    self.display.show(Shown::Chunk {
+                    self.pending.push(Effect::Chunk(Shown::Chunk {
                         agent: name,
                         turn: turn.0,
                         chunk,
-                    });
+                    }));
                 }
             }
             AgentReport::Decided {
@@ -554,15 +759,12 @@ impl CoordinatorState {
                     seen_revision,
                     decision: decision.clone(),
                 });
-                self.apply(
-                    myself,
-                    Input::Decided {
-                        agent,
-                        turn,
-                        decision,
-                        seen_revision,
-                    },
-                );
+                self.apply(Input::Decided {
+                    agent,
+                    turn,
+                    decision,
+                    seen_revision,
+                });
             }
             AgentReport::Presented { turn, content } => {
                 self.record(JournalEvent::PresentationReceived {
@@ -571,23 +773,17 @@ impl CoordinatorState {
                     content: content.clone(),
                 });
                 if content.trim().is_empty() {
-                    self.apply(
-                        myself,
-                        Input::TurnFailed {
-                            agent,
-                            turn,
-                            reason: "the presentation was empty".into(),
-                        },
-                    );
+                    self.apply(Input::TurnFailed {
+                        agent,
+                        turn,
+                        reason: "the presentation was empty".into(),
+                    });
                 } else {
-                    self.apply(
-                        myself,
-                        Input::Presented {
-                            agent,
-                            turn,
-                            content,
-                        },
-                    );
+                    self.apply(Input::Presented {
+                        agent,
+                        turn,
+                        content,
+                    });
                 }
             }
             AgentReport::TurnFailed { turn, error } => {
@@ -598,14 +794,11 @@ impl CoordinatorState {
                     kind: error.kind.as_str().to_owned(),
                     message: error.message.clone(),
                 });
-                self.apply(
-                    myself,
-                    Input::TurnFailed {
-                        agent,
-                        turn,
-                        reason: format!("{}: {}", error.kind.as_str(), error.message),
-                    },
-                );
+                self.apply(Input::TurnFailed {
+                    agent,
+                    turn,
+                    reason: format!("{}: {}", error.kind.as_str(), error.message),
+                });
             }
             AgentReport::TurnEvent { turn, event } => {
                 self.record(JournalEvent::TurnProgress {
@@ -663,6 +856,12 @@ impl Actor for Coordinator {
             usage: Vec::new(),
             answers: 0,
             turns: 0,
+            pending: Vec::new(),
+            must_commit: false,
+            waiting: std::collections::VecDeque::new(),
+            commits: 0,
+            journal_error: None,
+            over: false,
         })
     }
 
@@ -692,7 +891,7 @@ impl Actor for Coordinator {
                     .abort_handle(),
             );
             match state.resumed.take() {
-                None => state.apply(&myself, Input::Start),
+                None => state.apply(Input::Start),
                 Some(resumed) => {
                     state.usage = resumed.usage;
                     state.usage.resize(state.agents.len(), Usage::default());
@@ -700,7 +899,11 @@ impl Actor for Coordinator {
                     state.turns = resumed.turns;
                     if let Some(outcome) = state.machine.outcome().cloned() {
                         // The crash came after the end was decided but before it was written.
-                        state.finish(&myself, outcome);
+                        state.finish(outcome);
+                    } else if let Some(reason) = state.budget_exceeded() {
+                        // The journal already spent the budget: no turn is sent again.
+                        warn!(%reason, "budget cap already reached; ending the resumed session");
+                        state.apply(Input::BudgetExhausted { reason });
                     } else {
                         for (agent, plan) in resumed.resend {
                             state.start_turn(agent, plan);
@@ -708,31 +911,40 @@ impl Actor for Coordinator {
                     }
                 }
             }
+            state.flush(&myself).await;
+            return Ok(());
+        }
+        if state.over {
+            return Ok(());
+        }
+        if let CoordinatorMsg::Committed { upto, result } = message {
+            state.on_committed(&myself, upto, result).await;
             return Ok(());
         }
         if state.machine.is_finished() {
             return Ok(());
         }
         match message {
-            CoordinatorMsg::Begin { .. } => {}
-            CoordinatorMsg::Report(envelope) => state.on_report(&myself, envelope),
+            CoordinatorMsg::Begin { .. } | CoordinatorMsg::Committed { .. } => {}
+            CoordinatorMsg::Report(envelope) => state.on_report(envelope),
             CoordinatorMsg::AgentDown { agent, reason } => {
                 let name = state.agent_name(agent);
                 state.record(JournalEvent::AgentLost {
                     agent: name,
                     reason: reason.clone(),
                 });
-                state.apply(&myself, Input::AgentLost { agent, reason });
+                state.apply(Input::AgentLost { agent, reason });
             }
             CoordinatorMsg::AgentBack { agent } => {
                 let name = state.agent_name(agent);
                 state.seen.reset(&name);
                 info!(agent = %name, "agent back; it rejoins with the current answers");
-                state.apply(&myself, Input::AgentRejoined { agent });
+                state.apply(Input::AgentRejoined { agent });
             }
-            CoordinatorMsg::Timeout => state.apply(&myself, Input::Timeout),
-            CoordinatorMsg::Interrupt => state.apply(&myself, Input::Interrupted),
+            CoordinatorMsg::Timeout => state.apply(Input::Timeout),
+            CoordinatorMsg::Interrupt => state.apply(Input::Interrupted),
         }
+        state.flush(&myself).await;
         Ok(())
     }
 }

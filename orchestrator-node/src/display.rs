@@ -9,7 +9,10 @@
 //! * `quiet`: only the final answer.
 //!
 //! Everything goes to stdout through a dedicated thread, so a slow terminal never slows the
-//! coordinator. The display is for people; the journal is the record.
+//! coordinator. The display is for people; the journal is the record, and it is written
+//! first: the coordinator hands a decision to the display only once the journal line that
+//! records it is synced (see [`crate::coordinator`]), so stdout never shows what a crash could
+//! take back.
 
 use std::collections::HashMap;
 use std::io::{self, Write};

@@ -8,9 +8,44 @@
 //! matches `gpt-4o-mini`, not `gpt-4o`. The user's prices are searched first, so a user
 //! prefix covers every model it prefixes. A model with no price shows tokens only; it is never
 //! guessed.
+//!
+//! A cost cap (`max_cost_usd`) can only count priced tokens, so a session with a cost cap and
+//! an agent whose model has no price is refused before it starts ([`check_budget`]), naming
+//! the model and how to price it, unless `max_total_tokens` caps every agent's tokens as well.
+//! Silently not counting that agent would let it spend without limit under a cap that looks
+//! like it holds.
 
 use conclave_protocol::Usage;
-use conclave_protocol::config::ModelPrice;
+use conclave_protocol::config::{ModelPrice, SessionConfig};
+
+/// A budget that cannot hold.
+#[derive(Debug, Clone, PartialEq, thiserror::Error)]
+pub enum BudgetError {
+    #[error(
+        "max_cost_usd is set, but agent `{agent}` uses model `{model}`, which has no known price, so its spending cannot be counted: add a price for it under `orchestrator.pricing` in the config (`{model}: {{input_per_million: USD, output_per_million: USD}}`) or in a file given with --pricing, or cap tokens as well with `orchestrator.max_total_tokens` / --max-tokens"
+    )]
+    UnpricedModel { agent: String, model: String },
+}
+
+/// Refuses a cost cap that cannot hold (see the module docs).
+pub fn check_budget(config: &SessionConfig) -> Result<(), BudgetError> {
+    let settings = &config.orchestrator;
+    if settings.max_cost_usd.is_none() || settings.max_total_tokens.is_some() {
+        return Ok(());
+    }
+    let book = PriceBook::new(settings.pricing.clone());
+    match config
+        .agents
+        .iter()
+        .find(|a| book.price(&a.backend.model).is_none())
+    {
+        Some(agent) => Err(BudgetError::UnpricedModel {
+            agent: agent.id.clone(),
+            model: agent.backend.model.clone(),
+        }),
+        None => Ok(()),
+    }
+}
 
 /// A price in US dollars per million tokens.
 #[derive(Debug, Clone, Copy, PartialEq)]
@@ -206,5 +241,37 @@ mod tests {
             output_tokens: 500_000,
         });
         assert!((cost - 6.0).abs() < 1e-9);
+    }
+
+    #[test]
+    fn a_cost_cap_needs_a_price_for_every_model_unless_tokens_are_capped() {
+        let yaml = "agents:\n  - id: known\n    backend: {type: openai, model: gpt-4o-mini}\n  \
+                    - id: local\n    backend: {type: vllm, model: my-local-llama, base_url: \"http://127.0.0.1:8000/v1\"}\n";
+        let mut config = crate::config::load_str(yaml, "budget.yaml", &|_| None)
+            .expect("the config loads")
+            .config;
+        assert_eq!(check_budget(&config), Ok(()), "no cap, nothing to check");
+        config.orchestrator.max_cost_usd = Some(1.0);
+        let error = check_budget(&config).expect_err("an unpriced model under a cost cap");
+        assert_eq!(
+            error,
+            BudgetError::UnpricedModel {
+                agent: "local".into(),
+                model: "my-local-llama".into()
+            }
+        );
+        let text = error.to_string();
+        assert!(text.contains("orchestrator.pricing") && text.contains("--pricing"));
+        // A token cap bounds every agent: allowed.
+        config.orchestrator.max_total_tokens = Some(10_000);
+        assert_eq!(check_budget(&config), Ok(()));
+        // So does a price for the model.
+        config.orchestrator.max_total_tokens = None;
+        config.orchestrator.pricing.push(ModelPrice {
+            model: "my-local".into(),
+            input_per_million: 0.0,
+            output_per_million: 0.0,
+        });
+        assert_eq!(check_budget(&config), Ok(()));
     }
 }

@@ -13,7 +13,11 @@
 //! * the orchestrator timeout starts afresh when the session resumes (the time the process was
 //!   dead does not count against it);
 //! * a torn last line (the crash hit mid-write) is skipped and cut off before appending;
-//! * a session that had already ended is not run again: its outcome is read back and shown.
+//! * a session that had already ended is not run again: its outcome is read back and shown;
+//! * one process at a time: [`claim`] takes the journal's lock (see [`crate::journal`])
+//!   *before* reading it, so a session that is running elsewhere is refused, naming the
+//!   process that runs it, rather than read half-written and run twice. [`load`] reads without
+//!   the lock, for status views that do not run anything.
 
 use std::path::{Path, PathBuf};
 
@@ -23,7 +27,7 @@ use conclave_protocol::{SessionId, TaskSpec, Usage};
 use crate::consensus::{
     Action, AgentIndex, Consensus, ConsensusConfig, ConsensusConfigError, Event, Input, TurnPlan,
 };
-use crate::journal::{EVENTS_FILE, JournalError, JournalEvent, read_events};
+use crate::journal::{EVENTS_FILE, JournalError, JournalEvent, JournalLock, read_events};
 
 #[derive(Debug, thiserror::Error)]
 pub enum ResumeError {
@@ -70,6 +74,8 @@ pub struct ResumePlan {
     pub valid_len: u64,
     /// Set when the session had already ended.
     pub ended: Option<EndedSession>,
+    /// The journal's lock, when the plan was made by [`claim`]: the resumed session keeps it.
+    pub lock: Option<JournalLock>,
 }
 
 /// Finds a session directory: a path to it, or an id under `root`.
@@ -83,7 +89,16 @@ pub fn locate(target: &str, root: &Path) -> Result<PathBuf, ResumeError> {
     Err(ResumeError::NotFound(direct))
 }
 
-/// Reads a session's journal and replays it.
+/// Takes the lock of a session's journal, then reads and replays it (see the module docs).
+/// Fails with [`JournalError::Locked`], naming the holder, while another process runs it.
+pub fn claim(dir: &Path) -> Result<ResumePlan, ResumeError> {
+    let lock = JournalLock::acquire(dir)?;
+    let mut plan = load(dir)?;
+    plan.lock = Some(lock);
+    Ok(plan)
+}
+
+/// Reads a session's journal and replays it, without taking its lock.
 pub fn load(dir: &Path) -> Result<ResumePlan, ResumeError> {
     let path = dir.join(EVENTS_FILE);
     let journal = read_events(&path)?;
@@ -194,7 +209,7 @@ pub fn load(dir: &Path) -> Result<ResumePlan, ResumeError> {
             }),
             JournalEvent::TimedOut { .. } => Some(Input::Timeout),
             JournalEvent::Interrupted => Some(Input::Interrupted),
-            JournalEvent::BudgetExhausted { reason } => Some(Input::BudgetExhausted { reason }),
+            JournalEvent::BudgetExhausted { reason, .. } => Some(Input::BudgetExhausted { reason }),
             JournalEvent::Usage {
                 agent,
                 input_tokens,
@@ -262,5 +277,6 @@ pub fn load(dir: &Path) -> Result<ResumePlan, ResumeError> {
         torn_lines: journal.torn_lines_skipped,
         valid_len: journal.valid_len,
         ended,
+        lock: None,
     })
 }

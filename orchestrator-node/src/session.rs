@@ -15,6 +15,13 @@
 //! command channel goes through the cluster gateway; its reports come back to the coordinator
 //! as ordinary `CoordinatorMsg::Report`s, and its node's loss as `CoordinatorMsg::AgentDown`
 //! (see [`crate::cluster`]).
+//!
+//! Before anything runs, a cost cap that cannot hold (an agent's model has no price and no
+//! token cap bounds it) is refused ([`crate::pricing::check_budget`]). A session holds its
+//! journal's lock for as long as it runs ([`crate::journal::JournalLock`]): a new session takes
+//! it when it creates the journal, a resumed one before it reads the journal (or, for a plan
+//! read without the lock, takes it here and checks that the journal did not grow meanwhile).
+//! A journal that fails to write ends the session with [`SessionError::Journal`].
 
 use std::path::{Path, PathBuf};
 use std::sync::Arc;
@@ -38,7 +45,7 @@ use crate::coordinator::{
     SessionOutcome,
 };
 use crate::display::Display;
-use crate::journal::{AgentInfo, Journal, JournalError, JournalEvent};
+use crate::journal::{AgentInfo, EVENTS_FILE, Journal, JournalError, JournalEvent, JournalLock};
 use crate::pricing::PriceBook;
 use crate::resume::ResumePlan;
 
@@ -67,6 +74,12 @@ pub enum SessionError {
     Consensus(#[from] ConsensusConfigError),
     #[error(transparent)]
     Journal(#[from] JournalError),
+    #[error(transparent)]
+    Budget(#[from] crate::pricing::BudgetError),
+    #[error(
+        "the journal {0} grew while the resume was being prepared (another process was still running the session); resume it again"
+    )]
+    JournalMoved(PathBuf),
     #[error("could not start the session's actors: {0}")]
     Spawn(String),
     #[error(
@@ -113,7 +126,7 @@ pub fn new_session_id() -> SessionId {
 }
 
 /// Days since 1970-01-01 to a (year, month, day) civil date (Howard Hinnant's algorithm).
-fn civil_from_days(days: i64) -> (i64, u32, u32) {
+pub(crate) fn civil_from_days(days: i64) -> (i64, u32, u32) {
     let z = days + 719_468;
     let era = z.div_euclid(146_097);
     let doe = z.rem_euclid(146_097);
@@ -300,6 +313,7 @@ pub async fn run_session(
         http,
         cluster,
     } = plan;
+    crate::pricing::check_budget(&config)?;
     let http = match http {
         Some(http) => http,
         None => http_client(Duration::from_secs(
@@ -367,6 +381,22 @@ pub async fn resume_session(
     display: Display,
     interrupt: CancellationToken,
 ) -> Result<SessionOutcome, SessionError> {
+    let mut plan = plan;
+    crate::pricing::check_budget(&plan.config)?;
+    // One writer: the lock first (taken already when the plan came from `resume::claim`). A
+    // plan read without it may be stale: the process that held the journal may have written
+    // more, or ended the session, since.
+    let lock = match plan.lock.take() {
+        Some(lock) => lock,
+        None => {
+            let lock = JournalLock::acquire(&plan.dir)?;
+            let now = crate::journal::read_events(&plan.dir.join(EVENTS_FILE))?;
+            if now.valid_len != plan.valid_len {
+                return Err(SessionError::JournalMoved(plan.dir.join(EVENTS_FILE)));
+            }
+            lock
+        }
+    };
     let http = http_client(Duration::from_secs(
         plan.config.timeouts.connect_timeout_seconds.max(1),
     ))
@@ -377,7 +407,7 @@ pub async fn resume_session(
     let backends = build_backends(&plan.config, &env, http, cluster.as_ref())?;
     wait_for_nodes(&plan.config, cluster.as_ref()).await?;
     let _remote = place_remote(&plan.session, &plan.config, cluster.as_ref()).await?;
-    let journal = Journal::reopen(&plan.dir, plan.valid_len)?;
+    let journal = Journal::reopen(&plan.dir, plan.valid_len, Some(lock))?;
     journal.record(JournalEvent::SessionResumed {
         replayed_inputs: plan.replayed_inputs,
         resent_turns: plan.resend.iter().map(|(_, p)| p.turn.0).collect(),
@@ -508,7 +538,11 @@ async fn drive(
         warn!("session actors did not stop within 5 s; killing them");
         supervisor.kill();
     }
-    outcome.map_err(|_| SessionError::CoordinatorLost(dir))
+    match outcome {
+        Ok(Ok(outcome)) => Ok(outcome),
+        Ok(Err(journal)) => Err(SessionError::Journal(journal)),
+        Err(_) => Err(SessionError::CoordinatorLost(dir)),
+    }
 }
 
 enum PendingAgent {

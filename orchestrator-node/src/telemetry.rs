@@ -320,7 +320,7 @@ pub fn session_event(span: &Span, event: &JournalEvent) {
             "conclave.timeout",
             vec![KeyValue::new("conclave.after_ms", *after_ms as i64)],
         ),
-        JournalEvent::BudgetExhausted { reason } => (
+        JournalEvent::BudgetExhausted { reason, .. } => (
             "conclave.budget_exhausted",
             vec![text("conclave.reason", reason)],
         ),

@@ -9,3 +9,4 @@ mod consensus_props;
 mod massgen_configs;
 mod probe;
 mod session_tasks;
+mod write_ahead;

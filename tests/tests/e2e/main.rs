@@ -9,6 +9,7 @@ mod e2e_cluster;
 mod e2e_faults;
 mod e2e_interactive;
 mod e2e_interrupt;
+mod e2e_journal;
 mod e2e_mixed;
 mod e2e_resume;
 mod e2e_server;
