@@ -409,7 +409,7 @@ async fn submit(
 fn refusal(refused: SubmitError) -> Response {
     let status = match refused {
         SubmitError::Invalid(_) => StatusCode::BAD_REQUEST,
-        SubmitError::Conflict(_) => StatusCode::CONFLICT,
+        SubmitError::Conflict(_) | SubmitError::InUse(_) => StatusCode::CONFLICT,
         SubmitError::NotFound(_) => StatusCode::NOT_FOUND,
         SubmitError::Stopping => StatusCode::SERVICE_UNAVAILABLE,
         SubmitError::Busy(_) => StatusCode::TOO_MANY_REQUESTS,

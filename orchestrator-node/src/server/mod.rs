@@ -187,6 +187,8 @@ pub enum SubmitError {
     Stopping,
     /// Too many sessions wait already (`--max-queued`).
     Busy(String),
+    /// Another process runs the session (its journal is locked); the message names it.
+    InUse(String),
 }
 
 /// Who submitted a session, which decides how far its config is trusted.
@@ -206,7 +208,8 @@ impl std::fmt::Display for SubmitError {
             SubmitError::Invalid(error) => f.write_str(&conclave_protocol::error_text(&**error)),
             SubmitError::Conflict(message)
             | SubmitError::NotFound(message)
-            | SubmitError::Busy(message) => f.write_str(message),
+            | SubmitError::Busy(message)
+            | SubmitError::InUse(message) => f.write_str(message),
             SubmitError::Stopping => write!(f, "the server is stopping"),
         }
     }
@@ -317,7 +320,13 @@ impl Server {
                 self.args.common.session_dir.display()
             )));
         }
-        let mut plan = crate::resume::load(&dir).map_err(|e| SubmitError::Invalid(e.into()))?;
+        // The journal's lock first: a session another process runs is refused, naming it.
+        let mut plan = crate::resume::claim(&dir).map_err(|e| match e {
+            crate::resume::ResumeError::Journal(
+                locked @ crate::journal::JournalError::Locked { .. },
+            ) => SubmitError::InUse(locked.to_string()),
+            e => SubmitError::Invalid(e.into()),
+        })?;
         if let Some(ended) = &plan.ended {
             return Err(SubmitError::Conflict(format!(
                 "session `{id}` already ended ({}); nothing to resume",
@@ -516,6 +525,9 @@ impl Server {
                 Ok(_) => eprintln!("conclave server: resuming unfinished session {id}"),
                 // Sessions that ended are what most directories hold: not worth a word.
                 Err(SubmitError::Conflict(_)) => {}
+                Err(SubmitError::InUse(message)) => {
+                    eprintln!("conclave server: not resuming {id}: {message}");
+                }
                 Err(error) => {
                     warn!(session = %id, "cannot resume: {error}");
                     println!(

@@ -248,3 +248,61 @@ async fn a_journal_that_cannot_be_written_ends_the_session_with_exit_2_showing_o
     );
     sim.shutdown().await;
 }
+
+/// The server's resume route (and `--resume-unfinished`) obey the same lock: a session a CLI
+/// process is running is refused with 409 naming that process, and not run a second time.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn the_servers_resume_route_refuses_a_session_another_process_runs() {
+    use crate::e2e_server::Server;
+    let sim = start_sim(4, 2).await.expect("sim provider starts");
+    let dir = tempfile::tempdir().unwrap();
+    let config = dir.path().join("slow.yaml");
+    std::fs::write(
+        &config,
+        three_agents(&sim.base_url(), ":tokens=25,token_delay_ms=40"),
+    )
+    .unwrap();
+    let bin = workspace_bin("conclave").unwrap();
+    let first = Running::start(
+        Command::new(&bin)
+            .args([
+                "--config",
+                "slow.yaml",
+                "--display",
+                "quiet",
+                "--session-dir",
+                "sessions",
+                "--session-id",
+                "busy",
+                "Name a prime.",
+            ])
+            .current_dir(dir.path()),
+    )
+    .unwrap();
+    let session_dir = dir.path().join("sessions/busy");
+    wait_for_event(
+        &session_dir,
+        "turn_started",
+        Duration::from_secs(30),
+        |_| true,
+    )
+    .expect("the first session starts its turns");
+
+    let server = Server::start(dir.path(), &config, &[]).await;
+    let (code, body) = server.post("/sessions/busy/resume", "{}").await;
+    assert_eq!(code, 409, "{body}");
+    let message = body.to_string();
+    assert!(
+        message.contains(&format!("in use by process {}", first.pid())),
+        "the refusal names the holder: {message}"
+    );
+
+    let finished = first.wait(Duration::from_secs(60)).unwrap();
+    assert_eq!(finished.code, Some(0), "stderr:\n{}", finished.stderr);
+    let journal = read_journal(&session_dir).unwrap();
+    assert!(events_of(&journal, "session_resumed").is_empty());
+    assert_eq!(events_of(&journal, "session_ended").len(), 1);
+    let (code, _) = server.stop();
+    assert_eq!(code, Some(0));
+    sim.shutdown().await;
+}
