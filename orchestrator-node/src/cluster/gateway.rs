@@ -7,9 +7,21 @@
 //!
 //! Choices, and why:
 //! - **Admission.** A node is admitted on its `Hello` (after ractor_cluster accepted its
-//!   cookie). A hello under a name already admitted replaces the earlier node (a restarted or
-//!   reconnected node is the same machine coming back); the earlier one is treated as lost.
-//!   A node speaking another cluster protocol version is refused with a reason.
+//!   cookie, and TLS its certificate). The hello's sender is the node session its inbox lives
+//!   on (the pg group of its instance), never a name in the hello. A hello under the name of a
+//!   node that is still joined is *refused* — a second process cannot evict a live node by
+//!   claiming its name — unless it comes from the same process (same random instance number)
+//!   over a new connection, which replaces the old link. A restarted node is admitted once its
+//!   previous life is lost (heartbeat deadline). With TLS, the node's certificate (verified
+//!   against the CA by conclave's acceptor) must be issued for the node's name (a DNS SAN equal
+//!   to `--name`); otherwise the node is refused and the log names both. A node speaking
+//!   another cluster protocol version is refused with a reason.
+//! - **Sender of a frame.** ractor_cluster does not tell an actor which connection a cast came
+//!   over. The gateway issues every admitted node a random link key in its `Welcome` (over that
+//!   node's connection only) and takes the sender of a frame to be the node that holds the
+//!   frame's key: a report, spawn answer or exit is accepted only for an agent placed on that
+//!   node, and a heartbeat only keeps that node alive. Frames with an unknown key are dropped.
+//!   Incarnation numbers are random, so one node cannot guess another's.
 //! - **Loss.** A node is lost when its heartbeats stop past the deadline, when its inbox leaves
 //!   the `hosts` pg group, or when its node session closes, whichever comes first. Its node
 //!   session is then torn down (a half-open link would otherwise linger), and every live agent
@@ -31,6 +43,7 @@ use std::net::SocketAddr;
 use conclave_agent::cluster::heartbeat::{HeartbeatConfig, Liveness};
 use conclave_agent::cluster::inbox::spawn_inbox;
 use conclave_agent::cluster::node::{self, NodeEvent, NodeHandle};
+use conclave_agent::cluster::security::certificate_names;
 use conclave_agent::cluster::wire::{HostInbox, send_to_host};
 use conclave_protocol::cluster::TurnLimits;
 use conclave_protocol::cluster::{
@@ -38,7 +51,9 @@ use conclave_protocol::cluster::{
     ToOrchestrator, host_group,
 };
 use conclave_protocol::config::AgentSpec;
-use conclave_protocol::{AgentReport, CoordinatorCommand, Envelope, SessionId};
+#[cfg(feature = "bench")]
+use conclave_protocol::AgentReport;
+use conclave_protocol::{CoordinatorCommand, Envelope, SessionId};
 use ractor::pg::GroupChangeMessage;
 use ractor::{Actor, ActorId, ActorProcessingErr, ActorRef, SupervisionEvent};
 use ractor_cluster::NodeId;
@@ -86,11 +101,13 @@ pub enum GatewayMsg {
     EndSession {
         session: SessionId,
     },
+    #[cfg(feature = "bench")]
     Echo {
         node: String,
         payload: Envelope<AgentReport>,
         reply: oneshot::Sender<Envelope<AgentReport>>,
     },
+    #[cfg(feature = "bench")]
     Flood {
         agent: u32,
         first_seq: u64,
@@ -113,6 +130,8 @@ struct Joined {
     info: NodeInfo,
     host: HostInbox,
     node_id: NodeId,
+    /// The link key issued in `Welcome`.
+    link: u64,
     liveness: Liveness,
 }
 
@@ -161,9 +180,24 @@ pub struct GatewayState {
     peers: HashMap<ActorId, Peer>,
     sessions_by_node: HashMap<NodeId, NodeServerSessionInformation>,
     routes: HashMap<SessionId, Route>,
-    next_incarnation: u64,
+    /// Link key → node name.
+    links: HashMap<u64, String>,
+    /// Whether the cluster runs mutual TLS (then certificate names are checked).
+    tls: bool,
+    #[cfg(feature = "bench")]
     next_nonce: u64,
+    #[cfg(feature = "bench")]
     echoes: HashMap<u64, oneshot::Sender<Envelope<AgentReport>>>,
+}
+
+/// A random number that is never 0 (incarnations and link keys; 0 means "none").
+fn random_nonzero() -> u64 {
+    loop {
+        let n: u64 = rand::random();
+        if n != 0 {
+            return n;
+        }
+    }
 }
 
 /// The gateway actor.
@@ -193,8 +227,12 @@ impl GatewayState {
     }
 
     fn incarnation(&mut self) -> u64 {
-        self.next_incarnation += 1;
-        self.next_incarnation
+        random_nonzero()
+    }
+
+    /// The node a link key was issued to.
+    fn sender(&self, link: u64) -> Option<&str> {
+        self.links.get(&link).map(String::as_str)
     }
 
     fn spawn_request(session: &SessionId, agent: u32, placed: &Placed) -> ToHost {
@@ -212,6 +250,7 @@ impl GatewayState {
         let Some(joined) = self.joined.remove(name) else {
             return;
         };
+        self.links.remove(&joined.link);
         warn!(node = %name, %reason, "agent node lost");
         self.publish();
         if let Some(session) = self.sessions_by_node.get(&joined.node_id) {
@@ -269,14 +308,38 @@ impl GatewayState {
             ActorId::Local(_) => return,
         };
         let host: HostInbox = ActorRef::from(cell);
+        let peer_addr = self
+            .sessions_by_node
+            .get(&node_id)
+            .map(|s| s.peer_addr.clone())
+            .unwrap_or_default();
+        let refuse = |reason: String| {
+            warn!(node = %hello.name, peer = %peer_addr, %reason, "node refused");
+            let _ = send_to_host(&host, ToHost::Refused { reason });
+        };
+        if self.tls {
+            match self.node.peer_certificates.get(&peer_addr) {
+                Some(cert) if certificate_names(&cert, &hello.name) => {}
+                Some(_) => {
+                    return refuse(format!(
+                        "certificate name mismatch: the node calls itself `{}` but its TLS certificate is not issued for that name (its DNS subject alternative name must equal --name)",
+                        hello.name
+                    ));
+                }
+                None => {
+                    return refuse(format!(
+                        "no verified client certificate on the connection of node `{}`",
+                        hello.name
+                    ));
+                }
+            }
+        }
         if hello.protocol != CLUSTER_PROTOCOL_VERSION {
             let reason = format!(
                 "cluster protocol {} is not this orchestrator's {CLUSTER_PROTOCOL_VERSION}; run the same conclave version on every node",
                 hello.protocol
             );
-            warn!(node = %hello.name, version = %hello.version, %reason, "node refused");
-            let _ = send_to_host(&host, ToHost::Refused { reason });
-            return;
+            return refuse(reason);
         }
         if let Some(previous) = self.joined.get(&hello.name) {
             if previous.host.get_id() == host.get_id() {
@@ -284,17 +347,20 @@ impl GatewayState {
                     &host,
                     ToHost::Welcome {
                         orchestrator: env!("CARGO_PKG_VERSION").to_owned(),
+                        link: previous.link,
                     },
                 );
                 return;
             }
-            self.node_lost(&hello.name, "it joined again (restarted or reconnected)");
+            if previous.info.instance != hello.instance {
+                return refuse(format!(
+                    "a node named `{}` is already joined (from {}); stop it or give this node another --name",
+                    hello.name, previous.info.peer_addr
+                ));
+            }
+            self.node_lost(&hello.name, "it reconnected over a new link");
         }
-        let peer_addr = self
-            .sessions_by_node
-            .get(&node_id)
-            .map(|s| s.peer_addr.clone())
-            .unwrap_or_default();
+        let link = random_nonzero();
         info!(
             node = %hello.name,
             peer = %peer_addr,
@@ -306,8 +372,10 @@ impl GatewayState {
             &host,
             ToHost::Welcome {
                 orchestrator: env!("CARGO_PKG_VERSION").to_owned(),
+                link,
             },
         );
+        self.links.insert(link, hello.name.clone());
         self.joined.insert(
             hello.name.clone(),
             Joined {
@@ -319,6 +387,7 @@ impl GatewayState {
                 },
                 host,
                 node_id,
+                link,
                 liveness: Liveness::new(Instant::now(), self.heartbeat.deadline),
             },
         );
@@ -336,8 +405,7 @@ impl GatewayState {
             }
             for (&agent, placed) in &mut route.agents {
                 if placed.node == name && placed.link == Link::Down {
-                    self.next_incarnation += 1;
-                    placed.incarnation = self.next_incarnation;
+                    placed.incarnation = random_nonzero();
                     placed.link = Link::Spawning { rejoin: true };
                     info!(%session, agent = %placed.spec.id, node = %name, "offering the returning node its agent back");
                     requests.push(Self::spawn_request(session, agent, placed));
@@ -351,6 +419,7 @@ impl GatewayState {
 
     fn on_spawned(
         &mut self,
+        sender: &str,
         session: SessionId,
         agent: u32,
         incarnation: u64,
@@ -362,7 +431,7 @@ impl GatewayState {
         let Some(placed) = route.agents.get_mut(&agent) else {
             return;
         };
-        if placed.incarnation != incarnation {
+        if placed.incarnation != incarnation || placed.node != sender {
             return;
         }
         let Link::Spawning { rejoin } = placed.link else {
@@ -400,13 +469,29 @@ impl GatewayState {
         }
     }
 
+    /// Takes the sender of a frame from its link key; frames with an unknown key are dropped.
     fn on_frame(&mut self, frame: ToOrchestrator) {
+        let link = match &frame {
+            ToOrchestrator::Hello(hello) => return self.on_hello(hello.clone()),
+            ToOrchestrator::Heartbeat { link }
+            | ToOrchestrator::Spawned { link, .. }
+            | ToOrchestrator::Report { link, .. }
+            | ToOrchestrator::AgentExited { link, .. } => *link,
+            #[cfg(feature = "bench")]
+            ToOrchestrator::EchoReply { nonce, payload } => {
+                if let Some(reply) = self.echoes.remove(nonce) {
+                    let _ = reply.send(payload.clone());
+                }
+                return;
+            }
+        };
+        let Some(sender) = self.sender(link).map(str::to_owned) else {
+            debug!("cluster frame with an unknown link key dropped");
+            return;
+        };
         match frame {
-            ToOrchestrator::Hello(hello) => self.on_hello(hello),
-            ToOrchestrator::Heartbeat { node, instance } => {
-                if let Some(joined) = self.joined.get_mut(&node)
-                    && joined.info.instance == instance
-                {
+            ToOrchestrator::Heartbeat { .. } => {
+                if let Some(joined) = self.joined.get_mut(&sender) {
                     joined.liveness.saw(Instant::now());
                 }
             }
@@ -415,13 +500,27 @@ impl GatewayState {
                 agent,
                 incarnation,
                 error,
-            } => self.on_spawned(session, agent, incarnation, error),
+                ..
+            } => self.on_spawned(&sender, session, agent, incarnation, error),
             ToOrchestrator::Report {
                 agent,
                 incarnation,
                 envelope,
+                ..
             } => {
                 let route = self.routes.get(&envelope.session);
+                let placed = route.and_then(|r| r.agents.get(&agent));
+                if let Some(placed) = placed
+                    && placed.node != sender
+                {
+                    warn!(
+                        node = %sender,
+                        agent = %placed.spec.id,
+                        host = %placed.node,
+                        "report for an agent this node does not host dropped"
+                    );
+                    return;
+                }
                 let current = route.and_then(|r| {
                     let placed = r.agents.get(&agent)?;
                     (placed.incarnation == incarnation && placed.link == Link::Live)
@@ -446,6 +545,7 @@ impl GatewayState {
                 agent,
                 incarnation,
                 reason,
+                ..
             } => {
                 let Some(route) = self.routes.get_mut(&session) else {
                     return;
@@ -453,7 +553,10 @@ impl GatewayState {
                 let Some(placed) = route.agents.get_mut(&agent) else {
                     return;
                 };
-                if placed.incarnation == incarnation && placed.link == Link::Live {
+                if placed.node == sender
+                    && placed.incarnation == incarnation
+                    && placed.link == Link::Live
+                {
                     placed.link = Link::Down;
                     if let Some(coordinator) = &route.coordinator {
                         let _ = coordinator.send_message(CoordinatorMsg::AgentDown {
@@ -463,11 +566,9 @@ impl GatewayState {
                     }
                 }
             }
-            ToOrchestrator::EchoReply { nonce, payload } => {
-                if let Some(reply) = self.echoes.remove(&nonce) {
-                    let _ = reply.send(payload);
-                }
-            }
+            ToOrchestrator::Hello(_) => {}
+            #[cfg(feature = "bench")]
+            ToOrchestrator::EchoReply { .. } => {}
         }
     }
 
@@ -494,14 +595,15 @@ impl GatewayState {
             }
             NodeEvent::Ready(_) => {}
             NodeEvent::Disconnected(info) => {
+                self.node.peer_certificates.remove(&info.peer_addr);
                 if let Some(peer) = self.peers.remove(&info.actor.get_id())
                     && !peer.authenticated
                     && !peer.refusal_logged
                 {
                     warn!(
                         peer = %peer.addr,
-                        claimed_name = ?info.peer_name.as_ref().map(|n| n.name.clone()),
-                        "refused a node connection: it closed before authenticating"
+                        claimed_name = %info.peer_name.as_ref().map(|n| n.name.as_str()).unwrap_or("(none)"),
+                        "refused a node connection: it closed before authenticating (not a conclave node, garbage, or an early close)"
                     );
                 }
                 let lost: Vec<String> = self
@@ -528,6 +630,10 @@ impl GatewayState {
         let Some(peer) = self.peers.get_mut(&id) else {
             return;
         };
+        if !peer.authenticated && reason.as_deref() == Some(node::AUTH_TIMEOUT_REASON) {
+            // The node layer has logged the refusal already.
+            peer.refusal_logged = true;
+        }
         if !peer.authenticated && reason.as_deref() == Some("auth_fail") {
             peer.refusal_logged = true;
             warn!(
@@ -597,8 +703,11 @@ impl Actor for Gateway {
             peers: HashMap::new(),
             sessions_by_node: HashMap::new(),
             routes: HashMap::new(),
-            next_incarnation: 0,
+            links: HashMap::new(),
+            tls: args.tls,
+            #[cfg(feature = "bench")]
             next_nonce: 0,
+            #[cfg(feature = "bench")]
             echoes: HashMap::new(),
         })
     }
@@ -728,6 +837,7 @@ impl Actor for Gateway {
                     }
                 }
             }
+            #[cfg(feature = "bench")]
             GatewayMsg::Echo {
                 node,
                 payload,
@@ -739,6 +849,7 @@ impl Actor for Gateway {
                     state.echoes.insert(nonce, reply);
                 }
             }
+            #[cfg(feature = "bench")]
             GatewayMsg::Flood {
                 agent,
                 first_seq,

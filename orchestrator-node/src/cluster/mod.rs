@@ -29,7 +29,9 @@ use conclave_agent::cluster::node::{NodeOptions, new_instance, start_node, uniqu
 use conclave_agent::cluster::security::{Cookie, Tls};
 use conclave_protocol::cluster::TurnLimits;
 use conclave_protocol::config::AgentSpec;
-use conclave_protocol::{AgentReport, CoordinatorCommand, Envelope, SessionId};
+#[cfg(feature = "bench")]
+use conclave_protocol::AgentReport;
+use conclave_protocol::{CoordinatorCommand, Envelope, SessionId};
 use ractor::ActorRef;
 use tokio::sync::{oneshot, watch};
 
@@ -108,7 +110,7 @@ impl Cluster {
         })
         .await?;
         let (nodes_tx, nodes) = watch::channel(BTreeMap::new());
-        let listen = options.listen;
+        let listen = node.listen;
         let (gateway, _) = ractor::Actor::spawn(
             None,
             Gateway,
@@ -224,7 +226,8 @@ impl Cluster {
         });
     }
 
-    /// Sends `payload` to `node` and waits for it to come back (link round trip).
+    /// Sends `payload` to `node` and waits for it to come back (link round trip; bench only).
+    #[cfg(feature = "bench")]
     pub async fn echo(
         &self,
         node: &str,
@@ -243,7 +246,8 @@ impl Cluster {
     }
 
     /// Asks the node of placed agent `agent` (of `template.session`) to send `count` copies
-    /// of `template` as that agent's reports (see `ToHost::Flood`).
+    /// of `template` as that agent's reports (see `ToHost::Flood`; bench only).
+    #[cfg(feature = "bench")]
     pub fn flood(&self, agent: u32, first_seq: u64, count: u32, template: Envelope<AgentReport>) {
         let _ = self.gateway.send_message(GatewayMsg::Flood {
             agent,
