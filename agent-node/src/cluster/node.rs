@@ -219,7 +219,12 @@ async fn open(
     };
     match tokio::time::timeout(HANDSHAKE_TIMEOUT, tls.acceptor.accept(stream)).await {
         Ok(Ok(stream)) => {
-            if let Some(cert) = stream.get_ref().1.peer_certificates().and_then(|c| c.first()) {
+            if let Some(cert) = stream
+                .get_ref()
+                .1
+                .peer_certificates()
+                .and_then(|c| c.first())
+            {
                 certificates.insert(peer.to_string(), cert.clone().into_owned());
             }
             Some(NetworkStream::TlsServer {
@@ -260,7 +265,10 @@ fn watch_authentication(server: &ActorRef<NodeServerMessage>) -> Result<(), Node
             let pending = pending.clone();
             tokio::spawn(async move {
                 tokio::time::sleep(HANDSHAKE_TIMEOUT).await;
-                let expired = pending.lock().map(|mut set| set.remove(&id)).unwrap_or(false);
+                let expired = pending
+                    .lock()
+                    .map(|mut set| set.remove(&id))
+                    .unwrap_or(false);
                 if expired {
                     warn!(
                         peer = %info.peer_addr,

@@ -45,14 +45,14 @@ use conclave_agent::cluster::inbox::spawn_inbox;
 use conclave_agent::cluster::node::{self, NodeEvent, NodeHandle};
 use conclave_agent::cluster::security::certificate_names;
 use conclave_agent::cluster::wire::{HostInbox, send_to_host};
+#[cfg(feature = "bench")]
+use conclave_protocol::AgentReport;
 use conclave_protocol::cluster::TurnLimits;
 use conclave_protocol::cluster::{
     CLUSTER_PROTOCOL_VERSION, HOST_GROUP, NodeHello, ORCHESTRATOR_GROUP, SCOPE, SpawnAgent, ToHost,
     ToOrchestrator, host_group,
 };
 use conclave_protocol::config::AgentSpec;
-#[cfg(feature = "bench")]
-use conclave_protocol::AgentReport;
 use conclave_protocol::{CoordinatorCommand, Envelope, SessionId};
 use ractor::pg::GroupChangeMessage;
 use ractor::{Actor, ActorId, ActorProcessingErr, ActorRef, SupervisionEvent};

@@ -27,10 +27,10 @@ use std::time::Duration;
 use conclave_agent::cluster::heartbeat::HeartbeatConfig;
 use conclave_agent::cluster::node::{NodeOptions, new_instance, start_node, unique_node_name};
 use conclave_agent::cluster::security::{Cookie, Tls};
-use conclave_protocol::cluster::TurnLimits;
-use conclave_protocol::config::AgentSpec;
 #[cfg(feature = "bench")]
 use conclave_protocol::AgentReport;
+use conclave_protocol::cluster::TurnLimits;
+use conclave_protocol::config::AgentSpec;
 use conclave_protocol::{CoordinatorCommand, Envelope, SessionId};
 use ractor::ActorRef;
 use tokio::sync::{oneshot, watch};
