@@ -931,3 +931,234 @@ impl Actor for Gateway {
         Ok(())
     }
 }
+
+#[cfg(test)]
+mod tests {
+    //! The gateway's sender checks, on its state directly: two joined nodes with their link
+    //! keys, one agent placed on the first, and frames that claim to be about that agent.
+
+    use std::sync::Arc;
+
+    use conclave_agent::cluster::inbox::spawn_inbox;
+    use conclave_agent::cluster::node::{NodeOptions, start_node};
+    use conclave_agent::cluster::security::Cookie;
+    use conclave_protocol::config::{BackendOptions, BackendSpec, WireFormat};
+    use conclave_protocol::{AgentReport, StreamChunk, TraceContext, TurnId};
+    use tokio::sync::mpsc;
+
+    use super::*;
+
+    const LINK_A: u64 = 0x1111;
+    const LINK_B: u64 = 0x2222;
+    const INCARNATION: u64 = 0x5eed;
+
+    /// Forwards what the coordinator would get to the test.
+    struct Recorder;
+
+    impl Actor for Recorder {
+        type Msg = CoordinatorMsg;
+        type State = mpsc::UnboundedSender<CoordinatorMsg>;
+        type Arguments = mpsc::UnboundedSender<CoordinatorMsg>;
+
+        async fn pre_start(
+            &self,
+            _myself: ActorRef<CoordinatorMsg>,
+            tx: Self::Arguments,
+        ) -> Result<Self::State, ActorProcessingErr> {
+            Ok(tx)
+        }
+
+        async fn handle(
+            &self,
+            _myself: ActorRef<CoordinatorMsg>,
+            message: CoordinatorMsg,
+            tx: &mut Self::State,
+        ) -> Result<(), ActorProcessingErr> {
+            let _ = tx.send(message);
+            Ok(())
+        }
+    }
+
+    fn spec() -> AgentSpec {
+        AgentSpec {
+            id: "alpha".into(),
+            backend: BackendSpec {
+                wire: WireFormat::OpenAiChat,
+                provider: "sim".into(),
+                model: "m".into(),
+                base_url: "http://127.0.0.1:9/v1".into(),
+                api_key_env: None,
+                temperature: None,
+                top_p: None,
+                max_tokens: None,
+                extra_body: None,
+                max_retries: 0,
+                options: BackendOptions::default(),
+            },
+            system_message: None,
+            node: Some("node-a".into()),
+        }
+    }
+
+    fn report(session: &SessionId, link: u64) -> ToOrchestrator {
+        ToOrchestrator::Report {
+            link,
+            agent: 0,
+            incarnation: INCARNATION,
+            envelope: Envelope {
+                session: session.clone(),
+                sender: "alpha".into(),
+                seq: 1,
+                trace: TraceContext::default(),
+                body: AgentReport::Chunk {
+                    turn: TurnId(1),
+                    chunk: StreamChunk::Content { text: "hi".into() },
+                },
+            },
+        }
+    }
+
+    async fn state_with_two_nodes(
+        session: &SessionId,
+    ) -> (GatewayState, mpsc::UnboundedReceiver<CoordinatorMsg>) {
+        let node = start_node(&NodeOptions {
+            node_name: "gateway-test".into(),
+            listen: "127.0.0.1:0".parse().unwrap(),
+            cookie: Cookie::new("gateway-test-cookie").unwrap(),
+            tls: None,
+        })
+        .await
+        .unwrap();
+        let (tx, rx) = mpsc::unbounded_channel();
+        let (coordinator, _) = Actor::spawn(None, Recorder, tx).await.unwrap();
+        let (nodes_tx, _) = watch::channel(BTreeMap::new());
+        let mut state = GatewayState {
+            node,
+            heartbeat: HeartbeatConfig::default(),
+            nodes_tx,
+            joined: HashMap::new(),
+            peers: HashMap::new(),
+            sessions_by_node: HashMap::new(),
+            routes: HashMap::new(),
+            links: HashMap::new(),
+            tls: false,
+            #[cfg(feature = "bench")]
+            next_nonce: 0,
+            #[cfg(feature = "bench")]
+            echoes: HashMap::new(),
+        };
+        for (name, link, node_id) in [("node-a", LINK_A, 1), ("node-b", LINK_B, 2)] {
+            let host =
+                spawn_inbox::<ToHost>(coordinator.get_cell(), &[], Arc::new(|_frame: ToHost| true))
+                    .await
+                    .unwrap();
+            state.joined.insert(
+                name.into(),
+                Joined {
+                    info: NodeInfo {
+                        instance: link,
+                        version: "test".into(),
+                        provider_keys: Vec::new(),
+                        peer_addr: String::new(),
+                    },
+                    host,
+                    node_id,
+                    link,
+                    liveness: Liveness::new(Instant::now(), Duration::from_secs(60)),
+                },
+            );
+            state.links.insert(link, name.into());
+        }
+        let mut agents = HashMap::new();
+        agents.insert(
+            0,
+            Placed {
+                node: "node-a".into(),
+                spec: spec(),
+                limits: TurnLimits {
+                    max_workflow_retries: 0,
+                    turn_timeout_ms: 1000,
+                    stall_timeout_ms: 1000,
+                    connect_timeout_ms: 1000,
+                    max_restarts: 0,
+                    restart_window_ms: 1000,
+                },
+                incarnation: INCARNATION,
+                link: Link::Live,
+                untold_loss: None,
+            },
+        );
+        state.routes.insert(
+            session.clone(),
+            Route {
+                coordinator: Some(coordinator),
+                agents,
+                placing: None,
+            },
+        );
+        (state, rx)
+    }
+
+    use std::time::Duration;
+
+    async fn next(rx: &mut mpsc::UnboundedReceiver<CoordinatorMsg>) -> Option<CoordinatorMsg> {
+        tokio::time::timeout(Duration::from_millis(300), rx.recv())
+            .await
+            .ok()
+            .flatten()
+    }
+
+    #[tokio::test]
+    async fn a_report_is_accepted_only_from_the_node_that_hosts_the_agent() {
+        let session = SessionId("s".into());
+        let (mut state, mut rx) = state_with_two_nodes(&session).await;
+        // node-b knows the agent and its incarnation, and sends with its own valid link key.
+        state.on_frame(report(&session, LINK_B));
+        // A key nobody was issued.
+        state.on_frame(report(&session, 0x3333));
+        assert!(
+            next(&mut rx).await.is_none(),
+            "an impersonated report got through"
+        );
+        // node-b cannot take node-a's agent down either.
+        state.on_frame(ToOrchestrator::AgentExited {
+            link: LINK_B,
+            session: session.clone(),
+            agent: 0,
+            incarnation: INCARNATION,
+            reason: "forged".into(),
+        });
+        assert!(next(&mut rx).await.is_none(), "a forged exit got through");
+        assert_eq!(state.routes[&session].agents[&0].link, Link::Live);
+        // The hosting node's report goes through.
+        state.on_frame(report(&session, LINK_A));
+        assert!(matches!(
+            next(&mut rx).await,
+            Some(CoordinatorMsg::Report(_))
+        ));
+    }
+
+    #[tokio::test]
+    async fn a_heartbeat_keeps_alive_only_the_node_its_key_was_issued_to() {
+        let session = SessionId("s".into());
+        let (mut state, _rx) = state_with_two_nodes(&session).await;
+        tokio::time::sleep(Duration::from_millis(20)).await;
+        state.on_frame(ToOrchestrator::Heartbeat { link: LINK_B });
+        let now = Instant::now();
+        let silent_a = state.joined["node-a"].liveness.silent_for(now);
+        let silent_b = state.joined["node-b"].liveness.silent_for(now);
+        assert!(silent_b < silent_a, "node-b's key refreshed node-b only");
+    }
+
+    #[test]
+    fn incarnations_and_link_keys_are_random_and_never_zero() {
+        let draws: Vec<u64> = (0..64).map(|_| random_nonzero()).collect();
+        assert!(draws.iter().all(|&n| n != 0));
+        let distinct: HashSet<u64> = draws.iter().copied().collect();
+        assert_eq!(distinct.len(), draws.len());
+        assert!(
+            draws.windows(2).all(|w| w[1] != w[0].wrapping_add(1)),
+            "sequential numbers"
+        );
+    }
+}
