@@ -182,6 +182,9 @@ pub struct GatewayState {
     routes: HashMap<SessionId, Route>,
     /// Link key → node name.
     links: HashMap<u64, String>,
+    /// Hellos that arrived before their node session's `Authenticated` event (the event and
+    /// the frame travel separate paths); handled when the event comes.
+    early_hellos: HashMap<NodeId, NodeHello>,
     /// Whether the cluster runs mutual TLS (then certificate names are checked).
     tls: bool,
     #[cfg(feature = "bench")]
@@ -307,6 +310,10 @@ impl GatewayState {
             ActorId::Remote { node_id, .. } => node_id,
             ActorId::Local(_) => return,
         };
+        if !self.sessions_by_node.contains_key(&node_id) {
+            self.early_hellos.insert(node_id, hello);
+            return;
+        }
         let host: HostInbox = ActorRef::from(cell);
         let peer_addr = self
             .sessions_by_node
@@ -591,11 +598,16 @@ impl GatewayState {
                     peer.authenticated = true;
                 }
                 info!(peer = %info.peer_addr, "node connection authenticated");
-                self.sessions_by_node.insert(info.node_id, info);
+                let node_id = info.node_id;
+                self.sessions_by_node.insert(node_id, info);
+                if let Some(hello) = self.early_hellos.remove(&node_id) {
+                    self.on_hello(hello);
+                }
             }
             NodeEvent::Ready(_) => {}
             NodeEvent::Disconnected(info) => {
                 self.node.peer_certificates.remove(&info.peer_addr);
+                self.early_hellos.remove(&info.node_id);
                 if let Some(peer) = self.peers.remove(&info.actor.get_id())
                     && !peer.authenticated
                     && !peer.refusal_logged
@@ -704,6 +716,7 @@ impl Actor for Gateway {
             sessions_by_node: HashMap::new(),
             routes: HashMap::new(),
             links: HashMap::new(),
+            early_hellos: HashMap::new(),
             tls: args.tls,
             #[cfg(feature = "bench")]
             next_nonce: 0,
@@ -1041,6 +1054,7 @@ mod tests {
             sessions_by_node: HashMap::new(),
             routes: HashMap::new(),
             links: HashMap::new(),
+            early_hellos: HashMap::new(),
             tls: false,
             #[cfg(feature = "bench")]
             next_nonce: 0,
