@@ -1,8 +1,9 @@
 //! Starting a ractor_cluster `NodeServer` the way every conclave node does, and turning its
 //! session events into messages for a conclave actor.
 //!
-//! Every node: listens on its `--listen` address (agent nodes default to `127.0.0.1:0`: they
-//! dial out and need no reachable port), authenticates with the cookie, speaks TLS when
+//! Every node: listens on its `--listen` address through conclave's own acceptor (see
+//! [`start_node`]; agent nodes default to `127.0.0.1:0`: they dial out and need no reachable
+//! port), gives every inbound handshake a deadline, authenticates with the cookie, speaks TLS when
 //! configured, accepts inbound frames up to [`MAX_CLUSTER_FRAME_BYTES`], and does *not* make
 //! transitive connections (agent nodes talk only to their orchestrator). ractor_cluster
 //! identifies peers by `name@host`, so each process gets a unique node name: the configured

@@ -33,9 +33,11 @@
 //!   one is dropped here, so nothing is applied twice, and the coordinator can forget the
 //!   agent's old sequence numbers on purpose. What the lost incarnation had in flight is lost,
 //!   and the journal says so (`agent_lost`, `agent_failed`).
-//! - **Refusals.** A connection that fails ractor_cluster's cookie handshake is logged at
-//!   `warn` with the peer address (and the name it claimed), never admitted, and never seen by
-//!   a session.
+//! - **Refusals.** A connection that fails its TLS handshake, or does not finish it or the
+//!   cookie handshake within 5 s, is dropped and logged by the node layer
+//!   (`conclave_agent::cluster::node`); one that fails ractor_cluster's cookie handshake or
+//!   closes before authenticating is logged here. Each log line is a `warn` naming the peer
+//!   address and the reason; such a peer is never admitted and never seen by a session.
 
 use std::collections::{BTreeMap, HashMap, HashSet};
 use std::net::SocketAddr;

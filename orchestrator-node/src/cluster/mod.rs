@@ -17,6 +17,9 @@
 //! Loss and return: see [`gateway`]. Auth: a connection whose cookie is wrong is closed by
 //! ractor_cluster during its handshake, before any conclave message is read; the gateway
 //! logs the refusal (`warn`, with the peer address), and no session ever sees that node.
+//! Strangers: every inbound handshake (TLS, then cookie) runs on its own under a 5 s deadline
+//! (see `conclave_agent::cluster::node::start_node`), so silent or garbage connections cannot
+//! delay an honest node. Impersonation: see [`gateway`] (link keys, certificate names).
 
 pub mod gateway;
 
