@@ -6,7 +6,8 @@
 #   DIR/NAME.crt, DIR/NAME.key    one per NAME: subjectAltName NAME (a DNS name or an IP),
 #                                 usable as server and client certificate
 # Give the orchestrator's certificate the name agent nodes use in `--join` (or pass them
-# `--tls-server-name`). An existing CA in DIR is reused, so nodes can be added later.
+# `--tls-server-name`), and each agent node's certificate its `--name`: the orchestrator
+# refuses a node whose certificate is not issued for the name it joins with. An existing CA in DIR is reused, so nodes can be added later.
 # Example: deploy/gen-tls.sh tls orchestrator agent-1 agent-2 agent-3
 set -euo pipefail
 

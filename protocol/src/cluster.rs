@@ -15,6 +15,16 @@
 //!   re-spawned agent (after its node came back) gets a new one; reports of an older
 //!   incarnation are dropped, so an answer is never applied twice and the coordinator can
 //!   forget the old sequence numbers on purpose.
+//! - **Who sent it.** ractor_cluster delivers a cast without saying which connection it came
+//!   over, so a name inside a frame proves nothing. When the orchestrator admits a node it
+//!   issues it a random 64-bit *link key* in [`ToHost::Welcome`], sent only over that node's own
+//!   connection (TLS-encrypted when TLS is on). Every later frame of the node carries it, and the
+//!   orchestrator takes the sender to be the node it issued that key to: a report, a spawn
+//!   answer or an exit is accepted only for an agent placed on that node. A key dies with its
+//!   link. Incarnation numbers are random too, so one cannot be guessed from another.
+//! - Bench-only messages (`Echo`, `Flood`) exist only with the `bench` feature, which only the
+//!   cluster bench turns on; they are the last variants, so the others encode the same either
+//!   way, and a production node drops them as undecodable.
 //! - Heartbeats go both ways (see `heartbeat` in the agent-node crate): a half-open TCP link is
 //!   only found by a message that stops arriving.
 //! - Frame size: ractor_cluster wraps our frame in its own protobuf frame, so its inbound limit
@@ -41,7 +51,7 @@ pub fn host_group(instance: u64) -> String {
 }
 
 /// The version of this cluster protocol; a node with another version is refused.
-pub const CLUSTER_PROTOCOL_VERSION: u32 = 1;
+pub const CLUSTER_PROTOCOL_VERSION: u32 = 2;
 
 /// What ractor_cluster adds around one of our frames (node message, target pid, variant
 /// name, length prefix). Generous: the real overhead is a few dozen bytes.
@@ -96,8 +106,11 @@ pub enum ToHost {
     /// The hello was accepted; heartbeats start.
     Welcome {
         orchestrator: String,
+        /// The node's link key: every later frame of the node carries it.
+        link: u64,
     },
-    /// The hello was refused (protocol mismatch); the node should not retry as it is.
+    /// The hello was refused (protocol mismatch, a live node of that name, a certificate
+    /// issued for another name); the node should not retry as it is.
     Refused {
         reason: String,
     },
@@ -114,12 +127,14 @@ pub enum ToHost {
         session: SessionId,
     },
     /// Send `payload` straight back (link round-trip measurements).
+    #[cfg(feature = "bench")]
     Echo {
         nonce: u64,
         payload: Envelope<AgentReport>,
     },
     /// Send `count` copies of `template` as reports of `agent`/`incarnation`, numbered from
     /// `first_seq`, as fast as possible (throughput measurements of the report path).
+    #[cfg(feature = "bench")]
     Flood {
         agent: u32,
         incarnation: u64,
@@ -129,17 +144,18 @@ pub enum ToHost {
     },
 }
 
-/// Agent node → orchestrator.
+/// Agent node → orchestrator. Every message after `Hello` carries the node's `link` key (see
+/// the module docs).
 #[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
 pub enum ToOrchestrator {
     Hello(NodeHello),
     Heartbeat {
-        node: String,
-        instance: u64,
+        link: u64,
     },
     /// The answer to [`ToHost::Spawn`]: `error` says why the agent could not start (a missing
-    /// API key on this node, a backend that cannot work).
+    /// API key on this node, a provider the node's operator does not allow).
     Spawned {
+        link: u64,
         session: SessionId,
         agent: u32,
         incarnation: u64,
@@ -147,17 +163,20 @@ pub enum ToOrchestrator {
     },
     /// An agent's report; the envelope names the session and the sender.
     Report {
+        link: u64,
         agent: u32,
         incarnation: u64,
         envelope: Envelope<AgentReport>,
     },
     /// A hosted agent died on its own (not stopped by the session).
     AgentExited {
+        link: u64,
         session: SessionId,
         agent: u32,
         incarnation: u64,
         reason: String,
     },
+    #[cfg(feature = "bench")]
     EchoReply {
         nonce: u64,
         payload: Envelope<AgentReport>,
@@ -172,6 +191,7 @@ mod tests {
     #[test]
     fn frames_round_trip_and_fit_the_transport_limit() {
         let report = ToOrchestrator::Report {
+            link: 42,
             agent: 1,
             incarnation: 7,
             envelope: Envelope {

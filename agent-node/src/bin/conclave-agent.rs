@@ -7,6 +7,11 @@
 //! CONCLAVE_COOKIE=... conclave-agent --join 127.0.0.1:7420 --name gpu-1
 //! ```
 //!
+//! The agent specs come from the orchestrator, but the calls go out with this node's keys, so
+//! the node's operator decides which providers they may reach: the hosted presets' default
+//! URLs with their own keys, plus every `--allow-base-url PREFIX` and `--allow-key-env VAR`
+//! (see `conclave_protocol::trust`). Anything else is refused before a provider is called.
+//!
 //! It keeps reconnecting (bounded exponential backoff) while it runs, and exits cleanly on
 //! SIGTERM or Ctrl-C. Exit codes: 0 stopped by a signal, 1 usage or configuration error (bad
 //! flags, no cookie, unreadable TLS files), 2 runtime failure (cannot listen, the node
@@ -26,6 +31,7 @@ use conclave_agent::cluster::host::{AgentHost, HostMsg, HostOptions};
 use conclave_agent::cluster::node::{NodeOptions, new_instance, unique_node_name};
 use conclave_agent::cluster::security::{COOKIE_ENV, Cookie, Tls, TlsFiles, server_name};
 use conclave_agent::telemetry;
+use conclave_protocol::trust::ProviderAllowList;
 
 #[derive(Parser, Debug)]
 #[command(
@@ -67,6 +73,14 @@ struct Args {
     /// The longest wait between two reconnection attempts, in milliseconds.
     #[arg(long, value_name = "MS", default_value_t = 5000, value_parser = clap::value_parser!(u64).range(100..=600_000))]
     reconnect_max_ms: u64,
+    /// Let agents placed here call base URLs under this prefix (repeatable; e.g. a local vLLM
+    /// at http://127.0.0.1:8000/v1). Without it, only the hosted presets' default URLs.
+    #[arg(long, value_name = "PREFIX")]
+    allow_base_url: Vec<String>,
+    /// Let agents placed here read this key variable (repeatable); the presets' key variables
+    /// are always allowed.
+    #[arg(long, value_name = "VAR")]
+    allow_key_env: Vec<String>,
     /// More logging on stderr (-v debug). RUST_LOG overrides.
     #[arg(long, short = 'v', action = clap::ArgAction::Count)]
     verbose: u8,
@@ -109,6 +123,21 @@ fn options(args: &Args) -> anyhow::Result<HostOptions> {
         Duration::from_millis(args.heartbeat_deadline_ms),
     )
     .map_err(anyhow::Error::msg)?;
+    let mut allow = ProviderAllowList::presets();
+    for prefix in &args.allow_base_url {
+        anyhow::ensure!(
+            !prefix.trim().is_empty(),
+            "--allow-base-url needs a URL prefix (e.g. http://127.0.0.1:8000/v1)"
+        );
+        allow.allow_base_url(prefix.clone());
+    }
+    for var in &args.allow_key_env {
+        anyhow::ensure!(
+            !var.is_empty() && var.chars().all(|c| c.is_ascii_alphanumeric() || c == '_'),
+            "--allow-key-env {var:?}: a variable name uses letters, digits and '_'"
+        );
+        allow.allow_key_env(var.clone());
+    }
     let cwd = std::env::current_dir().context("cannot read the current directory")?;
     let instance = new_instance();
     Ok(HostOptions {
@@ -129,6 +158,7 @@ fn options(args: &Args) -> anyhow::Result<HostOptions> {
         },
         join_timeout: Duration::from_secs(10),
         env: Arc::new(NodeEnv::from_process_and_dotenv(&cwd)),
+        allow,
     })
 }
 

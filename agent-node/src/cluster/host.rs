@@ -20,6 +20,13 @@
 //!   long as the process runs. The backoff resets once a connection is welcomed.
 //! - **Stale events.** Every attempt has a generation number; results and events of an older
 //!   attempt or session are ignored, so a late "disconnected" never tears down a newer link.
+//! - **Provider allow-list.** An agent spec comes from the orchestrator, not from this node's
+//!   operator, yet runs with this node's keys. Every spec is checked against
+//!   [`HostOptions::allow`] (the presets plus the operator's `--allow-base-url` and
+//!   `--allow-key-env`) before a backend is built; a refusal is the agent's spawn error, which
+//!   the orchestrator shows, and no provider is called.
+//! - **Link key.** The `Welcome` carries the node's link key; every later frame carries it
+//!   (see `conclave_protocol::cluster`).
 //! - **Agents that die on their own** (a crash past the agent's own supervision) are reported
 //!   as `AgentExited`; agents stopped by the session (`Stop`, `EndSession`) are not.
 
@@ -31,6 +38,7 @@ use conclave_protocol::cluster::{
     CLUSTER_PROTOCOL_VERSION, HOST_GROUP, NodeHello, ORCHESTRATOR_GROUP, SCOPE, SpawnAgent, ToHost,
     ToOrchestrator, host_group,
 };
+use conclave_protocol::trust::ProviderAllowList;
 use conclave_protocol::{AgentReport, Envelope, SessionId};
 use ractor::pg::GroupChangeMessage;
 use ractor::{Actor, ActorCell, ActorId, ActorProcessingErr, ActorRef, SupervisionEvent};
@@ -66,6 +74,8 @@ pub struct HostOptions {
     /// From connection to `Welcome`.
     pub join_timeout: Duration,
     pub env: Arc<NodeEnv>,
+    /// Which providers this node's operator lets the orchestrator's agent specs call.
+    pub allow: ProviderAllowList,
 }
 
 /// Messages of the host.
@@ -118,6 +128,8 @@ pub struct HostState {
     session: Option<NodeServerSessionInformation>,
     authenticated: bool,
     gateway: Option<OrchestratorInbox>,
+    /// The link key of the current link (from `Welcome`).
+    link: u64,
     hello_sent: bool,
     liveness: Liveness,
     agents: HashMap<(SessionId, u32), Hosted>,
@@ -155,6 +167,7 @@ impl AgentHost {
             session.actor.stop(Some(reason.to_owned()));
         }
         state.gateway = None;
+        state.link = 0;
         state.hello_sent = false;
         state.authenticated = false;
         let delay = Self::schedule_retry(myself, state);
@@ -288,6 +301,12 @@ impl AgentHost {
             state.by_actor.remove(&old.actor.get_id());
             old.actor.kill();
         }
+        if let Err(refusal) = state.opts.allow.check(&request.spec.backend) {
+            return Some(format!(
+                "node `{}` does not allow this provider: {refusal}",
+                state.opts.name
+            ));
+        }
         let connect_ms = request.limits.connect_timeout_ms.max(1);
         let http = match state.http.get(&connect_ms) {
             Some(client) => client.clone(),
@@ -346,9 +365,10 @@ impl AgentHost {
 
     async fn on_frame(myself: &ActorRef<HostMsg>, state: &mut HostState, frame: ToHost) {
         match frame {
-            ToHost::Welcome { orchestrator } => {
+            ToHost::Welcome { orchestrator, link } => {
                 if matches!(state.phase, Phase::Connecting { .. }) {
                     state.phase = Phase::Joined;
+                    state.link = link;
                     state.failures = 0;
                     state.liveness = Liveness::new(Instant::now(), state.opts.heartbeat.deadline);
                     info!(
@@ -374,6 +394,7 @@ impl AgentHost {
                 Self::send(
                     state,
                     ToOrchestrator::Spawned {
+                        link: state.link,
                         session,
                         agent,
                         incarnation,
@@ -413,9 +434,11 @@ impl AgentHost {
                     }
                 }
             }
+            #[cfg(feature = "bench")]
             ToHost::Echo { nonce, payload } => {
                 Self::send(state, ToOrchestrator::EchoReply { nonce, payload });
             }
+            #[cfg(feature = "bench")]
             ToHost::Flood {
                 agent,
                 incarnation,
@@ -429,6 +452,7 @@ impl AgentHost {
                     if !Self::send(
                         state,
                         ToOrchestrator::Report {
+                            link: state.link,
                             agent,
                             incarnation,
                             envelope,
@@ -469,9 +493,11 @@ impl Actor for AgentHost {
         info!(
             node = %opts.name,
             orchestrator = %opts.join,
-            listen = %opts.node.listen,
+            listen = %node.listen,
             tls = opts.node.tls.is_some(),
-            provider_keys = ?opts.env.provider_key_names(),
+            provider_keys = %opts.env.provider_key_names().join(", "),
+            allowed_base_urls = %opts.allow.base_url_prefixes().collect::<Vec<_>>().join(", "),
+            allowed_key_envs = %opts.allow.key_envs().collect::<Vec<_>>().join(", "),
             "agent node started"
         );
         myself.send_interval(opts.heartbeat.interval, || HostMsg::Tick);
@@ -486,6 +512,7 @@ impl Actor for AgentHost {
             session: None,
             authenticated: false,
             gateway: None,
+            link: 0,
             hello_sent: false,
             liveness: Liveness::new(Instant::now(), deadline),
             agents: HashMap::new(),
@@ -557,13 +584,7 @@ impl Actor for AgentHost {
                             ),
                         );
                     } else {
-                        Self::send(
-                            state,
-                            ToOrchestrator::Heartbeat {
-                                node: state.opts.name.clone(),
-                                instance: state.opts.instance,
-                            },
-                        );
+                        Self::send(state, ToOrchestrator::Heartbeat { link: state.link });
                     }
                 }
                 Phase::Connecting { since } if since.elapsed() > state.opts.join_timeout => {
@@ -589,6 +610,7 @@ impl Actor for AgentHost {
                     Self::send(
                         state,
                         ToOrchestrator::Report {
+                            link: state.link,
                             agent,
                             incarnation,
                             envelope,
@@ -637,6 +659,7 @@ impl Actor for AgentHost {
                 Self::send(
                     state,
                     ToOrchestrator::AgentExited {
+                        link: state.link,
                         session: key.0,
                         agent: key.1,
                         incarnation: hosted.incarnation,

@@ -213,6 +213,50 @@ pub fn server_name(host: &str) -> Result<ServerName<'static>, SecurityError> {
     ServerName::try_from(host.to_owned()).map_err(|_| SecurityError::ServerName(host.to_owned()))
 }
 
+/// Says in words why an inbound TLS handshake failed (for the refusal in the log).
+pub fn describe_tls_error(error: &std::io::Error) -> String {
+    use rustls::{CertificateError, Error};
+    let Some(tls) = error.get_ref().and_then(|e| e.downcast_ref::<Error>()) else {
+        return match error.kind() {
+            std::io::ErrorKind::UnexpectedEof => {
+                "the peer closed the connection during the handshake".to_owned()
+            }
+            _ => format!("connection error: {error}"),
+        };
+    };
+    match tls {
+        Error::NoCertificatesPresented => {
+            "no client certificate: the peer presented none (start the node with --tls-cert, --tls-key and --tls-ca)".to_owned()
+        }
+        Error::InvalidCertificate(CertificateError::UnknownIssuer)
+        | Error::InvalidCertificate(CertificateError::BadSignature) => {
+            "wrong CA: the peer's certificate is not signed by this cluster's CA (--tls-ca)".to_owned()
+        }
+        Error::InvalidCertificate(CertificateError::Expired)
+        | Error::InvalidCertificate(CertificateError::ExpiredContext { .. }) => {
+            "the peer's certificate has expired".to_owned()
+        }
+        Error::InvalidMessage(_) | Error::InappropriateHandshakeMessage { .. } | Error::InappropriateMessage { .. } => {
+            "not TLS: the peer does not speak TLS (a node started without --tls-*?) or sent garbage".to_owned()
+        }
+        other => format!("TLS error: {other}"),
+    }
+}
+
+/// Whether a (CA-verified) node certificate is issued for `name`: one of its DNS names (SAN)
+/// equals it. The common name is not read: WebPKI trusts only the SAN.
+pub fn certificate_names(cert: &CertificateDer<'_>, name: &str) -> bool {
+    let Ok(server_name) = ServerName::try_from(name) else {
+        return false;
+    };
+    match webpki::EndEntityCert::try_from(cert) {
+        Ok(end_entity) => end_entity
+            .verify_is_valid_for_subject_name(&server_name)
+            .is_ok(),
+        Err(_) => false,
+    }
+}
+
 #[cfg(test)]
 mod tests {
     use super::*;

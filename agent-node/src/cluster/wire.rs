@@ -93,10 +93,7 @@ mod tests {
 
     #[test]
     fn frames_serialize_to_codec_bytes_and_bad_bytes_are_refused() {
-        let message = Frame(ToOrchestrator::Heartbeat {
-            node: "gpu-1".into(),
-            instance: 9,
-        });
+        let message = Frame(ToOrchestrator::Heartbeat { link: 9 });
         let serialized = message.clone().serialize().unwrap();
         let SerializedMessage::Cast { variant, args, .. } = &serialized else {
             panic!("a frame is a cast");
@@ -104,10 +101,7 @@ mod tests {
         assert_eq!(variant, FRAME_VARIANT);
         assert_eq!(
             decode::<ToOrchestrator>(args).unwrap(),
-            ToOrchestrator::Heartbeat {
-                node: "gpu-1".into(),
-                instance: 9
-            }
+            ToOrchestrator::Heartbeat { link: 9 }
         );
         assert_eq!(
             Frame::<ToOrchestrator>::deserialize(serialized).unwrap(),

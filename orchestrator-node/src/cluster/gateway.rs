@@ -7,9 +7,21 @@
 //!
 //! Choices, and why:
 //! - **Admission.** A node is admitted on its `Hello` (after ractor_cluster accepted its
-//!   cookie). A hello under a name already admitted replaces the earlier node (a restarted or
-//!   reconnected node is the same machine coming back); the earlier one is treated as lost.
-//!   A node speaking another cluster protocol version is refused with a reason.
+//!   cookie, and TLS its certificate). The hello's sender is the node session its inbox lives
+//!   on (the pg group of its instance), never a name in the hello. A hello under the name of a
+//!   node that is still joined is *refused* — a second process cannot evict a live node by
+//!   claiming its name — unless it comes from the same process (same random instance number)
+//!   over a new connection, which replaces the old link. A restarted node is admitted once its
+//!   previous life is lost (heartbeat deadline). With TLS, the node's certificate (verified
+//!   against the CA by conclave's acceptor) must be issued for the node's name (a DNS SAN equal
+//!   to `--name`); otherwise the node is refused and the log names both. A node speaking
+//!   another cluster protocol version is refused with a reason.
+//! - **Sender of a frame.** ractor_cluster does not tell an actor which connection a cast came
+//!   over. The gateway issues every admitted node a random link key in its `Welcome` (over that
+//!   node's connection only) and takes the sender of a frame to be the node that holds the
+//!   frame's key: a report, spawn answer or exit is accepted only for an agent placed on that
+//!   node, and a heartbeat only keeps that node alive. Frames with an unknown key are dropped.
+//!   Incarnation numbers are random, so one node cannot guess another's.
 //! - **Loss.** A node is lost when its heartbeats stop past the deadline, when its inbox leaves
 //!   the `hosts` pg group, or when its node session closes, whichever comes first. Its node
 //!   session is then torn down (a half-open link would otherwise linger), and every live agent
@@ -21,9 +33,11 @@
 //!   one is dropped here, so nothing is applied twice, and the coordinator can forget the
 //!   agent's old sequence numbers on purpose. What the lost incarnation had in flight is lost,
 //!   and the journal says so (`agent_lost`, `agent_failed`).
-//! - **Refusals.** A connection that fails ractor_cluster's cookie handshake is logged at
-//!   `warn` with the peer address (and the name it claimed), never admitted, and never seen by
-//!   a session.
+//! - **Refusals.** A connection that fails its TLS handshake, or does not finish it or the
+//!   cookie handshake within 5 s, is dropped and logged by the node layer
+//!   (`conclave_agent::cluster::node`); one that fails ractor_cluster's cookie handshake or
+//!   closes before authenticating is logged here. Each log line is a `warn` naming the peer
+//!   address and the reason; such a peer is never admitted and never seen by a session.
 
 use std::collections::{BTreeMap, HashMap, HashSet};
 use std::net::SocketAddr;
@@ -31,14 +45,17 @@ use std::net::SocketAddr;
 use conclave_agent::cluster::heartbeat::{HeartbeatConfig, Liveness};
 use conclave_agent::cluster::inbox::spawn_inbox;
 use conclave_agent::cluster::node::{self, NodeEvent, NodeHandle};
+use conclave_agent::cluster::security::certificate_names;
 use conclave_agent::cluster::wire::{HostInbox, send_to_host};
+#[cfg(feature = "bench")]
+use conclave_protocol::AgentReport;
 use conclave_protocol::cluster::TurnLimits;
 use conclave_protocol::cluster::{
     CLUSTER_PROTOCOL_VERSION, HOST_GROUP, NodeHello, ORCHESTRATOR_GROUP, SCOPE, SpawnAgent, ToHost,
     ToOrchestrator, host_group,
 };
 use conclave_protocol::config::AgentSpec;
-use conclave_protocol::{AgentReport, CoordinatorCommand, Envelope, SessionId};
+use conclave_protocol::{CoordinatorCommand, Envelope, SessionId};
 use ractor::pg::GroupChangeMessage;
 use ractor::{Actor, ActorId, ActorProcessingErr, ActorRef, SupervisionEvent};
 use ractor_cluster::NodeId;
@@ -86,11 +103,13 @@ pub enum GatewayMsg {
     EndSession {
         session: SessionId,
     },
+    #[cfg(feature = "bench")]
     Echo {
         node: String,
         payload: Envelope<AgentReport>,
         reply: oneshot::Sender<Envelope<AgentReport>>,
     },
+    #[cfg(feature = "bench")]
     Flood {
         agent: u32,
         first_seq: u64,
@@ -113,6 +132,8 @@ struct Joined {
     info: NodeInfo,
     host: HostInbox,
     node_id: NodeId,
+    /// The link key issued in `Welcome`.
+    link: u64,
     liveness: Liveness,
 }
 
@@ -161,9 +182,27 @@ pub struct GatewayState {
     peers: HashMap<ActorId, Peer>,
     sessions_by_node: HashMap<NodeId, NodeServerSessionInformation>,
     routes: HashMap<SessionId, Route>,
-    next_incarnation: u64,
+    /// Link key → node name.
+    links: HashMap<u64, String>,
+    /// Hellos that arrived before their node session's `Authenticated` event (the event and
+    /// the frame travel separate paths); handled when the event comes.
+    early_hellos: HashMap<NodeId, NodeHello>,
+    /// Whether the cluster runs mutual TLS (then certificate names are checked).
+    tls: bool,
+    #[cfg(feature = "bench")]
     next_nonce: u64,
+    #[cfg(feature = "bench")]
     echoes: HashMap<u64, oneshot::Sender<Envelope<AgentReport>>>,
+}
+
+/// A random number that is never 0 (incarnations and link keys; 0 means "none").
+fn random_nonzero() -> u64 {
+    loop {
+        let n: u64 = rand::random();
+        if n != 0 {
+            return n;
+        }
+    }
 }
 
 /// The gateway actor.
@@ -193,8 +232,12 @@ impl GatewayState {
     }
 
     fn incarnation(&mut self) -> u64 {
-        self.next_incarnation += 1;
-        self.next_incarnation
+        random_nonzero()
+    }
+
+    /// The node a link key was issued to.
+    fn sender(&self, link: u64) -> Option<&str> {
+        self.links.get(&link).map(String::as_str)
     }
 
     fn spawn_request(session: &SessionId, agent: u32, placed: &Placed) -> ToHost {
@@ -212,6 +255,7 @@ impl GatewayState {
         let Some(joined) = self.joined.remove(name) else {
             return;
         };
+        self.links.remove(&joined.link);
         warn!(node = %name, %reason, "agent node lost");
         self.publish();
         if let Some(session) = self.sessions_by_node.get(&joined.node_id) {
@@ -268,15 +312,43 @@ impl GatewayState {
             ActorId::Remote { node_id, .. } => node_id,
             ActorId::Local(_) => return,
         };
+        if !self.sessions_by_node.contains_key(&node_id) {
+            self.early_hellos.insert(node_id, hello);
+            return;
+        }
         let host: HostInbox = ActorRef::from(cell);
+        let peer_addr = self
+            .sessions_by_node
+            .get(&node_id)
+            .map(|s| s.peer_addr.clone())
+            .unwrap_or_default();
+        let refuse = |reason: String| {
+            warn!(node = %hello.name, peer = %peer_addr, %reason, "node refused");
+            let _ = send_to_host(&host, ToHost::Refused { reason });
+        };
+        if self.tls {
+            match self.node.peer_certificates.get(&peer_addr) {
+                Some(cert) if certificate_names(&cert, &hello.name) => {}
+                Some(_) => {
+                    return refuse(format!(
+                        "certificate name mismatch: the node calls itself `{}` but its TLS certificate is not issued for that name (its DNS subject alternative name must equal --name)",
+                        hello.name
+                    ));
+                }
+                None => {
+                    return refuse(format!(
+                        "no verified client certificate on the connection of node `{}`",
+                        hello.name
+                    ));
+                }
+            }
+        }
         if hello.protocol != CLUSTER_PROTOCOL_VERSION {
             let reason = format!(
                 "cluster protocol {} is not this orchestrator's {CLUSTER_PROTOCOL_VERSION}; run the same conclave version on every node",
                 hello.protocol
             );
-            warn!(node = %hello.name, version = %hello.version, %reason, "node refused");
-            let _ = send_to_host(&host, ToHost::Refused { reason });
-            return;
+            return refuse(reason);
         }
         if let Some(previous) = self.joined.get(&hello.name) {
             if previous.host.get_id() == host.get_id() {
@@ -284,17 +356,20 @@ impl GatewayState {
                     &host,
                     ToHost::Welcome {
                         orchestrator: env!("CARGO_PKG_VERSION").to_owned(),
+                        link: previous.link,
                     },
                 );
                 return;
             }
-            self.node_lost(&hello.name, "it joined again (restarted or reconnected)");
+            if previous.info.instance != hello.instance {
+                return refuse(format!(
+                    "a node named `{}` is already joined (from {}); stop it or give this node another --name",
+                    hello.name, previous.info.peer_addr
+                ));
+            }
+            self.node_lost(&hello.name, "it reconnected over a new link");
         }
-        let peer_addr = self
-            .sessions_by_node
-            .get(&node_id)
-            .map(|s| s.peer_addr.clone())
-            .unwrap_or_default();
+        let link = random_nonzero();
         info!(
             node = %hello.name,
             peer = %peer_addr,
@@ -306,8 +381,10 @@ impl GatewayState {
             &host,
             ToHost::Welcome {
                 orchestrator: env!("CARGO_PKG_VERSION").to_owned(),
+                link,
             },
         );
+        self.links.insert(link, hello.name.clone());
         self.joined.insert(
             hello.name.clone(),
             Joined {
@@ -319,6 +396,7 @@ impl GatewayState {
                 },
                 host,
                 node_id,
+                link,
                 liveness: Liveness::new(Instant::now(), self.heartbeat.deadline),
             },
         );
@@ -336,8 +414,7 @@ impl GatewayState {
             }
             for (&agent, placed) in &mut route.agents {
                 if placed.node == name && placed.link == Link::Down {
-                    self.next_incarnation += 1;
-                    placed.incarnation = self.next_incarnation;
+                    placed.incarnation = random_nonzero();
                     placed.link = Link::Spawning { rejoin: true };
                     info!(%session, agent = %placed.spec.id, node = %name, "offering the returning node its agent back");
                     requests.push(Self::spawn_request(session, agent, placed));
@@ -351,6 +428,7 @@ impl GatewayState {
 
     fn on_spawned(
         &mut self,
+        sender: &str,
         session: SessionId,
         agent: u32,
         incarnation: u64,
@@ -362,7 +440,7 @@ impl GatewayState {
         let Some(placed) = route.agents.get_mut(&agent) else {
             return;
         };
-        if placed.incarnation != incarnation {
+        if placed.incarnation != incarnation || placed.node != sender {
             return;
         }
         let Link::Spawning { rejoin } = placed.link else {
@@ -400,13 +478,29 @@ impl GatewayState {
         }
     }
 
+    /// Takes the sender of a frame from its link key; frames with an unknown key are dropped.
     fn on_frame(&mut self, frame: ToOrchestrator) {
+        let link = match &frame {
+            ToOrchestrator::Hello(hello) => return self.on_hello(hello.clone()),
+            ToOrchestrator::Heartbeat { link }
+            | ToOrchestrator::Spawned { link, .. }
+            | ToOrchestrator::Report { link, .. }
+            | ToOrchestrator::AgentExited { link, .. } => *link,
+            #[cfg(feature = "bench")]
+            ToOrchestrator::EchoReply { nonce, payload } => {
+                if let Some(reply) = self.echoes.remove(nonce) {
+                    let _ = reply.send(payload.clone());
+                }
+                return;
+            }
+        };
+        let Some(sender) = self.sender(link).map(str::to_owned) else {
+            debug!("cluster frame with an unknown link key dropped");
+            return;
+        };
         match frame {
-            ToOrchestrator::Hello(hello) => self.on_hello(hello),
-            ToOrchestrator::Heartbeat { node, instance } => {
-                if let Some(joined) = self.joined.get_mut(&node)
-                    && joined.info.instance == instance
-                {
+            ToOrchestrator::Heartbeat { .. } => {
+                if let Some(joined) = self.joined.get_mut(&sender) {
                     joined.liveness.saw(Instant::now());
                 }
             }
@@ -415,13 +509,27 @@ impl GatewayState {
                 agent,
                 incarnation,
                 error,
-            } => self.on_spawned(session, agent, incarnation, error),
+                ..
+            } => self.on_spawned(&sender, session, agent, incarnation, error),
             ToOrchestrator::Report {
                 agent,
                 incarnation,
                 envelope,
+                ..
             } => {
                 let route = self.routes.get(&envelope.session);
+                let placed = route.and_then(|r| r.agents.get(&agent));
+                if let Some(placed) = placed
+                    && placed.node != sender
+                {
+                    warn!(
+                        node = %sender,
+                        agent = %placed.spec.id,
+                        host = %placed.node,
+                        "report for an agent this node does not host dropped"
+                    );
+                    return;
+                }
                 let current = route.and_then(|r| {
                     let placed = r.agents.get(&agent)?;
                     (placed.incarnation == incarnation && placed.link == Link::Live)
@@ -446,6 +554,7 @@ impl GatewayState {
                 agent,
                 incarnation,
                 reason,
+                ..
             } => {
                 let Some(route) = self.routes.get_mut(&session) else {
                     return;
@@ -453,7 +562,10 @@ impl GatewayState {
                 let Some(placed) = route.agents.get_mut(&agent) else {
                     return;
                 };
-                if placed.incarnation == incarnation && placed.link == Link::Live {
+                if placed.node == sender
+                    && placed.incarnation == incarnation
+                    && placed.link == Link::Live
+                {
                     placed.link = Link::Down;
                     if let Some(coordinator) = &route.coordinator {
                         let _ = coordinator.send_message(CoordinatorMsg::AgentDown {
@@ -463,11 +575,9 @@ impl GatewayState {
                     }
                 }
             }
-            ToOrchestrator::EchoReply { nonce, payload } => {
-                if let Some(reply) = self.echoes.remove(&nonce) {
-                    let _ = reply.send(payload);
-                }
-            }
+            ToOrchestrator::Hello(_) => {}
+            #[cfg(feature = "bench")]
+            ToOrchestrator::EchoReply { .. } => {}
         }
     }
 
@@ -490,18 +600,24 @@ impl GatewayState {
                     peer.authenticated = true;
                 }
                 info!(peer = %info.peer_addr, "node connection authenticated");
-                self.sessions_by_node.insert(info.node_id, info);
+                let node_id = info.node_id;
+                self.sessions_by_node.insert(node_id, info);
+                if let Some(hello) = self.early_hellos.remove(&node_id) {
+                    self.on_hello(hello);
+                }
             }
             NodeEvent::Ready(_) => {}
             NodeEvent::Disconnected(info) => {
+                self.node.peer_certificates.remove(&info.peer_addr);
+                self.early_hellos.remove(&info.node_id);
                 if let Some(peer) = self.peers.remove(&info.actor.get_id())
                     && !peer.authenticated
                     && !peer.refusal_logged
                 {
                     warn!(
                         peer = %peer.addr,
-                        claimed_name = ?info.peer_name.as_ref().map(|n| n.name.clone()),
-                        "refused a node connection: it closed before authenticating"
+                        claimed_name = %info.peer_name.as_ref().map(|n| n.name.as_str()).unwrap_or("(none)"),
+                        "refused a node connection: it closed before authenticating (not a conclave node, garbage, or an early close)"
                     );
                 }
                 let lost: Vec<String> = self
@@ -528,6 +644,10 @@ impl GatewayState {
         let Some(peer) = self.peers.get_mut(&id) else {
             return;
         };
+        if !peer.authenticated && reason.as_deref() == Some(node::AUTH_TIMEOUT_REASON) {
+            // The node layer has logged the refusal already.
+            peer.refusal_logged = true;
+        }
         if !peer.authenticated && reason.as_deref() == Some("auth_fail") {
             peer.refusal_logged = true;
             warn!(
@@ -597,8 +717,12 @@ impl Actor for Gateway {
             peers: HashMap::new(),
             sessions_by_node: HashMap::new(),
             routes: HashMap::new(),
-            next_incarnation: 0,
+            links: HashMap::new(),
+            early_hellos: HashMap::new(),
+            tls: args.tls,
+            #[cfg(feature = "bench")]
             next_nonce: 0,
+            #[cfg(feature = "bench")]
             echoes: HashMap::new(),
         })
     }
@@ -728,6 +852,7 @@ impl Actor for Gateway {
                     }
                 }
             }
+            #[cfg(feature = "bench")]
             GatewayMsg::Echo {
                 node,
                 payload,
@@ -739,6 +864,7 @@ impl Actor for Gateway {
                     state.echoes.insert(nonce, reply);
                 }
             }
+            #[cfg(feature = "bench")]
             GatewayMsg::Flood {
                 agent,
                 first_seq,
@@ -818,5 +944,237 @@ impl Actor for Gateway {
     ) -> Result<(), ActorProcessingErr> {
         state.node.server.stop(Some("gateway stopped".into()));
         Ok(())
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    //! The gateway's sender checks, on its state directly: two joined nodes with their link
+    //! keys, one agent placed on the first, and frames that claim to be about that agent.
+
+    use std::sync::Arc;
+
+    use conclave_agent::cluster::inbox::spawn_inbox;
+    use conclave_agent::cluster::node::{NodeOptions, start_node};
+    use conclave_agent::cluster::security::Cookie;
+    use conclave_protocol::config::{BackendOptions, BackendSpec, WireFormat};
+    use conclave_protocol::{AgentReport, StreamChunk, TraceContext, TurnId};
+    use tokio::sync::mpsc;
+
+    use super::*;
+
+    const LINK_A: u64 = 0x1111;
+    const LINK_B: u64 = 0x2222;
+    const INCARNATION: u64 = 0x5eed;
+
+    /// Forwards what the coordinator would get to the test.
+    struct Recorder;
+
+    impl Actor for Recorder {
+        type Msg = CoordinatorMsg;
+        type State = mpsc::UnboundedSender<CoordinatorMsg>;
+        type Arguments = mpsc::UnboundedSender<CoordinatorMsg>;
+
+        async fn pre_start(
+            &self,
+            _myself: ActorRef<CoordinatorMsg>,
+            tx: Self::Arguments,
+        ) -> Result<Self::State, ActorProcessingErr> {
+            Ok(tx)
+        }
+
+        async fn handle(
+            &self,
+            _myself: ActorRef<CoordinatorMsg>,
+            message: CoordinatorMsg,
+            tx: &mut Self::State,
+        ) -> Result<(), ActorProcessingErr> {
+            let _ = tx.send(message);
+            Ok(())
+        }
+    }
+
+    fn spec() -> AgentSpec {
+        AgentSpec {
+            id: "alpha".into(),
+            backend: BackendSpec {
+                wire: WireFormat::OpenAiChat,
+                provider: "sim".into(),
+                model: "m".into(),
+                base_url: "http://127.0.0.1:9/v1".into(),
+                api_key_env: None,
+                temperature: None,
+                top_p: None,
+                max_tokens: None,
+                extra_body: None,
+                max_retries: 0,
+                options: BackendOptions::default(),
+            },
+            system_message: None,
+            node: Some("node-a".into()),
+        }
+    }
+
+    fn report(session: &SessionId, link: u64) -> ToOrchestrator {
+        ToOrchestrator::Report {
+            link,
+            agent: 0,
+            incarnation: INCARNATION,
+            envelope: Envelope {
+                session: session.clone(),
+                sender: "alpha".into(),
+                seq: 1,
+                trace: TraceContext::default(),
+                body: AgentReport::Chunk {
+                    turn: TurnId(1),
+                    chunk: StreamChunk::Content { text: "hi".into() },
+                },
+            },
+        }
+    }
+
+    async fn state_with_two_nodes(
+        session: &SessionId,
+    ) -> (GatewayState, mpsc::UnboundedReceiver<CoordinatorMsg>) {
+        let node = start_node(&NodeOptions {
+            node_name: "gateway-test".into(),
+            listen: "127.0.0.1:0".parse().unwrap(),
+            cookie: Cookie::new("gateway-test-cookie").unwrap(),
+            tls: None,
+        })
+        .await
+        .unwrap();
+        let (tx, rx) = mpsc::unbounded_channel();
+        let (coordinator, _) = Actor::spawn(None, Recorder, tx).await.unwrap();
+        let (nodes_tx, _) = watch::channel(BTreeMap::new());
+        let mut state = GatewayState {
+            node,
+            heartbeat: HeartbeatConfig::default(),
+            nodes_tx,
+            joined: HashMap::new(),
+            peers: HashMap::new(),
+            sessions_by_node: HashMap::new(),
+            routes: HashMap::new(),
+            links: HashMap::new(),
+            early_hellos: HashMap::new(),
+            tls: false,
+            #[cfg(feature = "bench")]
+            next_nonce: 0,
+            #[cfg(feature = "bench")]
+            echoes: HashMap::new(),
+        };
+        for (name, link, node_id) in [("node-a", LINK_A, 1), ("node-b", LINK_B, 2)] {
+            let host =
+                spawn_inbox::<ToHost>(coordinator.get_cell(), &[], Arc::new(|_frame: ToHost| true))
+                    .await
+                    .unwrap();
+            state.joined.insert(
+                name.into(),
+                Joined {
+                    info: NodeInfo {
+                        instance: link,
+                        version: "test".into(),
+                        provider_keys: Vec::new(),
+                        peer_addr: String::new(),
+                    },
+                    host,
+                    node_id,
+                    link,
+                    liveness: Liveness::new(Instant::now(), Duration::from_secs(60)),
+                },
+            );
+            state.links.insert(link, name.into());
+        }
+        let mut agents = HashMap::new();
+        agents.insert(
+            0,
+            Placed {
+                node: "node-a".into(),
+                spec: spec(),
+                limits: TurnLimits {
+                    max_workflow_retries: 0,
+                    turn_timeout_ms: 1000,
+                    stall_timeout_ms: 1000,
+                    connect_timeout_ms: 1000,
+                    max_restarts: 0,
+                    restart_window_ms: 1000,
+                },
+                incarnation: INCARNATION,
+                link: Link::Live,
+                untold_loss: None,
+            },
+        );
+        state.routes.insert(
+            session.clone(),
+            Route {
+                coordinator: Some(coordinator),
+                agents,
+                placing: None,
+            },
+        );
+        (state, rx)
+    }
+
+    use std::time::Duration;
+
+    async fn next(rx: &mut mpsc::UnboundedReceiver<CoordinatorMsg>) -> Option<CoordinatorMsg> {
+        tokio::time::timeout(Duration::from_millis(300), rx.recv())
+            .await
+            .ok()
+            .flatten()
+    }
+
+    #[tokio::test]
+    async fn a_report_is_accepted_only_from_the_node_that_hosts_the_agent() {
+        let session = SessionId("s".into());
+        let (mut state, mut rx) = state_with_two_nodes(&session).await;
+        // node-b knows the agent and its incarnation, and sends with its own valid link key.
+        state.on_frame(report(&session, LINK_B));
+        // A key nobody was issued.
+        state.on_frame(report(&session, 0x3333));
+        assert!(
+            next(&mut rx).await.is_none(),
+            "an impersonated report got through"
+        );
+        // node-b cannot take node-a's agent down either.
+        state.on_frame(ToOrchestrator::AgentExited {
+            link: LINK_B,
+            session: session.clone(),
+            agent: 0,
+            incarnation: INCARNATION,
+            reason: "forged".into(),
+        });
+        assert!(next(&mut rx).await.is_none(), "a forged exit got through");
+        assert_eq!(state.routes[&session].agents[&0].link, Link::Live);
+        // The hosting node's report goes through.
+        state.on_frame(report(&session, LINK_A));
+        assert!(matches!(
+            next(&mut rx).await,
+            Some(CoordinatorMsg::Report(_))
+        ));
+    }
+
+    #[tokio::test]
+    async fn a_heartbeat_keeps_alive_only_the_node_its_key_was_issued_to() {
+        let session = SessionId("s".into());
+        let (mut state, _rx) = state_with_two_nodes(&session).await;
+        tokio::time::sleep(Duration::from_millis(20)).await;
+        state.on_frame(ToOrchestrator::Heartbeat { link: LINK_B });
+        let now = Instant::now();
+        let silent_a = state.joined["node-a"].liveness.silent_for(now);
+        let silent_b = state.joined["node-b"].liveness.silent_for(now);
+        assert!(silent_b < silent_a, "node-b's key refreshed node-b only");
+    }
+
+    #[test]
+    fn incarnations_and_link_keys_are_random_and_never_zero() {
+        let draws: Vec<u64> = (0..64).map(|_| random_nonzero()).collect();
+        assert!(draws.iter().all(|&n| n != 0));
+        let distinct: HashSet<u64> = draws.iter().copied().collect();
+        assert_eq!(distinct.len(), draws.len());
+        assert!(
+            draws.windows(2).all(|w| w[1] != w[0].wrapping_add(1)),
+            "sequential numbers"
+        );
     }
 }

@@ -17,6 +17,9 @@
 //! Loss and return: see [`gateway`]. Auth: a connection whose cookie is wrong is closed by
 //! ractor_cluster during its handshake, before any conclave message is read; the gateway
 //! logs the refusal (`warn`, with the peer address), and no session ever sees that node.
+//! Strangers: every inbound handshake (TLS, then cookie) runs on its own under a 5 s deadline
+//! (see `conclave_agent::cluster::node::start_node`), so silent or garbage connections cannot
+//! delay an honest node. Impersonation: see [`gateway`] (link keys, certificate names).
 
 pub mod gateway;
 
@@ -27,9 +30,11 @@ use std::time::Duration;
 use conclave_agent::cluster::heartbeat::HeartbeatConfig;
 use conclave_agent::cluster::node::{NodeOptions, new_instance, start_node, unique_node_name};
 use conclave_agent::cluster::security::{Cookie, Tls};
+#[cfg(feature = "bench")]
+use conclave_protocol::AgentReport;
 use conclave_protocol::cluster::TurnLimits;
 use conclave_protocol::config::AgentSpec;
-use conclave_protocol::{AgentReport, CoordinatorCommand, Envelope, SessionId};
+use conclave_protocol::{CoordinatorCommand, Envelope, SessionId};
 use ractor::ActorRef;
 use tokio::sync::{oneshot, watch};
 
@@ -108,7 +113,7 @@ impl Cluster {
         })
         .await?;
         let (nodes_tx, nodes) = watch::channel(BTreeMap::new());
-        let listen = options.listen;
+        let listen = node.listen;
         let (gateway, _) = ractor::Actor::spawn(
             None,
             Gateway,
@@ -224,7 +229,8 @@ impl Cluster {
         });
     }
 
-    /// Sends `payload` to `node` and waits for it to come back (link round trip).
+    /// Sends `payload` to `node` and waits for it to come back (link round trip; bench only).
+    #[cfg(feature = "bench")]
     pub async fn echo(
         &self,
         node: &str,
@@ -243,7 +249,8 @@ impl Cluster {
     }
 
     /// Asks the node of placed agent `agent` (of `template.session`) to send `count` copies
-    /// of `template` as that agent's reports (see `ToHost::Flood`).
+    /// of `template` as that agent's reports (see `ToHost::Flood`; bench only).
+    #[cfg(feature = "bench")]
     pub fn flood(&self, agent: u32, first_seq: u64, count: u32, template: Envelope<AgentReport>) {
         let _ = self.gateway.send_message(GatewayMsg::Flood {
             agent,

@@ -14,8 +14,10 @@
 //! * **Vote round trip**: a `Decided { Vote }` report travels orchestrator → node → orchestrator
 //!   through the gateway and the node's host (`--round-trips` times, one at a time); p50/p99.
 //!
-//! Build in release first:
-//! `cargo build --release --workspace --bins && target/release/conclave-cluster-bench`.
+//! The bench's messages (`Echo`, `Flood`) exist only with the `bench` feature, which release
+//! builds never turn on; build the bench and an agent node that answers it together:
+//! `cargo build --release --features conclave-tests/bench -p conclave-agent -p conclave-tests
+//! && target/release/conclave-cluster-bench`.
 
 use std::collections::BTreeMap;
 use std::sync::Arc;
@@ -128,7 +130,12 @@ async fn main() -> anyhow::Result<()> {
             &listen,
             name,
             &cookie_file,
-            &["--reconnect-max-ms", "300"],
+            &[
+                "--reconnect-max-ms",
+                "300",
+                "--allow-base-url",
+                &sim.base_url(),
+            ],
             &[],
         )?);
     }

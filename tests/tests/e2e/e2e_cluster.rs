@@ -10,7 +10,10 @@
 //!   address, and the session fails after the join timeout naming the node;
 //! * a node frozen past the heartbeat deadline (SIGSTOP, a half-open link) is lost, then comes
 //!   back (SIGCONT), rejoins the running session, and no answer is applied twice;
-//! * the same session over mutual TLS (when `openssl` is installed to make the certificates).
+//! * the same session over mutual TLS, each node's certificate issued for its name (openssl
+//!   makes the certificates; without it the test is skipped, except under `CI=true`).
+//!
+//! Strangers, impostors and allow-lists: see `e2e_cluster_hardening`.
 //!
 //! Build first (`cargo test --workspace` does it):
 //! `cargo build -p conclave -p conclave-agent && cargo test -p conclave-tests --test e2e e2e_cluster::`
@@ -28,22 +31,22 @@ use conclave_tests::{
 };
 use serde_json::Value;
 
-const COOKIE: &str = "conclave-e2e-cluster-cookie";
-const SECRET: &str = "sk-conclave-cluster-secret-7777";
+pub(crate) const COOKIE: &str = "conclave-e2e-cluster-cookie";
+pub(crate) const SECRET: &str = "sk-conclave-cluster-secret-7777";
 /// Every process is killed past this.
-const DEADLINE: Duration = Duration::from_secs(90);
+pub(crate) const DEADLINE: Duration = Duration::from_secs(90);
 /// Agent nodes retry quickly: the orchestrator may start listening a moment after them.
-const FAST_RECONNECT: &[&str] = &["--reconnect-max-ms", "300"];
+pub(crate) const FAST_RECONNECT: &[&str] = &["--reconnect-max-ms", "300"];
 
-struct Setup {
-    dir: tempfile::TempDir,
-    port: u16,
-    cookie: PathBuf,
-    sim: SimServer,
+pub(crate) struct Setup {
+    pub(crate) dir: tempfile::TempDir,
+    pub(crate) port: u16,
+    pub(crate) cookie: PathBuf,
+    pub(crate) sim: SimServer,
 }
 
 impl Setup {
-    async fn new() -> Setup {
+    pub(crate) async fn new() -> Setup {
         let sim = start_sim(8, 5).await.expect("sim provider starts");
         let dir = tempfile::tempdir().unwrap();
         let cookie = dir.path().join("cookie");
@@ -56,22 +59,22 @@ impl Setup {
         }
     }
 
-    fn join(&self) -> String {
+    pub(crate) fn join(&self) -> String {
         format!("127.0.0.1:{}", self.port)
     }
 
-    fn write_config(&self, yaml: &str) -> PathBuf {
+    pub(crate) fn write_config(&self, yaml: &str) -> PathBuf {
         let path = self.dir.path().join("cluster.yaml");
         std::fs::write(&path, yaml).unwrap();
         path
     }
 
-    fn session_dir(&self, id: &str) -> PathBuf {
+    pub(crate) fn session_dir(&self, id: &str) -> PathBuf {
         self.dir.path().join("sessions").join(id)
     }
 
     /// Starts the orchestrator for one session.
-    fn orchestrator(&self, config: &Path, session: &str, extra: &[&str]) -> Running {
+    pub(crate) fn orchestrator(&self, config: &Path, session: &str, extra: &[&str]) -> Running {
         let bin = workspace_bin("conclave").expect("conclave binary");
         let mut command = Command::new(bin);
         command
@@ -97,8 +100,11 @@ impl Setup {
         Running::start(&mut command).expect("orchestrator starts")
     }
 
-    fn node(&self, name: &str, extra: &[&str]) -> Running {
+    /// An agent node whose operator allows the simulator's URL (the only provider here).
+    pub(crate) fn node(&self, name: &str, extra: &[&str]) -> Running {
+        let base = self.sim.base_url();
         let mut flags = FAST_RECONNECT.to_vec();
+        flags.extend_from_slice(&["--allow-base-url", &base]);
         flags.extend_from_slice(extra);
         start_agent_node(
             &self.join(),
@@ -112,7 +118,7 @@ impl Setup {
 }
 
 /// Waits for a process off the async runtime.
-async fn wait(running: Running, deadline: Duration) -> Finished {
+pub(crate) async fn wait(running: Running, deadline: Duration) -> Finished {
     tokio::task::spawn_blocking(move || running.wait(deadline))
         .await
         .expect("waiter thread")
@@ -120,13 +126,13 @@ async fn wait(running: Running, deadline: Duration) -> Finished {
 }
 
 /// Stops an agent node with SIGTERM: it must exit cleanly (0) and promptly.
-async fn stop_node(node: Running) -> Finished {
+pub(crate) async fn stop_node(node: Running) -> Finished {
     node.signal(libc::SIGTERM).expect("SIGTERM delivered");
     let deadline = node.elapsed() + Duration::from_secs(10);
     wait(node, deadline).await
 }
 
-fn strip_ansi(text: &str) -> String {
+pub(crate) fn strip_ansi(text: &str) -> String {
     let mut out = String::with_capacity(text.len());
     let mut chars = text.chars();
     while let Some(c) = chars.next() {
@@ -164,7 +170,7 @@ fn assert_no_duplicate_answers(journal: &[Value]) {
     assert_eq!(unique.len(), labels.len(), "duplicate answers: {labels:?}");
 }
 
-fn explain(run: &Finished) -> String {
+pub(crate) fn explain(run: &Finished) -> String {
     format!(
         "exit {:?}\nstdout:\n{}\nstderr:\n{}",
         run.code,
@@ -485,85 +491,141 @@ async fn a_frozen_node_is_lost_at_the_heartbeat_deadline_and_rejoins() {
     assert_no_duplicate_answers(&journal);
 }
 
-/// Makes a CA and one node certificate (server and client use, for 127.0.0.1) with openssl.
-fn make_certificates(dir: &Path) -> Option<()> {
-    let run = |args: &[&str]| -> Option<()> {
-        let status = Command::new("openssl")
-            .args(args)
-            .current_dir(dir)
-            .stdout(std::process::Stdio::null())
-            .stderr(std::process::Stdio::null())
-            .status()
+/// Test certificates made with `openssl` in one directory: the cluster CA (`ca.pem`), a
+/// second CA that is not the cluster's (`wrong-ca.pem`), and leaf certificates for server
+/// and client use. The orchestrator's is issued for 127.0.0.1 (the host of `--join`); a
+/// node's for its name (a DNS subject alternative name), as the orchestrator requires.
+pub(crate) struct Certs {
+    dir: PathBuf,
+}
+
+impl Certs {
+    /// Makes the CAs, `orchestrator` and one certificate per name in `nodes` (signed by the
+    /// cluster CA) and per name in `wrong_ca_nodes` (signed by the other CA). `None` when
+    /// openssl is missing: see [`certificates`].
+    fn make(dir: &Path, nodes: &[&str], wrong_ca_nodes: &[&str]) -> Option<Certs> {
+        let run = |args: &[&str]| -> Option<()> {
+            let status = Command::new("openssl")
+                .args(args)
+                .current_dir(dir)
+                .stdout(std::process::Stdio::null())
+                .stderr(std::process::Stdio::null())
+                .status()
+                .ok()?;
+            status.success().then_some(())
+        };
+        let ec = [
+            "-newkey",
+            "ec",
+            "-pkeyopt",
+            "ec_paramgen_curve:prime256v1",
+            "-nodes",
+        ];
+        for ca in ["ca", "wrong-ca"] {
+            let (key, pem, subject) = (
+                format!("{ca}.key"),
+                format!("{ca}.pem"),
+                format!("/CN=conclave-test-{ca}"),
+            );
+            let mut args = vec!["req", "-x509"];
+            args.extend_from_slice(&ec);
+            args.extend_from_slice(&[
+                "-keyout", &key, "-out", &pem, "-days", "2", "-subj", &subject,
+            ]);
+            run(&args)?;
+        }
+        let leaf = |name: &str, san: &str, ca: &str| -> Option<()> {
+            let ext = format!("{name}.cnf");
+            std::fs::write(
+                dir.join(&ext),
+                format!(
+                    "subjectAltName={san}\nbasicConstraints=CA:FALSE\nkeyUsage=digitalSignature\nextendedKeyUsage=serverAuth,clientAuth\n"
+                ),
+            )
             .ok()?;
-        status.success().then_some(())
-    };
-    std::fs::write(
-        dir.join("ext.cnf"),
-        "subjectAltName=IP:127.0.0.1,DNS:localhost\nbasicConstraints=CA:FALSE\nkeyUsage=digitalSignature\nextendedKeyUsage=serverAuth,clientAuth\n",
-    )
-    .ok()?;
-    let ec = [
-        "-newkey",
-        "ec",
-        "-pkeyopt",
-        "ec_paramgen_curve:prime256v1",
-        "-nodes",
-    ];
-    let mut ca = vec!["req", "-x509"];
-    ca.extend_from_slice(&ec);
-    ca.extend_from_slice(&[
-        "-keyout",
-        "ca.key",
-        "-out",
-        "ca.pem",
-        "-days",
-        "2",
-        "-subj",
-        "/CN=conclave-test-ca",
-    ]);
-    run(&ca)?;
-    let mut csr = vec!["req"];
-    csr.extend_from_slice(&ec);
-    csr.extend_from_slice(&[
-        "-keyout", "node.key", "-out", "node.csr", "-subj", "/CN=node",
-    ]);
-    run(&csr)?;
-    run(&[
-        "x509",
-        "-req",
-        "-in",
-        "node.csr",
-        "-CA",
-        "ca.pem",
-        "-CAkey",
-        "ca.key",
-        "-CAcreateserial",
-        "-out",
-        "node.pem",
-        "-days",
-        "2",
-        "-extfile",
-        "ext.cnf",
-    ])
+            let (key, csr, pem, subject) = (
+                format!("{name}.key"),
+                format!("{name}.csr"),
+                format!("{name}.pem"),
+                format!("/CN={name}"),
+            );
+            let mut args = vec!["req"];
+            args.extend_from_slice(&ec);
+            args.extend_from_slice(&["-keyout", &key, "-out", &csr, "-subj", &subject]);
+            run(&args)?;
+            let (ca_pem, ca_key) = (format!("{ca}.pem"), format!("{ca}.key"));
+            run(&[
+                "x509",
+                "-req",
+                "-in",
+                &csr,
+                "-CA",
+                &ca_pem,
+                "-CAkey",
+                &ca_key,
+                "-CAcreateserial",
+                "-out",
+                &pem,
+                "-days",
+                "2",
+                "-extfile",
+                &ext,
+            ])
+        };
+        leaf("orchestrator", "IP:127.0.0.1,DNS:localhost", "ca")?;
+        for name in nodes {
+            leaf(name, &format!("DNS:{name}"), "ca")?;
+        }
+        for name in wrong_ca_nodes {
+            leaf(name, &format!("DNS:{name}"), "wrong-ca")?;
+        }
+        Some(Certs {
+            dir: dir.to_owned(),
+        })
+    }
+
+    pub(crate) fn path(&self, file: &str) -> String {
+        self.dir.join(file).to_string_lossy().into_owned()
+    }
+
+    /// `--tls-cert`, `--tls-key`, `--tls-ca` for the certificate `name` and the cluster CA.
+    pub(crate) fn flags(&self, name: &str) -> Vec<String> {
+        vec![
+            "--tls-cert".into(),
+            self.path(&format!("{name}.pem")),
+            "--tls-key".into(),
+            self.path(&format!("{name}.key")),
+            "--tls-ca".into(),
+            self.path("ca.pem"),
+        ]
+    }
+}
+
+/// The test certificates, or `None` (the test is skipped, saying so) when openssl is not
+/// installed. Under `CI=true` a missing openssl fails the test instead: CI must run it.
+pub(crate) fn certificates(dir: &Path, nodes: &[&str], wrong_ca_nodes: &[&str]) -> Option<Certs> {
+    match Certs::make(dir, nodes, wrong_ca_nodes) {
+        Some(certs) => Some(certs),
+        None if std::env::var("CI").as_deref() == Ok("true") => {
+            panic!("openssl could not make the test certificates, and CI=true: install openssl")
+        }
+        None => {
+            eprintln!("skipped: openssl is not available to make test certificates");
+            None
+        }
+    }
+}
+
+pub(crate) fn as_strs(flags: &[String]) -> Vec<&str> {
+    flags.iter().map(String::as_str).collect()
 }
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn a_session_over_mutual_tls() {
     let setup = Setup::new().await;
-    if make_certificates(setup.dir.path()).is_none() {
-        eprintln!("skipped: openssl is not available to make test certificates");
+    let Some(certs) = certificates(setup.dir.path(), &["tls-a", "tls-b"], &[]) else {
         return;
-    }
-    let path = |name: &str| setup.dir.path().join(name).to_string_lossy().into_owned();
-    let (cert, key, ca) = (path("node.pem"), path("node.key"), path("ca.pem"));
-    let tls = [
-        "--tls-cert",
-        cert.as_str(),
-        "--tls-key",
-        key.as_str(),
-        "--tls-ca",
-        ca.as_str(),
-    ];
+    };
     let base = setup.sim.base_url();
     let config = setup.write_config(&sim_cluster_yaml(
         &base,
@@ -583,9 +645,9 @@ async fn a_session_over_mutual_tls() {
         60,
         30,
     ));
-    let orchestrator = setup.orchestrator(&config, "tls", &tls);
-    let a = setup.node("tls-a", &tls);
-    let b = setup.node("tls-b", &tls);
+    let orchestrator = setup.orchestrator(&config, "tls", &as_strs(&certs.flags("orchestrator")));
+    let a = setup.node("tls-a", &as_strs(&certs.flags("tls-a")));
+    let b = setup.node("tls-b", &as_strs(&certs.flags("tls-b")));
     let run = wait(orchestrator, DEADLINE).await;
     stop_node(a).await;
     stop_node(b).await;

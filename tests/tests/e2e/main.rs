@@ -6,6 +6,7 @@
 
 mod e2e_budget;
 mod e2e_cluster;
+mod e2e_cluster_hardening;
 mod e2e_faults;
 mod e2e_interactive;
 mod e2e_interrupt;
