@@ -23,11 +23,13 @@
 //! when `OTEL_INSTRUMENTATION_GENAI_CAPTURE_MESSAGE_CONTENT=true`. API keys never reach a span.
 
 use std::sync::Arc;
+use std::sync::atomic::{AtomicBool, Ordering};
 use std::time::Duration;
 
+use conclave_protocol::config::WorkflowMode;
 use conclave_protocol::{
-    AgentReport, Decision, SessionId, StreamChunk, TraceContext, TurnError, TurnErrorKind,
-    TurnEvent, TurnMode, TurnSpec,
+    AgentReport, Decision, DecisionHow, SessionId, StreamChunk, TraceContext, TurnError,
+    TurnErrorKind, TurnEvent, TurnMode, TurnSpec,
 };
 use futures::StreamExt;
 use opentelemetry::{Array, StringValue, Value};
@@ -86,7 +88,50 @@ pub struct AgentContext {
     pub outbox: Arc<Outbox>,
     pub system_message: Option<String>,
     pub settings: TurnSettings,
+    /// How this agent states its decisions; shared by its turns, so an `auto` agent that
+    /// switched to text stays switched.
+    pub workflow: WorkflowState,
 }
+
+/// An agent's workflow mode (`workflow:` in its config) and, for `auto`, whether it has
+/// switched to the text protocol.
+#[derive(Debug, Default)]
+pub struct WorkflowState {
+    configured: WorkflowMode,
+    switched_to_text: AtomicBool,
+}
+
+impl WorkflowState {
+    pub fn new(configured: WorkflowMode) -> Self {
+        WorkflowState {
+            configured,
+            switched_to_text: AtomicBool::new(false),
+        }
+    }
+
+    /// Whether the next turn decides through the text protocol.
+    pub fn uses_text(&self) -> bool {
+        match self.configured {
+            WorkflowMode::Text => true,
+            WorkflowMode::Tools => false,
+            WorkflowMode::Auto => self.switched_to_text.load(Ordering::Relaxed),
+        }
+    }
+
+    /// Whether a turn that ignored the tools moves this agent to text.
+    fn may_switch(&self) -> bool {
+        self.configured == WorkflowMode::Auto && !self.uses_text()
+    }
+
+    fn switch_to_text(&self) {
+        self.switched_to_text.store(true, Ordering::Relaxed);
+    }
+}
+
+/// The least text (non-whitespace characters) a turn must have written to be kept as an
+/// implicit answer when it made no decision: below it, the "answer" is a stray word or an
+/// apology, not work worth keeping.
+pub const MIN_IMPLICIT_ANSWER_CHARS: usize = 10;
 
 /// The turn worker actor.
 pub struct TurnWorker;
@@ -273,53 +318,167 @@ async fn run_turn(
                 content: output.text,
             })
         }
-        TurnMode::Coordinate => {
-            let mut request = ChatRequest {
-                messages: workflow::coordination_messages(spec, own_system),
-                tools: workflow::workflow_tools(spec),
-                tool_choice: ToolChoice::Auto,
-            };
-            let mut last_problem = None;
-            for attempt in 0..=context.settings.max_workflow_retries {
-                let output = call_with_retries(spec, context, session, &request).await?;
-                match workflow::parse_decision(spec, &output.tool_calls) {
-                    Ok(decision) => {
-                        record_tool_call(&output, &decision);
-                        return Ok(AgentReport::Decided {
-                            turn: spec.turn,
-                            decision,
-                            seen_revision: spec.revision,
-                        });
-                    }
-                    Err(problem) => {
-                        debug!(agent = %context.agent_id, turn = %spec.turn, code = problem.code(), "invalid workflow call");
-                        if attempt < context.settings.max_workflow_retries {
-                            context.outbox.send(AgentReport::TurnEvent {
-                                turn: spec.turn,
-                                event: TurnEvent::CorrectiveRetry {
-                                    attempt: attempt + 1,
-                                    problem: problem.to_string(),
-                                },
-                            });
-                            workflow::correction(&mut request.messages, spec, &output, &problem);
-                        }
-                        last_problem = Some(problem);
-                    }
-                }
+        TurnMode::Coordinate => coordinate(spec, context, session).await,
+    }
+}
+
+/// A coordination turn: ask, read the decision (a workflow call, or a marked line in text
+/// mode), and on a turn without a valid decision ask again with a corrective message, at most
+/// `max_workflow_retries` times.
+///
+/// Models that do not call tools (see `workflow::text`):
+/// - `workflow: auto` starts with tools. A reply with no tool call at all is the model
+///   ignoring them: if its text holds a marked decision, that decision counts; either way the
+///   agent switches to text for the rest of the session (reported, and journaled by the
+///   coordinator), and the turn goes on in text.
+/// - After the last retry, a turn that wrote at least [`MIN_IMPLICIT_ANSWER_CHARS`] of text
+///   while it was allowed to answer keeps its longest text as a new answer (an *implicit*
+///   answer), unless the agent already has a current answer: its work is then already in,
+///   and answering again on every turn would restart the others forever. An agent that has
+///   answers to vote for but made no decision abstains; only an agent with nothing to vote
+///   for and nothing written fails the turn.
+async fn coordinate(
+    spec: &TurnSpec,
+    context: &AgentContext,
+    session: &SessionId,
+) -> Result<AgentReport, CallError> {
+    let own_system = context.system_message.as_deref();
+    let mut text_mode = context.workflow.uses_text();
+    let mut request = if text_mode {
+        text_request(spec, own_system)
+    } else {
+        ChatRequest {
+            messages: workflow::coordination_messages(spec, own_system),
+            tools: workflow::workflow_tools(spec),
+            tool_choice: ToolChoice::Auto,
+        }
+    };
+    let decided = |decision: Decision, how: DecisionHow| AgentReport::Decided {
+        turn: spec.turn,
+        decision,
+        seen_revision: spec.revision,
+        how,
+    };
+    let mut last_problem = None;
+    // The longest text the model wrote; kept as an implicit answer if nothing else comes.
+    let mut longest_text = String::new();
+    for attempt in 0..=context.settings.max_workflow_retries {
+        let output = call_with_retries(spec, context, session, &request).await?;
+        if output.text.trim().len() > longest_text.trim().len() {
+            longest_text = output.text.clone();
+        }
+        let problem = if text_mode {
+            match workflow::text::parse_text_decision(spec, &output.text) {
+                Ok(decision) => return Ok(decided(decision, DecisionHow::Text)),
+                Err(problem) => problem,
             }
-            let problem = last_problem.map(|p| p.to_string()).unwrap_or_default();
-            Ok(AgentReport::TurnFailed {
+        } else {
+            match workflow::parse_decision(spec, &output.tool_calls) {
+                Ok(decision) => {
+                    record_tool_call(&output, &decision);
+                    return Ok(decided(decision, DecisionHow::Tool));
+                }
+                Err(problem) => problem,
+            }
+        };
+        debug!(agent = %context.agent_id, turn = %spec.turn, code = problem.code(), text_mode, "no valid decision");
+        if !text_mode && output.tool_calls.is_empty() && context.workflow.may_switch() {
+            // The model ignored the tools: text from now on, for this turn and the next.
+            context.workflow.switch_to_text();
+            text_mode = true;
+            context.outbox.send(AgentReport::TurnEvent {
                 turn: spec.turn,
-                error: TurnError {
-                    kind: TurnErrorKind::InvalidDecision,
-                    message: format!(
-                        "no valid workflow call after {} corrective retries: {problem}",
-                        context.settings.max_workflow_retries
+                event: TurnEvent::WorkflowSwitched {
+                    to: WorkflowMode::Text,
+                    reason: format!(
+                        "the model answered without calling a workflow tool ({problem})"
                     ),
                 },
-            })
+            });
+            let problem = match workflow::text::parse_text_decision(spec, &output.text) {
+                Ok(decision) => return Ok(decided(decision, DecisionHow::Text)),
+                Err(problem) => problem,
+            };
+            request = text_request(spec, own_system);
+            if attempt < context.settings.max_workflow_retries {
+                corrective_retry(context, spec, attempt, &problem);
+                workflow::text_correction(&mut request.messages, spec, &output, &problem);
+            }
+            last_problem = Some(problem);
+            continue;
         }
+        if attempt < context.settings.max_workflow_retries {
+            corrective_retry(context, spec, attempt, &problem);
+            if text_mode {
+                workflow::text_correction(&mut request.messages, spec, &output, &problem);
+            } else {
+                workflow::correction(&mut request.messages, spec, &output, &problem);
+            }
+        }
+        last_problem = Some(problem);
     }
+    let problem = last_problem.map(|p| p.to_string()).unwrap_or_default();
+    let written = longest_text.trim();
+    let has_own_answer = spec
+        .answers
+        .iter()
+        .any(|answer| answer.label.agent == spec.self_number);
+    let substantial =
+        written.chars().filter(|c| !c.is_whitespace()).count() >= MIN_IMPLICIT_ANSWER_CHARS;
+    if spec.may_answer && !has_own_answer && substantial {
+        return Ok(decided(
+            Decision::NewAnswer {
+                content: written.to_owned(),
+            },
+            DecisionHow::Implicit,
+        ));
+    }
+    if !spec.answers.is_empty() {
+        return Ok(decided(
+            Decision::Abstain {
+                reason: format!(
+                    "no valid decision after {} corrective retries: {problem}",
+                    context.settings.max_workflow_retries
+                ),
+            },
+            DecisionHow::Implicit,
+        ));
+    }
+    Ok(AgentReport::TurnFailed {
+        turn: spec.turn,
+        error: TurnError {
+            kind: TurnErrorKind::InvalidDecision,
+            message: format!(
+                "no valid decision and no answer after {} corrective retries: {problem}",
+                context.settings.max_workflow_retries
+            ),
+        },
+    })
+}
+
+/// A text-protocol coordination request: no tools, the text rules.
+fn text_request(spec: &TurnSpec, own_system: Option<&str>) -> ChatRequest {
+    ChatRequest {
+        messages: workflow::text_coordination_messages(spec, own_system),
+        tools: Vec::new(),
+        tool_choice: ToolChoice::None,
+    }
+}
+
+/// Tells the coordinator that the model is asked again, and why.
+fn corrective_retry(
+    context: &AgentContext,
+    spec: &TurnSpec,
+    attempt: u32,
+    problem: &workflow::DecisionProblem,
+) {
+    context.outbox.send(AgentReport::TurnEvent {
+        turn: spec.turn,
+        event: TurnEvent::CorrectiveRetry {
+            attempt: attempt + 1,
+            problem: problem.to_string(),
+        },
+    });
 }
 
 /// One provider call with the retry policy around it. Partial output of a failed attempt is

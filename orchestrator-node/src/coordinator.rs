@@ -36,8 +36,8 @@ use std::sync::Arc;
 use std::time::{Duration, Instant};
 
 use conclave_protocol::{
-    AgentReport, CoordinatorCommand, Envelope, SequenceTracker, SessionId, StreamChunk, TaskSpec,
-    Usage,
+    AgentReport, CoordinatorCommand, Decision, DecisionHow, Envelope, SequenceTracker, SessionId,
+    StreamChunk, TaskSpec, Usage,
 };
 use ractor::{Actor, ActorProcessingErr, ActorRef};
 use tokio::sync::oneshot;
@@ -535,6 +535,20 @@ impl CoordinatorState {
                     reason,
                 }
             }
+            Event::Abstained {
+                agent,
+                turn,
+                revision,
+                reason,
+            } => {
+                info!(agent = %self.agent_name(agent), %turn, revision, "abstained");
+                JournalEvent::Abstained {
+                    agent: self.agent_name(agent),
+                    turn: turn.0,
+                    revision,
+                    reason,
+                }
+            }
             Event::VoteDiscarded {
                 agent,
                 label,
@@ -752,12 +766,16 @@ impl CoordinatorState {
                 turn,
                 decision,
                 seen_revision,
+                how,
             } => {
                 self.record(JournalEvent::DecisionReceived {
                     agent: name.to_string(),
                     turn: turn.0,
                     seen_revision,
+                    implicit: how == DecisionHow::Implicit
+                        && matches!(decision, Decision::NewAnswer { .. }),
                     decision: decision.clone(),
+                    how,
                 });
                 self.apply(Input::Decided {
                     agent,

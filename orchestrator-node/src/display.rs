@@ -20,8 +20,8 @@ use std::sync::Arc;
 use std::sync::mpsc;
 use std::thread::JoinHandle;
 
-use conclave_protocol::StreamChunk;
 use conclave_protocol::config::DisplayKind;
+use conclave_protocol::{Decision, DecisionHow, StreamChunk, TurnEvent};
 use serde_json::json;
 
 use crate::journal::JournalEvent;
@@ -397,7 +397,28 @@ impl PlainState {
             // the reason.
             JournalEvent::TurnRestarted { .. } => Ok(()),
             JournalEvent::TurnProgress { agent, event, .. } => {
-                self.note(out, &agent, format_args!("… {event:?}"))
+                self.note(out, &agent, format_args!("… {}", describe_progress(&event)))
+            }
+            JournalEvent::DecisionReceived {
+                agent,
+                decision,
+                how,
+                ..
+            } => match (how, &decision) {
+                (DecisionHow::Text, _) => self.note(
+                    out,
+                    &agent,
+                    format_args!("decided with a text line instead of a tool call"),
+                ),
+                (DecisionHow::Implicit, Decision::NewAnswer { .. }) => self.note(
+                    out,
+                    &agent,
+                    format_args!("made no decision; its text is kept as its answer"),
+                ),
+                _ => Ok(()),
+            },
+            JournalEvent::Abstained { agent, reason, .. } => {
+                self.note(out, &agent, format_args!("○ abstains this round: {reason}"))
             }
             JournalEvent::TurnFailed {
                 agent,
@@ -432,6 +453,30 @@ impl PlainState {
             JournalEvent::Interrupted => self.note(out, "conclave", format_args!("interrupted")),
             _ => Ok(()),
         }
+    }
+}
+
+/// A turn's progress as a sentence for people.
+pub(crate) fn describe_progress(event: &TurnEvent) -> String {
+    match event {
+        TurnEvent::ProviderRetry {
+            attempt,
+            wait_ms,
+            reason,
+        } => format!(
+            "the provider call failed ({reason}); retry {attempt} in {:.1} s",
+            *wait_ms as f64 / 1000.0
+        ),
+        TurnEvent::CorrectiveRetry { attempt, problem } => {
+            format!("no valid decision, asking again (retry {attempt}): {problem}")
+        }
+        TurnEvent::WorkerRestart { attempt, reason } => {
+            format!("the turn crashed and is restarted (restart {attempt}): {reason}")
+        }
+        TurnEvent::WorkflowSwitched { to, reason } => format!(
+            "switches to the {} protocol for the rest of the session: {reason}",
+            to.as_str()
+        ),
     }
 }
 
@@ -479,5 +524,41 @@ mod tests {
             String::from_utf8(out).unwrap(),
             "[alpha] one \n[beta] two\n[alpha] three\n[alpha] four\n"
         );
+    }
+
+    #[test]
+    fn progress_reads_as_sentences_not_debug_text() {
+        let events = [
+            TurnEvent::CorrectiveRetry {
+                attempt: 1,
+                problem: "you did not call a tool".into(),
+            },
+            TurnEvent::ProviderRetry {
+                attempt: 2,
+                wait_ms: 1500,
+                reason: "HTTP 429".into(),
+            },
+            TurnEvent::WorkerRestart {
+                attempt: 1,
+                reason: "stalled".into(),
+            },
+            TurnEvent::WorkflowSwitched {
+                to: conclave_protocol::config::WorkflowMode::Text,
+                reason: "the model answered without calling a workflow tool".into(),
+            },
+        ];
+        let lines: Vec<String> = events.iter().map(describe_progress).collect();
+        assert_eq!(
+            lines[0],
+            "no valid decision, asking again (retry 1): you did not call a tool"
+        );
+        assert_eq!(
+            lines[1],
+            "the provider call failed (HTTP 429); retry 2 in 1.5 s"
+        );
+        assert!(lines[3].starts_with("switches to the text protocol"));
+        for line in &lines {
+            assert!(!line.contains('{') && !line.contains("Retry {"), "{line}");
+        }
     }
 }

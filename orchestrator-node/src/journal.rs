@@ -45,7 +45,7 @@ use std::thread::JoinHandle;
 use std::time::{Instant, SystemTime, UNIX_EPOCH};
 
 use conclave_protocol::config::SessionConfig;
-use conclave_protocol::{Decision, TurnEvent};
+use conclave_protocol::{Decision, DecisionHow, TurnEvent};
 use serde::{Deserialize, Serialize};
 use tokio::sync::oneshot;
 
@@ -133,6 +133,14 @@ pub enum JournalEvent {
         turn: u64,
         seen_revision: u64,
         decision: Decision,
+        /// How the decision was obtained: `tool` (a workflow call), `text` (a marked line of
+        /// the text protocol) or `implicit` (no decision: the turn's text kept as an answer, or
+        /// an abstention). Journals written before this field read as `tool`.
+        #[serde(default)]
+        how: DecisionHow,
+        /// True for an answer kept from a turn that made no decision.
+        #[serde(default, skip_serializing_if = "std::ops::Not::not")]
+        implicit: bool,
     },
     PresentationReceived {
         agent: String,
@@ -163,6 +171,13 @@ pub enum JournalEvent {
         seen_revision: u64,
         revision: u64,
         why: String,
+    },
+    /// The agent made no decision and sits out this revision.
+    Abstained {
+        agent: String,
+        turn: u64,
+        revision: u64,
+        reason: String,
     },
     TurnRestarted {
         agent: String,
@@ -833,6 +848,8 @@ mod tests {
                 decision: Decision::NewAnswer {
                     content: "x\ny".into(),
                 },
+                how: DecisionHow::Tool,
+                implicit: false,
             })
             .unwrap();
         journal.close().unwrap();
@@ -961,6 +978,8 @@ mod tests {
             decision: Decision::NewAnswer {
                 content: "42".into(),
             },
+            how: DecisionHow::Tool,
+            implicit: false,
         }
     }
 

@@ -161,6 +161,7 @@ pub fn load(dir: &Path) -> Result<ResumePlan, ResumeError> {
                 turn,
                 seen_revision,
                 decision,
+                ..
             } => Some(Input::Decided {
                 agent: index_of(&agent)?,
                 turn: conclave_protocol::TurnId(turn),

@@ -30,8 +30,8 @@ use std::time::{Duration, SystemTime, UNIX_EPOCH};
 use conclave_agent::agent::{AgentActor, AgentArgs, AgentMsg};
 use conclave_agent::outbox::{Outbox, ReportSink};
 use conclave_agent::providers::{Backend, ProviderError, http_client};
-use conclave_agent::turn::{AgentContext, TurnSettings};
-use conclave_protocol::config::SessionConfig;
+use conclave_agent::turn::{AgentContext, TurnSettings, WorkflowState};
+use conclave_protocol::config::{SessionConfig, WorkflowMode};
 use conclave_protocol::{CoordinatorCommand, Envelope, SessionId, TaskSpec};
 use ractor::{Actor, ActorCell, ActorProcessingErr, ActorRef, SupervisionEvent};
 use tokio::sync::oneshot;
@@ -498,6 +498,7 @@ async fn drive(
                     id: agent.id.clone(),
                     backend,
                     system_message: agent.system_message.clone(),
+                    workflow: agent.workflow,
                 },
                 (None, Some(cluster)) => PendingAgent::Remote {
                     id: agent.id.clone(),
@@ -551,6 +552,7 @@ enum PendingAgent {
         id: String,
         backend: Arc<Backend>,
         system_message: Option<String>,
+        workflow: WorkflowMode,
     },
     /// Already started on its node; reached through the cluster.
     Remote { id: String, commands: CommandSink },
@@ -599,7 +601,7 @@ impl Actor for SessionSupervisor {
         let mut links = Vec::with_capacity(args.agents.len());
         let mut cells = Vec::with_capacity(args.agents.len());
         for (index, pending) in args.agents.into_iter().enumerate() {
-            let (id, backend, system_message) = match pending {
+            let (id, backend, system_message, workflow) = match pending {
                 PendingAgent::Remote { id, commands } => {
                     links.push(AgentLink {
                         id: id.into(),
@@ -611,7 +613,8 @@ impl Actor for SessionSupervisor {
                     id,
                     backend,
                     system_message,
-                } => (id, backend, system_message),
+                    workflow,
+                } => (id, backend, system_message, workflow),
             };
             let to_coordinator = coordinator.clone();
             let sink: ReportSink = Arc::new(move |envelope| {
@@ -625,6 +628,7 @@ impl Actor for SessionSupervisor {
                 outbox: Arc::new(Outbox::new(session.clone(), id.clone(), sink)),
                 system_message,
                 settings: args.settings.clone(),
+                workflow: WorkflowState::new(workflow),
             });
             let (agent, _) =
                 Actor::spawn_linked(None, AgentActor, AgentArgs { context }, myself.get_cell())

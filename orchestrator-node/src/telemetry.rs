@@ -209,6 +209,20 @@ pub fn session_event(span: &Span, event: &JournalEvent) {
                 text("conclave.reason", why),
             ],
         ),
+        JournalEvent::Abstained {
+            agent: a,
+            turn,
+            revision: r,
+            reason,
+        } => (
+            "conclave.abstained",
+            vec![
+                agent(a),
+                KeyValue::new("conclave.turn", *turn as i64),
+                revision(*r),
+                text("conclave.reason", reason),
+            ],
+        ),
         JournalEvent::VoteRejected {
             agent: a,
             label: l,
@@ -272,6 +286,15 @@ pub fn session_event(span: &Span, event: &JournalEvent) {
                         agent(a),
                         turn,
                         KeyValue::new("conclave.attempt", i64::from(*attempt)),
+                        text("conclave.reason", reason),
+                    ],
+                ),
+                conclave_protocol::TurnEvent::WorkflowSwitched { to, reason } => (
+                    "conclave.workflow.switched",
+                    vec![
+                        agent(a),
+                        turn,
+                        KeyValue::new("conclave.workflow", to.as_str()),
                         text("conclave.reason", reason),
                     ],
                 ),

@@ -101,6 +101,44 @@ pub struct AgentSpec {
     pub system_message: Option<String>,
     /// The agent node this agent runs on; `None` runs it inside the orchestrator process.
     pub node: Option<String>,
+    /// How the agent states its decision: workflow tools, a marked line of text, or tools
+    /// first and text once the model ignores them.
+    pub workflow: WorkflowMode,
+}
+
+/// How an agent states its decision (`workflow:` per agent or backend).
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Hash, Default, Serialize, Deserialize)]
+#[serde(rename_all = "snake_case")]
+pub enum WorkflowMode {
+    /// Only the workflow tools (`new_answer`, `vote`).
+    Tools,
+    /// Only the text protocol: the reply ends with `VOTE: agent2.1 — reason` or
+    /// `NEW ANSWER:` and the answer. For models that cannot call tools.
+    Text,
+    /// Tools first; after the first turn in which the model ignores them, text for the rest
+    /// of the session.
+    #[default]
+    Auto,
+}
+
+impl WorkflowMode {
+    pub fn as_str(self) -> &'static str {
+        match self {
+            WorkflowMode::Tools => "tools",
+            WorkflowMode::Text => "text",
+            WorkflowMode::Auto => "auto",
+        }
+    }
+
+    /// Reads `tools`, `text` or `auto` (ASCII case ignored).
+    pub fn parse(value: &str) -> Option<Self> {
+        match value.trim().to_ascii_lowercase().as_str() {
+            "tools" | "tool" => Some(WorkflowMode::Tools),
+            "text" => Some(WorkflowMode::Text),
+            "auto" => Some(WorkflowMode::Auto),
+            _ => None,
+        }
+    }
 }
 
 /// What happens to in-flight turns when a new answer makes them stale.

@@ -26,7 +26,7 @@ pub mod trust;
 
 pub use chunk::{StreamChunk, ToolCall, Usage};
 pub use codec::{CodecError, MAX_FRAME_BYTES, decode, encode};
-pub use decision::Decision;
+pub use decision::{Decision, DecisionHow};
 pub use ids::{AnswerLabel, LabelParseError, SessionId, TurnId};
 pub use message::{
     AgentReport, CastVote, CoordinatorCommand, Envelope, LabeledAnswer, SequenceTracker, TaskSpec,

@@ -11,7 +11,8 @@ use std::sync::Arc;
 use serde::{Deserialize, Serialize};
 
 use crate::chunk::StreamChunk;
-use crate::decision::Decision;
+use crate::config::WorkflowMode;
+use crate::decision::{Decision, DecisionHow};
 use crate::ids::{AnswerLabel, SessionId, TurnId};
 use crate::trace::TraceContext;
 
@@ -143,6 +144,9 @@ pub enum TurnEvent {
     CorrectiveRetry { attempt: u32, problem: String },
     /// The turn worker crashed and was restarted.
     WorkerRestart { attempt: u32, reason: String },
+    /// The agent (workflow `auto`) ignored the workflow tools; from now on, for the rest of
+    /// the session, it decides through the text protocol.
+    WorkflowSwitched { to: WorkflowMode, reason: String },
 }
 
 /// Agent → coordinator.
@@ -157,6 +161,8 @@ pub enum AgentReport {
         turn: TurnId,
         decision: Decision,
         seen_revision: u64,
+        /// How the decision was read from the model's turn.
+        how: DecisionHow,
     },
     /// A presentation turn finished; `content` is the final answer text.
     Presented {

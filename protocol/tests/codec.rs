@@ -119,6 +119,7 @@ fn every_report() -> Vec<AgentReport> {
                 reason: "best".into(),
             },
             seen_revision: 3,
+            how: conclave_protocol::DecisionHow::Tool,
         },
         AgentReport::Decided {
             turn,
@@ -126,6 +127,7 @@ fn every_report() -> Vec<AgentReport> {
                 content: "42".into(),
             },
             seen_revision: 0,
+            how: conclave_protocol::DecisionHow::Tool,
         },
         AgentReport::Presented {
             turn,
@@ -183,6 +185,7 @@ fn config_round_trips() {
             },
             system_message: None,
             node: Some("gpu-1".into()),
+            workflow: conclave_protocol::config::WorkflowMode::Text,
         }],
         orchestrator: OrchestratorSettings::default(),
         timeouts: TimeoutSettings::default(),
@@ -243,6 +246,7 @@ proptest! {
             turn: TurnId(seq),
             decision: Decision::NewAnswer { content: content.clone() },
             seen_revision: seq,
+            how: conclave_protocol::DecisionHow::Tool,
         });
         sent.sender = question;
         let back: Envelope<AgentReport> = decode(&encode(&sent).unwrap()).unwrap();

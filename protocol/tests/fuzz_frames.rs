@@ -31,7 +31,7 @@ use conclave_fuzz::{cases, peak_growth};
 use conclave_protocol::cluster::{ToHost, ToOrchestrator};
 use conclave_protocol::config::{
     AgentSpec, BackendOptions, BackendSpec, DisplayKind, OrchestratorSettings, RestartPolicy,
-    SessionConfig, TimeoutSettings, WireFormat,
+    SessionConfig, TimeoutSettings, WireFormat, WorkflowMode,
 };
 use conclave_protocol::*;
 use proptest::prelude::*;
@@ -239,6 +239,7 @@ fn report() -> BoxedStrategy<AgentReport> {
                 turn,
                 decision,
                 seen_revision,
+                how: conclave_protocol::DecisionHow::Tool,
             }
         }),
         (turn(), text()).prop_map(|(turn, content)| AgentReport::Presented { turn, content }),
@@ -382,6 +383,7 @@ fn agent() -> impl Strategy<Value = AgentSpec> {
                 },
                 system_message,
                 node,
+                workflow: WorkflowMode::Auto,
             },
         )
 }

@@ -18,6 +18,7 @@
 //! - [`Policy::WrongLabel`] votes for a label that is not offered, and [`Policy::BrokenJson`]
 //!   sends workflow arguments that are not JSON; both behave once the last user message is a
 //!   corrective one ("... was not accepted ..."), the way a real model usually does.
+//!
 //! Voting for the first label makes a session converge on the earliest answer in one round,
 //! which is what the demo and the benches want to measure: the coordination overhead, not
 //! the models' opinions.

@@ -56,6 +56,7 @@ use crate::agent::{AgentActor, AgentArgs, AgentMsg};
 use crate::outbox::{Outbox, ReportSink};
 use crate::providers::{Backend, http_client};
 use crate::turn::AgentContext;
+use crate::turn::WorkflowState;
 
 /// Everything an agent node is started with.
 #[derive(Debug, Clone)]
@@ -344,6 +345,7 @@ impl AgentHost {
             )),
             system_message: request.spec.system_message.clone(),
             settings: settings_from_limits(&request.limits),
+            workflow: WorkflowState::new(request.spec.workflow),
         });
         match Actor::spawn_linked(None, AgentActor, AgentArgs { context }, myself.get_cell()).await
         {

@@ -1012,6 +1012,7 @@ mod tests {
             },
             system_message: None,
             node: Some("node-a".into()),
+            workflow: Default::default(),
         }
     }
 

@@ -346,6 +346,8 @@ pub(crate) fn resolve(
     let options = options::resolve(&mut fields, preset.wire, ctx)?;
     let extra_body = extra_body(&mut fields, preset, ctx)?;
 
+    // Read with the agent (config/session.rs), which decides between its own and this one.
+    let _ = fields.take("workflow");
     fields.finish(massgen::BACKEND, ctx);
 
     Ok(BackendSpec {

@@ -30,12 +30,17 @@
 //!   to quiet; `json` to one JSON event per line. `ui.type`, used by some MassGen example
 //!   configs, is read when `display_type` is absent. `logging_enabled: false` has no effect:
 //!   the session journal is always written (resume depends on it), so it gets a warning.
+//! - `workflow: tools | text | auto` (conclave's own key, per agent or under its `backend:`;
+//!   the agent's wins): how the agent states its decision. `auto` (default) starts with the
+//!   workflow tools and switches the agent to the text protocol after the first turn in which
+//!   the model ignores them; `text` is for models known not to call tools (many small local
+//!   models); `tools` never falls back.
 
 use std::collections::HashMap;
 
 use conclave_protocol::config::{
     AgentSpec, DisplayKind, ModelPrice, OrchestratorSettings, RestartPolicy, SessionConfig,
-    TimeoutSettings,
+    TimeoutSettings, WorkflowMode,
 };
 
 use super::backend;
@@ -186,8 +191,26 @@ fn agent(
     .unwrap_or_else(|| format!("agent{}", index + 1));
 
     let backend_path = fields.child_path("backend");
+    let mut backend_workflow = None;
     let backend = match fields.take("backend") {
-        Some(node) => backend::resolve(node, &backend_path, ctx)?,
+        Some(node) => {
+            // `workflow` may sit under `backend:` too (backend.rs marks it read).
+            if let Node::Map(entries) = node
+                && let Some((_, value)) = entries
+                    .iter()
+                    .find(|(k, v)| k == "workflow" && *v != Node::Null)
+            {
+                let path = format!("{backend_path}.workflow");
+                backend_workflow = Some(workflow_mode(
+                    Field {
+                        node: value,
+                        path: &path,
+                    },
+                    ctx,
+                )?);
+            }
+            backend::resolve(node, &backend_path, ctx)?
+        }
         None => {
             return Err(ctx.missing(
                 &backend_path,
@@ -202,13 +225,25 @@ fn agent(
         f.non_empty_string(ctx, "`node` (the agent node's name)")
     })?;
 
+    let workflow = optional(&mut fields, "workflow", |f| workflow_mode(f, ctx))?
+        .or(backend_workflow)
+        .unwrap_or_default();
+
     fields.finish(massgen::AGENT, ctx);
     Ok(AgentSpec {
         id,
         backend,
         system_message,
         node: node_name,
+        workflow,
     })
+}
+
+/// `workflow: tools | text | auto`.
+fn workflow_mode(f: Field<'_, '_>, ctx: &Ctx<'_>) -> Result<WorkflowMode, ConfigError> {
+    let value = f.non_empty_string(ctx, "`workflow`")?;
+    WorkflowMode::parse(&value)
+        .ok_or_else(|| ctx.invalid_value(f.path, value, "one of tools, text, auto"))
 }
 
 /// The largest `max_cost_usd` accepted: a guard against typos (a missing decimal point).

@@ -92,6 +92,14 @@ pub enum Event {
         revision: u64,
         reason: String,
     },
+    /// The agent made no decision (no valid vote after its corrective retries, and no answer
+    /// to keep): it sits out this revision. Consensus is reached among the agents that decide.
+    Abstained {
+        agent: AgentIndex,
+        turn: TurnId,
+        revision: u64,
+        reason: String,
+    },
     /// A vote decided on an older revision; not the agent's fault, it simply re-decides.
     VoteDiscarded {
         agent: AgentIndex,
@@ -132,7 +140,8 @@ pub enum Event {
         turn: Option<TurnId>,
         why: String,
     },
-    /// Every live agent has voted; `label` (by `winner`) has the most votes.
+    /// Every live agent has voted or abstained; `label` (by `winner`) has the most votes. With
+    /// no vote at all (everyone abstained), the earliest current answer wins with 0 votes.
     ConsensusReached {
         winner: AgentIndex,
         label: AnswerLabel,

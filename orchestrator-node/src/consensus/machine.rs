@@ -53,6 +53,8 @@ struct AgentState {
     /// orders current answers by acceptance for the "first answer wins" rule.
     current_accepted_at: u64,
     vote: Option<VoteRecord>,
+    /// Abstained at the current revision (cleared with the votes).
+    abstained: bool,
     in_flight: Option<InFlight>,
     rejections: u32,
 }
@@ -86,8 +88,10 @@ pub struct Consensus {
     tally: Vec<u32>,
     /// Agents not failed.
     live: u32,
-    /// Live agents with a counted vote; consensus is `live_voted == live`.
+    /// Live agents with a counted vote; consensus is `live_voted + live_abstained == live`.
     live_voted: u32,
+    /// Live agents that abstained at the current revision.
+    live_abstained: u32,
     /// All counted votes, failed voters included.
     votes_counted: u32,
     /// Shared empty vote list for coordination turns.
@@ -110,6 +114,7 @@ impl Consensus {
             last_turn: 0,
             answers: Arc::from(Vec::new()),
             live_voted: 0,
+            live_abstained: 0,
             votes_counted: 0,
             no_votes: Arc::from(Vec::new()),
             outcome: None,
@@ -306,8 +311,48 @@ impl Consensus {
             Decision::Vote { label, reason } => {
                 self.on_vote(agent, in_flight, label, reason, seen_revision, out);
             }
+            Decision::Abstain { reason } => {
+                self.on_abstain(agent, in_flight, reason, seen_revision, out);
+            }
         }
         self.settle(out);
+    }
+
+    /// An abstention counts like a vote for ending the round, but for no answer. One made on
+    /// an older revision is stale (the agent had not seen the latest answers): it re-decides.
+    fn on_abstain(
+        &mut self,
+        agent: AgentIndex,
+        in_flight: InFlight,
+        reason: String,
+        seen_revision: u64,
+        out: &mut Vec<Action>,
+    ) {
+        let turn = in_flight.turn;
+        if seen_revision != in_flight.revision || in_flight.revision < self.revision {
+            self.restart(
+                agent,
+                Some(turn),
+                &format!(
+                    "abstention on revision {seen_revision} discarded: the current revision is {}",
+                    self.revision
+                ),
+                out,
+            );
+            return;
+        }
+        self.uncount_vote(agent);
+        let state = &mut self.agents[agent as usize];
+        if !state.abstained {
+            state.abstained = true;
+            self.live_abstained += 1;
+        }
+        out.push(Action::Record(Event::Abstained {
+            agent,
+            turn,
+            revision: self.revision,
+            reason,
+        }));
     }
 
     fn on_new_answer(
@@ -555,11 +600,19 @@ impl Consensus {
             self.finish_with_best(EndReason::AllAgentsFailed, out);
             return;
         }
-        if self.live_voted < self.live {
+        if self.live_voted + self.live_abstained < self.live {
             return;
         }
-        let Some((winner, votes)) = self.plurality() else {
-            return; // unreachable: every live agent voted, so there are votes
+        // Everyone decided. Without a single vote (all abstained) the earliest current answer
+        // wins, as it would at a timeout.
+        let Some((winner, votes)) = self
+            .plurality()
+            .or_else(|| self.earliest_current_answer().map(|agent| (agent, 0)))
+        else {
+            // Unreachable: an abstention needs answers to exist.
+            out.push(Action::Record(Event::AllAgentsFailed));
+            self.finish_with_best(EndReason::AllAgentsFailed, out);
+            return;
         };
         let label = self.current_label(winner);
         out.push(Action::Record(Event::ConsensusReached {
@@ -743,6 +796,9 @@ impl Consensus {
         if state.vote.is_some() {
             self.live_voted -= 1;
         }
+        if std::mem::take(&mut state.abstained) {
+            self.live_abstained -= 1;
+        }
         out.push(Action::Record(Event::AgentFailed { agent, reason }));
     }
 
@@ -850,6 +906,9 @@ impl Consensus {
             return;
         };
         self.uncount_vote(agent);
+        if std::mem::take(&mut self.agents[agent as usize].abstained) {
+            self.live_abstained -= 1;
+        }
         self.agents[agent as usize].vote = Some(VoteRecord { label, reason });
         self.tally[author as usize] += 1;
         self.votes_counted += 1;
@@ -874,9 +933,11 @@ impl Consensus {
     fn clear_votes(&mut self) {
         for state in &mut self.agents {
             state.vote = None;
+            state.abstained = false;
         }
         self.tally.fill(0);
         self.live_voted = 0;
+        self.live_abstained = 0;
         self.votes_counted = 0;
     }
 

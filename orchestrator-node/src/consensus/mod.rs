@@ -40,6 +40,15 @@
 //! revision the turn was given is treated as invalid (rejected), for votes and answers alike,
 //! since a well-behaved agent only echoes what it was sent.
 //!
+//! **Abstention.** An agent whose turn ended without a decision (a model that neither called
+//! the workflow tools nor wrote a decision line, and had no answer to keep; see the agent
+//! node's turn worker) reports [`Decision::Abstain`](conclave_protocol::Decision). A current
+//! abstention ([`Event::Abstained`]) counts like a vote for ending the round but for no
+//! answer; a stale one (turn given an older revision) restarts the agent like a stale vote. A
+//! new answer clears abstentions with the votes. When every live agent has voted or abstained
+//! and nobody voted, the earliest current answer wins with 0 votes, the same "no votes" rule as
+//! at a timeout: a session in which any agent wrote an answer never ends without one.
+//!
 //! **Rejections.** Each rejected decision counts toward the agent's rejections; an agent whose
 //! rejections exceed `max_rejected_decisions` is failed, otherwise it is restarted (with
 //! `may_answer: false` when it is at a cap). `may_answer` in every coordination turn says whether

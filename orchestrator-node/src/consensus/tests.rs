@@ -571,3 +571,94 @@ fn actions_survive_the_journal() {
     let back: Vec<Action> = serde_json::from_str(&text).expect("deserialize");
     assert_eq!(back, actions);
 }
+
+fn abstain(agent: AgentIndex, plan: &TurnPlan) -> Input {
+    Input::Decided {
+        agent,
+        turn: plan.turn,
+        decision: Decision::Abstain {
+            reason: "no valid decision".into(),
+        },
+        seen_revision: plan.revision,
+    }
+}
+
+/// Two agents answer; the third abstains instead of voting: consensus among the voters.
+#[test]
+fn an_abstaining_agent_does_not_block_consensus_among_the_others() {
+    let mut m = machine_with(3, |c| c.skip_final_presentation = true);
+    let start = m.handle(Input::Start);
+    let a0 = started(&start, 0);
+    let after = m.handle(answer(0, &a0, "first"));
+    let (p0, p1, p2) = (started(&after, 0), started(&after, 1), started(&after, 2));
+    assert!(finished(&m.handle(vote(0, &p0, label(1, 1)))).is_none());
+    let abstained = m.handle(abstain(2, &p2));
+    assert!(matches!(
+        events(&abstained)[0],
+        Event::Abstained {
+            agent: 2,
+            revision: 1,
+            ..
+        }
+    ));
+    assert!(
+        finished(&abstained).is_none(),
+        "agent 1 has not decided yet"
+    );
+    let end = m.handle(vote(1, &p1, label(1, 1)));
+    let outcome = finished(&end).expect("every live agent voted or abstained");
+    assert_eq!(outcome.reason, EndReason::Consensus);
+    assert_eq!(outcome.winner, Some((0, label(1, 1))));
+    assert_eq!(outcome.votes.len(), 2);
+}
+
+/// Nobody votes: the earliest answer wins (the "no votes" rule), at once, with 0 votes.
+#[test]
+fn when_everyone_abstains_the_earliest_answer_wins() {
+    let mut m = machine_with(2, |c| c.skip_final_presentation = true);
+    let start = m.handle(Input::Start);
+    let first = m.handle(answer(1, &started(&start, 1), "from agent 2"));
+    let (p0, p1) = (started(&first, 0), started(&first, 1));
+    assert!(finished(&m.handle(abstain(0, &p0))).is_none());
+    let end = m.handle(abstain(1, &p1));
+    assert!(end.iter().any(|a| matches!(
+        a,
+        Action::Record(Event::ConsensusReached {
+            winner: 1,
+            votes: 0,
+            ..
+        })
+    )));
+    let outcome = finished(&end).expect("the session ends");
+    assert_eq!(outcome.winner, Some((1, label(2, 1))));
+    assert_eq!(outcome.final_answer.as_deref(), Some("from agent 2"));
+}
+
+/// An abstention decided before the latest answer is stale: the agent re-decides with the new
+/// answers; a new answer also clears earlier abstentions.
+#[test]
+fn a_stale_abstention_restarts_and_a_new_answer_clears_abstentions() {
+    let mut m = machine_with(3, |c| c.restart_policy = RestartPolicy::Finish);
+    let start = m.handle(Input::Start);
+    let (t1, t2) = (started(&start, 1), started(&start, 2));
+    m.handle(answer(0, &started(&start, 0), "one"));
+    // Finish policy: agent 2's turn at revision 0 ran on; its abstention is stale.
+    let stale = m.handle(abstain(2, &t2));
+    assert!(matches!(
+        events(&stale)[0],
+        Event::TurnRestarted { agent: 2, .. }
+    ));
+    let t2_again = started(&stale, 2);
+    assert_eq!(t2_again.revision, 1);
+    assert!(matches!(
+        events(&m.handle(abstain(2, &t2_again)))[0],
+        Event::Abstained {
+            agent: 2,
+            revision: 1,
+            ..
+        }
+    ));
+    // A new answer (revision 2) clears the abstention: agent 2 gets a new turn.
+    let r2 = m.handle(answer(1, &t1, "two"));
+    assert_eq!(started(&r2, 2).revision, 2);
+}

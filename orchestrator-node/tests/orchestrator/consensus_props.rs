@@ -51,7 +51,7 @@ enum Step {
 
 fn step() -> impl Strategy<Value = Step> {
     prop_oneof![
-        150 => (any::<usize>(), 0u8..10, any::<usize>())
+        150 => (any::<usize>(), 0u8..11, any::<usize>())
             .prop_map(|(pick, kind, label_pick)| Step::Decide { pick, kind, label_pick }),
         6 => any::<usize>().prop_map(|pick| Step::FailTurn { pick }),
         6 => (0u32..6).prop_map(|agent| Step::Lose { agent }),
@@ -108,6 +108,8 @@ struct Sim {
     contents: BTreeMap<AnswerLabel, String>,
     /// Counted votes as the machine recorded them: voter → (label, turn it came from).
     votes: BTreeMap<AgentIndex, (AnswerLabel, TurnId)>,
+    /// Agents that abstained at the current revision.
+    abstained: BTreeSet<AgentIndex>,
     /// The content of the answer being sent by the current input.
     sending: Option<(TurnId, String)>,
     /// Rejected decisions per agent since it started or last rejoined.
@@ -134,6 +136,7 @@ impl Sim {
             current_accepted_at: vec![None; agents],
             contents: BTreeMap::new(),
             votes: BTreeMap::new(),
+            abstained: BTreeSet::new(),
             sending: None,
             rejections: vec![0; agents],
             consensus_winner: None,
@@ -306,6 +309,14 @@ impl Sim {
                 self.contents.insert(*label, content);
                 self.current_accepted_at[agent_index] = Some(*revision);
                 self.votes.clear();
+                self.abstained.clear();
+            }
+            Event::Abstained { agent, .. } => {
+                assert!(
+                    !self.votes.contains_key(agent),
+                    "agent {agent} voted and abstained"
+                );
+                self.abstained.insert(*agent);
             }
             Event::VoteAccepted {
                 agent, turn, label, ..
@@ -314,6 +325,7 @@ impl Sim {
             }
             Event::AgentFailed { agent, .. } => {
                 assert!(self.failed.insert(*agent), "agent {agent} failed twice");
+                self.abstained.remove(agent);
                 let dropped: Vec<TurnId> = self
                     .in_flight
                     .iter()
@@ -348,8 +360,10 @@ impl Sim {
             Event::ConsensusReached { winner, label, .. } => {
                 for agent in 0..self.config.agents {
                     assert!(
-                        self.failed.contains(&agent) || self.votes.contains_key(&agent),
-                        "consensus while live agent {agent} has not voted"
+                        self.failed.contains(&agent)
+                            || self.votes.contains_key(&agent)
+                            || self.abstained.contains(&agent),
+                        "consensus while live agent {agent} has neither voted nor abstained"
                     );
                 }
                 assert_eq!(Some((*winner, *label)), self.expected_best());
@@ -455,7 +469,7 @@ impl Sim {
                         continue;
                     }
                     let turns = turns_of[agent as usize];
-                    let voted = self.votes.contains_key(&agent);
+                    let voted = self.votes.contains_key(&agent) || self.abstained.contains(&agent);
                     assert!(
                         voted != (turns == 1) && turns <= 1,
                         "agent {agent}: voted {voted}, {turns} turns in flight"
@@ -660,6 +674,31 @@ impl Sim {
                 (vote_for(label, plan.revision), false)
             }
             8 => (vote_for(AnswerLabel::new(1, 1), plan.revision + 1), true),
+            10 if !plan.answers.is_empty() => {
+                let actions = self.feed(Input::Decided {
+                    agent,
+                    turn,
+                    decision: Decision::Abstain {
+                        reason: "no decision".into(),
+                    },
+                    seen_revision: plan.revision,
+                });
+                let first = actions.iter().find_map(|action| match action {
+                    Action::Record(event) => Some(event),
+                    _ => None,
+                });
+                match first {
+                    Some(Event::Abstained { .. }) => assert!(!stale),
+                    Some(Event::TurnRestarted {
+                        agent: restarted, ..
+                    }) => {
+                        assert!(stale, "a current abstention restarted the agent");
+                        assert_eq!(*restarted, agent);
+                    }
+                    other => panic!("unexpected reaction {other:?} to an abstention: {actions:?}"),
+                }
+                return;
+            }
             _ => {
                 let actions = self.feed(Input::TurnFailed {
                     agent,

@@ -311,6 +311,7 @@ async fn nothing_leaves_the_coordinator_before_its_journal_lines_are_synced() {
                 content: "42".into(),
             },
             seen_revision: first.revision,
+            how: conclave_protocol::DecisionHow::Tool,
         },
     );
     let (_, second) = h.next_start().await;
@@ -324,6 +325,7 @@ async fn nothing_leaves_the_coordinator_before_its_journal_lines_are_synced() {
                 reason: "it is right".into(),
             },
             seen_revision: second.revision,
+            how: conclave_protocol::DecisionHow::Tool,
         },
     );
     let (_, present) = h.next_start().await;
@@ -411,6 +413,7 @@ async fn a_reached_cap_starts_no_turn_cancels_the_others_and_records_the_oversho
                 content: "42".into(),
             },
             seen_revision: a.revision,
+            how: conclave_protocol::DecisionHow::Tool,
         },
     );
     let mut started_before_cap = 0;

@@ -4,6 +4,7 @@
 //! rustls and the rest, so separate binaries cost link time and gigabytes of disk. Each module
 //! keeps its own docs; run one with `cargo test -p <crate> --test e2e <module>::`.
 
+mod e2e_any_model;
 mod e2e_budget;
 mod e2e_cluster;
 mod e2e_cluster_hardening;
