@@ -637,3 +637,26 @@ fn openai_speaks_responses_and_takes_its_options_and_parameters() {
     assert_eq!(generic.provider, "openai_chat");
     assert_eq!(generic.api_key_env.as_deref(), Some("OPENAI_API_KEY"));
 }
+
+#[test]
+fn workflow_is_read_per_agent_or_backend_and_the_agent_wins() {
+    use conclave_protocol::config::WorkflowMode;
+    let loaded = load(
+        "agents:\n\
+         - id: a\n  backend: {type: sim, model: sim-a, base_url: 'http://127.0.0.1:1/v1', workflow: text}\n\
+         - id: b\n  workflow: tools\n  backend: {type: sim, model: sim-b, base_url: 'http://127.0.0.1:1/v1', workflow: text}\n\
+         - id: c\n  backend: {type: sim, model: sim-c, base_url: 'http://127.0.0.1:1/v1'}\n",
+    );
+    assert!(loaded.warnings.is_empty(), "{:#?}", loaded.warnings);
+    let modes: Vec<WorkflowMode> = loaded.config.agents.iter().map(|a| a.workflow).collect();
+    assert_eq!(
+        modes,
+        [WorkflowMode::Text, WorkflowMode::Tools, WorkflowMode::Auto]
+    );
+    let err = load_err(
+        "agent:\n  workflow: json\n  backend: {type: sim, model: m, base_url: 'http://127.0.0.1:1/v1'}\n",
+    )
+    .to_string();
+    assert!(err.contains("agent.workflow"), "{err}");
+    assert!(err.contains("tools, text, auto"), "{err}");
+}
