@@ -3,6 +3,7 @@
 //!
 //! | Route | What it does |
 //! |---|---|
+//! | `GET /`, `/app.js`, `/app.css` | the web page (see [`crate::web`]); needs no token (the page asks for it, and sends it with every API call) |
 //! | `GET /healthz` | `{"status": "ok", "running": N, "nodes": N}`; needs no token |
 //! | `POST /sessions` | body `{"question", "config"?, "config_yaml"?, "session_id"?}` (`config`: a file name inside `--config-dir`): validates (400 with the config error or the allow-list rule broken, 404 for a config name not in the config directory, 409 for a taken id, 429 when `--max-queued` sessions wait) and starts the session: 202 with its status and a `Location`. With `?wait=true` it answers 200 once the session has ended |
 //! | `GET /sessions` | every session this server remembers, oldest first |
@@ -203,11 +204,15 @@ fn router(
         .route_layer(middleware::from_fn_with_state(api.clone(), authorize));
     Router::new()
         .route("/healthz", get(health))
+        .route("/", get(page))
+        .route("/index.html", get(page))
+        .route("/app.js", get(page))
+        .route("/app.css", get(page))
         .merge(guarded)
         .fallback(|| async {
             error(
                 StatusCode::NOT_FOUND,
-                "no such route; see GET /healthz, /sessions, /nodes",
+                "no such route; see GET /, /healthz, /sessions, /nodes",
             )
         })
         .layer(middleware::from_fn_with_state(api.clone(), same_site))
@@ -349,6 +354,28 @@ async fn authorize(State(api): State<Api>, request: Request, next: Next) -> Resp
         }
     }
     next.run(request).await
+}
+
+/// The web page's assets (see [`crate::web`]): no token needed, they hold no secret; the
+/// API calls the page makes do need it.
+async fn page(uri: axum::http::Uri) -> Response {
+    let Some((content_type, body)) = crate::web::asset(uri.path()) else {
+        return error(StatusCode::NOT_FOUND, "no such page");
+    };
+    (
+        [
+            (header::CONTENT_TYPE, content_type),
+            (
+                header::CONTENT_SECURITY_POLICY,
+                crate::web::CONTENT_SECURITY_POLICY,
+            ),
+            (header::X_CONTENT_TYPE_OPTIONS, "nosniff"),
+            (header::REFERRER_POLICY, "no-referrer"),
+            (header::CACHE_CONTROL, "no-cache"),
+        ],
+        body,
+    )
+        .into_response()
 }
 
 async fn health(State(api): State<Api>) -> Response {
