@@ -13,11 +13,13 @@ const TOKEN_KEY = "conclave-token";
 const $ = (id) => document.getElementById(id);
 
 function takeTokenFromFragment() {
-  const match = /(?:^#|&)token=([^&]*)/.exec(location.hash);
-  if (!match) return;
-  sessionStorage.setItem(TOKEN_KEY, decodeURIComponent(match[1]));
-  const rest = location.hash.replace(/(^#|&)token=[^&]*/, "$1").replace(/^#&/, "#");
-  history.replaceState(null, "", location.pathname + location.search + (rest === "#" ? "" : rest));
+  // The fragment is `#token=T` or `#/s/ID&token=T`: pieces separated by `&`.
+  const pieces = location.hash.replace(/^#/, "").split("&");
+  const token = pieces.find((p) => p.startsWith("token="));
+  if (token === undefined) return;
+  sessionStorage.setItem(TOKEN_KEY, decodeURIComponent(token.slice(6)));
+  const rest = pieces.filter((p) => !p.startsWith("token=")).join("&");
+  history.replaceState(null, "", location.pathname + location.search + (rest ? "#" + rest : ""));
 }
 
 function headers(extra) {
@@ -165,6 +167,14 @@ class SessionView {
     $("votes").replaceChildren();
     $("final").hidden = true;
     $("final-answer").replaceChildren();
+  }
+
+  ended(result) {
+    const usage = result.usage || {};
+    const tokens = (usage.input_tokens || 0) + (usage.output_tokens || 0);
+    $("session-state").textContent = "ended: " + (result.reason || result.error || "unknown") +
+      " · exit code " + result.exit_code + (tokens ? " · " + tokens + " tokens" : "") +
+      (result.cost_usd != null ? " · $" + Number(result.cost_usd).toFixed(4) : "");
   }
 
   column(agent) {
@@ -315,6 +325,10 @@ async function watch(id) {
         try { view.handle(JSON.parse(data.join("\n"))); } catch (e) { /* a malformed line is skipped */ }
       }
     }
+    // The feed ended with the session: its status holds the result.
+    const ended = await api("/sessions/" + encodeURIComponent(id), { signal: controller.signal });
+    const result = (await ended.json()).result;
+    if (result) view.ended(result);
     refreshSessions();
   } catch (e) {
     if (e.name !== "AbortError" && !(e instanceof Unauthorized)) $("session-state").textContent = "the event feed broke off; reload to replay it";
