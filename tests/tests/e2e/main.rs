@@ -8,6 +8,7 @@ mod e2e_any_model;
 mod e2e_budget;
 mod e2e_cluster;
 mod e2e_cluster_hardening;
+mod e2e_continue;
 mod e2e_faults;
 mod e2e_interactive;
 mod e2e_interrupt;
