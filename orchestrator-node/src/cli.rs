@@ -171,6 +171,12 @@ pub struct RunArgs {
     /// Continue the last conversation under --session-dir (or the one --session-id names): the agents get its earlier questions and final answers.
     #[arg(long = "continue")]
     pub continue_conversation: bool,
+    /// Watch the session on a web page: serves it on 127.0.0.1 (the address is printed) while the session runs; needs --config and the question.
+    #[arg(long, conflicts_with = "continue_conversation")]
+    pub web: bool,
+    /// The port of --web's page (default: any free port).
+    #[arg(long, value_name = "PORT", requires = "web", default_value_t = 0)]
+    pub web_port: u16,
     #[command(flatten)]
     pub common: CommonArgs,
     #[command(flatten)]
@@ -410,6 +416,17 @@ pub(crate) fn apply_common(
 }
 
 async fn run_configured(args: RunArgs, env: EnvFn) -> Result<u8, Failure> {
+    if args.web {
+        return crate::server::run_web(
+            args.config,
+            args.question,
+            args.web_port,
+            args.common,
+            args.cluster,
+            env,
+        )
+        .await;
+    }
     let mut config = if let Some(path) = &args.config {
         let loaded = config::load_file(path, &|key| env(key)).map_err(|e| usage(e.into()))?;
         for warning in &loaded.warnings {

@@ -122,12 +122,13 @@ pub fn load(root: &Path, id: &str) -> Result<Conversation, ConversationError> {
     let mut reader = BufReader::new(file);
     loop {
         let mut line = Vec::new();
-        let read = reader
-            .read_until(b'\n', &mut line)
-            .map_err(|source| ConversationError::Read {
-                path: path.clone(),
-                source,
-            })?;
+        let read =
+            reader
+                .read_until(b'\n', &mut line)
+                .map_err(|source| ConversationError::Read {
+                    path: path.clone(),
+                    source,
+                })?;
         if read == 0 {
             break;
         }
@@ -218,9 +219,7 @@ pub fn append(root: &Path, id: &str, turn: &Turn) -> Result<(), ConversationErro
     file.write_all(&line).map_err(write)?;
     file.sync_data().map_err(write)?;
     if created {
-        File::open(dir)
-            .and_then(|d| d.sync_all())
-            .map_err(write)?;
+        File::open(dir).and_then(|d| d.sync_all()).map_err(write)?;
     }
     Ok(())
 }

@@ -74,7 +74,11 @@ async fn a_conversation_continues_in_a_later_process_and_is_listed() {
 
     let first = run(&["--session-id", "math", "What is 2+2?"]);
     assert_eq!(first.code, Some(0), "{}", first.stderr);
-    assert!(dir.path().join("sessions/math/conversation.jsonl").is_file());
+    assert!(
+        dir.path()
+            .join("sessions/math/conversation.jsonl")
+            .is_file()
+    );
     // Another conversation, older in the listing but not the last one to end.
     let other = run(&["--session-id", "colors", "Name a color."]);
     assert_eq!(other.code, Some(0), "{}", other.stderr);
@@ -113,8 +117,17 @@ async fn a_conversation_continues_in_a_later_process_and_is_listed() {
     let listed = conclave(dir.path(), &["sessions"]);
     assert_eq!(listed.code, Some(0), "{}", listed.stderr);
     let rows: Vec<&str> = listed.stdout.lines().collect();
-    assert_eq!(rows.len(), 3, "a header and two conversations: {}", listed.stdout);
-    assert!(rows[0].starts_with("ID") && rows[0].contains("TOKENS"), "{}", rows[0]);
+    assert_eq!(
+        rows.len(),
+        3,
+        "a header and two conversations: {}",
+        listed.stdout
+    );
+    assert!(
+        rows[0].starts_with("ID") && rows[0].contains("TOKENS"),
+        "{}",
+        rows[0]
+    );
     assert!(rows[1].starts_with("math "), "{}", listed.stdout);
     assert!(rows[1].contains("What is 2+2?"), "{}", rows[1]);
     let turns: Vec<&str> = rows[1].split_whitespace().collect();

@@ -166,7 +166,10 @@ impl Browser {
     /// Opens a page target and attaches to it (flat sessions).
     fn open_page(&mut self) {
         let created = self.call("Target.createTarget", json!({"url": "about:blank"}));
-        let target = created["targetId"].as_str().expect("a target id").to_owned();
+        let target = created["targetId"]
+            .as_str()
+            .expect("a target id")
+            .to_owned();
         let attached = self.call(
             "Target.attachToTarget",
             json!({"targetId": target, "flatten": true}),
@@ -387,11 +390,11 @@ async fn the_web_page_shows_agents_votes_and_the_final_answer_in_a_real_browser(
         "the page shows the final answer the API reports"
     );
     let winner = result["winner"].as_str().expect("a winner");
+    assert!(seen["winner"].as_str().unwrap().contains(winner), "{seen}");
     assert!(
-        seen["winner"].as_str().unwrap().contains(winner),
-        "{seen}"
+        live_stream,
+        "the page showed streams before the end: {seen}"
     );
-    assert!(live_stream, "the page showed streams before the end: {seen}");
     let address = seen["address"].as_str().unwrap();
     assert!(
         !address.contains(TOKEN),
@@ -414,4 +417,54 @@ async fn the_web_page_shows_agents_votes_and_the_final_answer_in_a_real_browser(
     }
     let (exit, _) = server.stop();
     assert_eq!(exit, Some(0));
+}
+
+/// `conclave --web`: one session served with the page; without a terminal it ends with the
+/// session, printing the page's address and the session's result.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn conclave_web_runs_one_session_and_prints_where_to_watch_it() {
+    let sim = sim().await;
+    let dir = tempfile::tempdir().unwrap();
+    std::fs::write(dir.path().join("team.yaml"), team_yaml(&sim, "")).unwrap();
+    let mut command = Command::new(conclave_tests::workspace_bin("conclave").unwrap());
+    command
+        .args([
+            "--web",
+            "--config",
+            "team.yaml",
+            "--session-dir",
+            "sessions",
+        ])
+        .args(["--session-id", "watched", "What is 2+2?"])
+        .current_dir(dir.path())
+        .env_remove("RUST_LOG")
+        .env_remove("CONCLAVE_HTTP_TOKEN");
+    let finished = conclave_tests::run_with_deadline(&mut command, DEADLINE).unwrap();
+    assert_eq!(finished.code, Some(0), "{}", finished.stderr);
+    assert!(
+        finished
+            .stderr
+            .contains("watch session watched at http://127.0.0.1:"),
+        "{}",
+        finished.stderr
+    );
+    let result: Value = serde_json::from_str(finished.stdout.lines().last().unwrap_or(""))
+        .expect("the result line");
+    assert_eq!(result["session"], "watched");
+    assert_eq!(result["reason"], "consensus");
+    assert!(dir.path().join("sessions/watched/final.md").is_file());
+
+    let refused = conclave_tests::run_with_deadline(
+        Command::new(conclave_tests::workspace_bin("conclave").unwrap())
+            .args(["--web", "--model", "sim-a", "Hello?"])
+            .current_dir(dir.path()),
+        DEADLINE,
+    )
+    .unwrap();
+    assert_eq!(refused.code, Some(1));
+    assert!(
+        refused.stderr.contains("--web needs --config"),
+        "{}",
+        refused.stderr
+    );
 }
