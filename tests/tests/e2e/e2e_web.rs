@@ -336,6 +336,19 @@ async fn the_web_page_shows_agents_votes_and_the_final_answer_in_a_real_browser(
             );
             std::thread::sleep(Duration::from_millis(150));
         };
+        // Agents' text is untrusted: the page's Markdown renderer escapes it.
+        let rendered = browser.eval(
+            r#"markdown('<img src=x onerror=alert(1)> **bold** [a](javascript:alert(1)) [b](https://example.org) `<i>`')"#,
+        );
+        let rendered = rendered.as_str().expect("the renderer returns HTML text");
+        assert!(
+            !rendered.contains("<img") && !rendered.contains("javascript:\"")
+                && !rendered.contains("href=\"javascript"),
+            "{rendered}"
+        );
+        assert!(rendered.contains("&lt;img") && rendered.contains("<strong>bold</strong>"));
+        assert!(rendered.contains("<code>&lt;i&gt;</code>"), "{rendered}");
+        assert!(rendered.contains("href=\"https://example.org\""), "{rendered}");
         let shot = browser.call(
             "Page.captureScreenshot",
             json!({"format": "png", "captureBeyondViewport": true}),
