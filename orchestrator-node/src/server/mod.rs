@@ -509,6 +509,16 @@ impl Server {
         Some(status)
     }
 
+    /// The directory of session `id` under `--session-dir` when it has a journal (an id that
+    /// is not a valid session id, and so could name a path, is never looked up).
+    pub fn journal_dir(&self, id: &str) -> Option<PathBuf> {
+        let session = SessionId::parse(id).ok()?;
+        let dir = session_dir(&self.args.common.session_dir, &session);
+        dir.join(crate::journal::EVENTS_FILE)
+            .is_file()
+            .then_some(dir)
+    }
+
     /// Resumes every session under the session directory that has a journal but no end.
     fn resume_unfinished(self: &Arc<Self>) {
         let root = &self.args.common.session_dir;

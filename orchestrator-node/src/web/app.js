@@ -16,10 +16,11 @@ function takeTokenFromFragment() {
   // The fragment is `#token=T` or `#/s/ID&token=T`: pieces separated by `&`.
   const pieces = location.hash.replace(/^#/, "").split("&");
   const token = pieces.find((p) => p.startsWith("token="));
-  if (token === undefined) return;
+  if (token === undefined) return false;
   sessionStorage.setItem(TOKEN_KEY, decodeURIComponent(token.slice(6)));
   const rest = pieces.filter((p) => !p.startsWith("token=")).join("&");
   history.replaceState(null, "", location.pathname + location.search + (rest ? "#" + rest : ""));
+  return true;
 }
 
 function headers(extra) {
@@ -336,6 +337,12 @@ async function watch(id) {
 }
 
 function route() {
+  // A token pasted into the address of an open page arrives as a fragment change.
+  if (takeTokenFromFragment()) {
+    $("token-form").hidden = true;
+    selected = null;
+    refreshSessions();
+  }
   const match = /^#\/s\/(.+)$/.exec(location.hash);
   const id = match ? decodeURIComponent(match[1]) : null;
   if (id === selected) return;
@@ -345,7 +352,6 @@ function route() {
 }
 
 document.addEventListener("DOMContentLoaded", () => {
-  takeTokenFromFragment();
   $("token-form").addEventListener("submit", (event) => {
     event.preventDefault();
     sessionStorage.setItem(TOKEN_KEY, $("token-input").value.trim());

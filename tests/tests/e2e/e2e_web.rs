@@ -302,9 +302,21 @@ async fn the_web_page_shows_agents_votes_and_the_final_answer_in_a_real_browser(
     let profile = dir.path().join("chromium-profile");
     let log = dir.path().join("chromium.log");
     let browser_dir = shots.clone();
+    let base = server.base.clone();
     let (seen, live_stream) = tokio::task::spawn_blocking(move || {
         let mut browser = Browser::start(&binary, &profile, &log);
         browser.open_page();
+        // Without a token the page asks for one (its API calls get 401).
+        browser.call("Page.navigate", json!({"url": format!("{base}/")}));
+        let deadline = Instant::now() + DEADLINE;
+        while browser.eval("document.getElementById('token-form').hidden") != json!(false) {
+            assert!(
+                Instant::now() < deadline,
+                "the page asked for the token in time"
+            );
+            std::thread::sleep(Duration::from_millis(100));
+        }
+        // The token pasted into the address of the open page (a fragment change).
         browser.call("Page.navigate", json!({"url": url}));
         // Bounded wait for the DOM: three columns, a vote, the final answer.
         let deadline = Instant::now() + DEADLINE;
@@ -480,4 +492,49 @@ async fn conclave_web_runs_one_session_and_prints_where_to_watch_it() {
         "{}",
         refused.stderr
     );
+}
+
+/// An ended session replays on the page after a restart: the feed of a session the server
+/// did not run comes from its journal, with the `final` object rebuilt from it.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_session_from_before_a_restart_replays_from_its_journal() {
+    let sim = sim().await;
+    let dir = tempfile::tempdir().unwrap();
+    let config = dir.path().join("team.yaml");
+    std::fs::write(&config, team_yaml(&sim, "")).unwrap();
+    let first = Server::start(dir.path(), &config, &[]).await;
+    let (code, _) = first
+        .post(
+            "/sessions?wait=true",
+            r#"{"question": "What is 2+2?", "session_id": "before"}"#,
+        )
+        .await;
+    assert_eq!(code, 200);
+    let live = first.events("before").await;
+    assert_eq!(first.stop().0, Some(0));
+
+    let second = Server::start(dir.path(), &config, &[]).await;
+    let replay = tokio::time::timeout(DEADLINE, second.events("before"))
+        .await
+        .expect("the replay ends");
+    let kinds: Vec<&str> = replay.iter().filter_map(|e| e["type"].as_str()).collect();
+    assert_eq!(kinds.first(), Some(&"session_started"), "{kinds:?}");
+    assert!(kinds.contains(&"vote_accepted"), "{kinds:?}");
+    assert!(kinds.contains(&"session_ended"), "{kinds:?}");
+    let last = replay.last().unwrap();
+    let final_md = std::fs::read_to_string(dir.path().join("sessions/before/final.md")).unwrap();
+    assert_eq!(last["type"], "final", "{last}");
+    assert_eq!(
+        last["content"].as_str().map(str::trim),
+        Some(final_md.trim())
+    );
+    assert_eq!(
+        last["reason"],
+        live.last().unwrap()["reason"],
+        "as the live feed said"
+    );
+    assert_eq!(last["winner"], live.last().unwrap()["winner"]);
+    // An id that could name a path is never looked up.
+    assert_eq!(second.get("/sessions/..%2Fx/events").await.0, 404);
+    assert_eq!(second.stop().0, Some(0));
 }
