@@ -740,6 +740,7 @@ fn outcome_json(outcome: &SessionOutcome) -> Value {
         "exit_code": outcome.exit_code(),
         "reason": reason_name(outcome.reason),
         "winner": outcome.winner,
+        "label": outcome.label,
         "final_answer": outcome.final_answer,
         "answers": outcome.answers,
         "turns": outcome.turns,
@@ -1065,6 +1066,27 @@ pub async fn run_web(
     }
     if let Some(cluster) = &server.cluster {
         cluster.shutdown().await;
+    }
+    // Like any run, a `--web` session starts a conversation `--continue` can pick up.
+    if let Some(result) = entry.result()
+        && result.get("error").is_none()
+    {
+        let text = |key: &str| result[key].as_str().map(str::to_owned);
+        let tokens = |key: &str| result["usage"][key].as_u64().unwrap_or(0);
+        let turn = crate::conversation::Turn {
+            question: entry.question.clone(),
+            session: entry.id.clone(),
+            final_answer: text("final_answer"),
+            winner: text("winner"),
+            label: text("label"),
+            reason: text("reason").unwrap_or_default(),
+            input_tokens: tokens("input_tokens"),
+            output_tokens: tokens("output_tokens"),
+            cost_usd: result["cost_usd"].as_f64(),
+            unix_ms: crate::conversation::now_ms(),
+        };
+        crate::conversation::append(&server.args.common.session_dir, &entry.id, &turn)
+            .map_err(|e| execution(e.into()))?;
     }
     let code = entry
         .result()

@@ -478,6 +478,12 @@ async fn conclave_web_runs_one_session_and_prints_where_to_watch_it() {
     assert_eq!(result["session"], "watched");
     assert_eq!(result["reason"], "consensus");
     assert!(dir.path().join("sessions/watched/final.md").is_file());
+    assert!(
+        dir.path()
+            .join("sessions/watched/conversation.jsonl")
+            .is_file(),
+        "a --web session starts a conversation --continue can pick up"
+    );
 
     let refused = conclave_tests::run_with_deadline(
         Command::new(conclave_tests::workspace_bin("conclave").unwrap())
