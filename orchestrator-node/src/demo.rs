@@ -36,6 +36,7 @@ pub fn demo_config(base_url: &str, agents: u32, display: DisplayKind) -> Session
                 },
                 system_message: None,
                 node: None,
+                tools: Default::default(),
             }
         })
         .collect();

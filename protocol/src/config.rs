@@ -101,6 +101,8 @@ pub struct AgentSpec {
     pub system_message: Option<String>,
     /// The agent node this agent runs on; `None` runs it inside the orchestrator process.
     pub node: Option<String>,
+    /// MCP servers and tool-loop bounds (started on the node that runs the agent).
+    pub tools: crate::tools::AgentTools,
 }
 
 /// What happens to in-flight turns when a new answer makes them stale.

@@ -183,6 +183,7 @@ fn config_round_trips() {
             },
             system_message: None,
             node: Some("gpu-1".into()),
+            tools: Default::default(),
         }],
         orchestrator: OrchestratorSettings::default(),
         timeouts: TimeoutSettings::default(),

@@ -382,6 +382,7 @@ fn agent() -> impl Strategy<Value = AgentSpec> {
                 },
                 system_message,
                 node,
+                tools: Default::default(),
             },
         )
 }

@@ -293,6 +293,7 @@ pub fn single_agent(
             },
             system_message: None,
             node: None,
+            tools: Default::default(),
         }],
         orchestrator: Default::default(),
         timeouts: Default::default(),
