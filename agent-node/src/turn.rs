@@ -86,6 +86,9 @@ pub struct AgentContext {
     pub outbox: Arc<Outbox>,
     pub system_message: Option<String>,
     pub settings: TurnSettings,
+    /// The agent's tools besides the workflow ones (its MCP servers), started with the agent
+    /// and stopped when the last reference goes (see [`crate::tools`]).
+    pub tools: Arc<crate::tools::ToolBox>,
 }
 
 /// The turn worker actor.

@@ -43,7 +43,7 @@ use tracing::{debug, info, warn};
 use super::{ToolDef, ToolError, ToolFilter, ToolKind, ToolOutput};
 
 /// Looks a variable up in the environment of the node that runs the agent.
-pub type EnvFn = dyn Fn(&str) -> Option<String> + Send + Sync;
+pub type EnvFn<'a> = dyn Fn(&str) -> Option<String> + Send + Sync + 'a;
 
 /// How much of a stdio server's stderr is kept for error messages.
 pub const STDERR_TAIL_BYTES: usize = 2048;
@@ -90,7 +90,7 @@ pub(crate) async fn start_all(
     agent: &str,
     specs: &[McpServerSpec],
     limits: ToolLimits,
-    env: &EnvFn,
+    env: &EnvFn<'_>,
 ) -> Result<Vec<(Option<Arc<McpServer>>, ServerStart)>, ToolStartError> {
     let _ = limits;
     let starts = specs.iter().map(|spec| async move {
@@ -195,7 +195,7 @@ pub struct McpServer {
 }
 
 impl McpServer {
-    fn new(spec: McpServerSpec, env: &EnvFn) -> Self {
+    fn new(spec: McpServerSpec, env: &EnvFn<'_>) -> Self {
         let resolved = expand_transport(&spec.transport, env);
         McpServer {
             spec,
@@ -538,7 +538,7 @@ async fn keep_tail(
 }
 
 /// Expands `${VAR}` / `${VAR:-default}` in every field of a transport.
-fn expand_transport(transport: &McpTransport, env: &EnvFn) -> Result<McpTransport, String> {
+fn expand_transport(transport: &McpTransport, env: &EnvFn<'_>) -> Result<McpTransport, String> {
     let x = |what: &str, text: &str| expand(text, env).map_err(|var| {
         format!("{what} uses `${{{var}}}`, which is not set on this node")
     });
@@ -572,7 +572,7 @@ fn expand_transport(transport: &McpTransport, env: &EnvFn) -> Result<McpTranspor
 
 /// Expands `${VAR}` and `${VAR:-default}`; `$${` is a literal `${`. `Err` names the first
 /// variable that is not set (and has no default).
-pub fn expand(text: &str, env: &EnvFn) -> Result<String, String> {
+pub fn expand(text: &str, env: &EnvFn<'_>) -> Result<String, String> {
     let mut out = String::with_capacity(text.len());
     let mut rest = text;
     while let Some(at) = rest.find('$') {

@@ -174,7 +174,7 @@ impl ToolBox {
     pub async fn start(
         agent_id: &str,
         tools: &AgentTools,
-        env: &EnvFn,
+        env: &EnvFn<'_>,
     ) -> Result<ToolBox, ToolStartError> {
         let started = mcp::start_all(agent_id, &tools.mcp_servers, tools.limits, env).await?;
         let mut kinds: Vec<(Arc<dyn ToolKind>, ToolFilter)> = Vec::new();

@@ -366,6 +366,7 @@ async fn turn_worker_reports_each_retry_then_decides() {
             stall_timeout: Duration::from_secs(10),
             ..TurnSettings::default()
         },
+        tools: Arc::new(conclave_agent::tools::ToolBox::empty()),
     });
     let turn = TurnSpec {
         turn: TurnId(1),

@@ -89,6 +89,7 @@ impl Agent {
             outbox: Arc::new(Outbox::new(session.clone(), "agent-a".into(), sink)),
             system_message: None,
             settings,
+            tools: Arc::new(conclave_agent::tools::ToolBox::empty()),
         });
         let (actor, handle) = Actor::spawn(None, AgentActor, AgentArgs { context })
             .await

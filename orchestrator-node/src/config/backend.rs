@@ -38,11 +38,13 @@
 
 use conclave_protocol::config::{BackendSpec, WireFormat};
 use conclave_protocol::presets::{self, PRESETS, Preset};
+use conclave_protocol::tools::AgentTools;
 use serde_json::{Map as JsonMap, Value as Json};
 
 use super::error::ConfigError;
 use super::massgen;
 use super::options;
+use super::tools;
 use super::tree::{Ctx, Field, Fields, Node, optional};
 
 /// How many times a failed provider call is retried when the config does not say (the
@@ -267,11 +269,13 @@ pub(crate) fn missing_base_url_hint(preset: &Preset, type_name: &str, key: &str)
 }
 
 /// Resolves the `backend:` mapping at `path`.
+/// Also returns the agent's tools, which MassGen configures inside `backend:` (module
+/// `tools`).
 pub(crate) fn resolve(
     node: &Node,
     path: &str,
     ctx: &mut Ctx<'_>,
-) -> Result<BackendSpec, ConfigError> {
+) -> Result<(BackendSpec, AgentTools), ConfigError> {
     let mut fields = Fields::new(node, path, "a mapping with `type` and `model`", ctx)?;
 
     let type_path = fields.child_path("type");
@@ -346,9 +350,11 @@ pub(crate) fn resolve(
     let options = options::resolve(&mut fields, preset.wire, ctx)?;
     let extra_body = extra_body(&mut fields, preset, ctx)?;
 
+    let tools = tools::resolve(&mut fields, preset.wire, ctx)?;
+
     fields.finish(massgen::BACKEND, ctx);
 
-    Ok(BackendSpec {
+    Ok((BackendSpec {
         wire: preset.wire,
         provider: endpoint.provider,
         model,
@@ -360,7 +366,7 @@ pub(crate) fn resolve(
         extra_body,
         max_retries,
         options,
-    })
+    }, tools))
 }
 
 /// `base_url`; for `azure_openai` also MassGen's `azure_endpoint` (both may be given only

@@ -36,6 +36,7 @@ mod error;
 mod massgen;
 mod options;
 mod session;
+mod tools;
 mod tree;
 
 #[cfg(test)]

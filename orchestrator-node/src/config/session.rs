@@ -186,7 +186,7 @@ fn agent(
     .unwrap_or_else(|| format!("agent{}", index + 1));
 
     let backend_path = fields.child_path("backend");
-    let backend = match fields.take("backend") {
+    let (backend, tools) = match fields.take("backend") {
         Some(node) => backend::resolve(node, &backend_path, ctx)?,
         None => {
             return Err(ctx.missing(
@@ -208,6 +208,7 @@ fn agent(
         backend,
         system_message,
         node: node_name,
+        tools,
     })
 }
 
