@@ -14,8 +14,8 @@
 //!    read becomes a [`ConfigWarning`] (MassGen features conclave lacks are named as such).
 //! 2. `${VAR}` and `${VAR:-default}` are expanded in the string values the loader reads, from
 //!    the lookup function the caller passes ([`EnvLookup`]: process environment over `.env`).
-//!    Keys that are ignored are not expanded, so an MCP server's `${TOKEN}` in a MassGen config
-//!    does not stop a load. `$${` writes a literal `${`. A config someone else wrote (one
+//!    Keys that are ignored are not expanded; neither are MCP server values (module `tools`),
+//!    whose `${TOKEN}` is kept and expanded on the node that runs the agent. `$${` writes a literal `${`. A config someone else wrote (one
 //!    submitted to `conclave server`) loads with expansion off ([`load_str_untrusted`]): a
 //!    `${` reference is an error saying so, and nothing is read from the environment, so none
 //!    of the server's variables can reach the config, its journal, its event feed or an error.
