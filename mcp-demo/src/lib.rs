@@ -37,9 +37,15 @@ pub const MAX_SLOW_MS: u64 = 600_000;
 /// The facts `lookup` knows.
 pub const FACTS: &[(&str, &str)] = &[
     ("capital of france", "The capital of France is Paris."),
-    ("boiling point", "Water boils at 100 degrees Celsius at sea level."),
+    (
+        "boiling point",
+        "Water boils at 100 degrees Celsius at sea level.",
+    ),
     ("answer", "The answer is 42."),
-    ("conclave", "conclave runs several LLM agents that answer, vote and agree."),
+    (
+        "conclave",
+        "conclave runs several LLM agents that answer, vote and agree.",
+    ),
 ];
 
 /// What `lookup` returns for `key`.
@@ -158,13 +164,14 @@ pub async fn serve_http(
     listener: tokio::net::TcpListener,
     stop: CancellationToken,
 ) -> std::io::Result<()> {
-    let service: StreamableHttpService<DemoServer, LocalSessionManager> = StreamableHttpService::new(
-        || Ok(DemoServer::new()),
-        Default::default(),
-        StreamableHttpServerConfig::default()
-            .with_sse_keep_alive(None)
-            .with_cancellation_token(stop.child_token()),
-    );
+    let service: StreamableHttpService<DemoServer, LocalSessionManager> =
+        StreamableHttpService::new(
+            || Ok(DemoServer::new()),
+            Default::default(),
+            StreamableHttpServerConfig::default()
+                .with_sse_keep_alive(None)
+                .with_cancellation_token(stop.child_token()),
+        );
     let router = axum::Router::new().nest_service("/mcp", service);
     axum::serve(listener, router)
         .with_graceful_shutdown(async move { stop.cancelled_owned().await })

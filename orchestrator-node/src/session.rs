@@ -496,23 +496,25 @@ async fn drive(
             .zip(backends)
             .zip(tools)
             .enumerate()
-            .map(|(index, ((agent, backend), tools))| match (backend, &cluster) {
-                (Some(backend), _) => PendingAgent::Local {
-                    id: agent.id.clone(),
-                    backend,
-                    system_message: agent.system_message.clone(),
-                    tools,
+            .map(
+                |(index, ((agent, backend), tools))| match (backend, &cluster) {
+                    (Some(backend), _) => PendingAgent::Local {
+                        id: agent.id.clone(),
+                        backend,
+                        system_message: agent.system_message.clone(),
+                        tools,
+                    },
+                    (None, Some(cluster)) => PendingAgent::Remote {
+                        id: agent.id.clone(),
+                        commands: cluster.command_sink(&session, index as u32),
+                    },
+                    // build_backends only leaves a backend out when there is a cluster.
+                    (None, None) => PendingAgent::Remote {
+                        id: agent.id.clone(),
+                        commands: Arc::new(|_| false),
+                    },
                 },
-                (None, Some(cluster)) => PendingAgent::Remote {
-                    id: agent.id.clone(),
-                    commands: cluster.command_sink(&session, index as u32),
-                },
-                // build_backends only leaves a backend out when there is a cluster.
-                (None, None) => PendingAgent::Remote {
-                    id: agent.id.clone(),
-                    commands: Arc::new(|_| false),
-                },
-            })
+            )
             .collect(),
         settings: turn_settings(&config),
         cluster: cluster.clone(),

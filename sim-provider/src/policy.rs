@@ -197,7 +197,12 @@ impl Reply {
             Some(label) => {
                 let reason = format!("{} checked with a tool: {quoted}", options.name);
                 let arguments = json!({ "agent_id": label, "reason": reason }).to_string();
-                Reply::call(DecisionKind::Vote, Some(label.to_owned()), arguments, tokens)
+                Reply::call(
+                    DecisionKind::Vote,
+                    Some(label.to_owned()),
+                    arguments,
+                    tokens,
+                )
             }
             None if request.offers(NEW_ANSWER) => {
                 let content = format!("{answer}\nTool result: {quoted}");
@@ -507,8 +512,11 @@ mod tests {
     #[test]
     fn tools_policy_calls_the_tool_then_answers_with_its_result() {
         use crate::wire::Wire;
-        let options = ModelOptions::parse("m:policy=tools,tool=lookup", &crate::options::SimConfig::default())
-            .expect("options");
+        let options = ModelOptions::parse(
+            "m:policy=tools,tool=lookup",
+            &crate::options::SimConfig::default(),
+        )
+        .expect("options");
         let lookup_schema = json!({"type": "object", "properties": {"key": {"type": "string"}}, "required": ["key"]});
         let vote_schema = json!({"type": "object", "properties": {"agent_id": {"type": "string", "enum": ["agent1.1"]}}});
         let question = "capital of france?";
@@ -561,7 +569,10 @@ mod tests {
             ),
         ];
         for (wire, first, second) in cases {
-            let parse = |body: &Value| wire.parse(body.to_string().as_bytes(), Some("m")).expect("parses");
+            let parse = |body: &Value| {
+                wire.parse(body.to_string().as_bytes(), Some("m"))
+                    .expect("parses")
+            };
             let call = Reply::decide(&options, &parse(&first));
             assert_eq!(call.kind, DecisionKind::Tool, "{wire:?}");
             assert_eq!(call.tool_name(), Some("mcp__demo__lookup"));
@@ -578,8 +589,17 @@ mod tests {
         // A final presentation (no workflow tools) quotes the result in its text.
         let final_turn = json!({"model": "m", "messages": [{"role": "user", "content": question},
             {"role": "tool", "tool_call_id": "c1", "content": result}]});
-        let text = Reply::decide(&options, &crate::wire::Wire::OpenAiChat.parse(final_turn.to_string().as_bytes(), None).expect("parses"));
+        let text = Reply::decide(
+            &options,
+            &crate::wire::Wire::OpenAiChat
+                .parse(final_turn.to_string().as_bytes(), None)
+                .expect("parses"),
+        );
         assert_eq!(text.kind, DecisionKind::Text);
-        assert!(text.body.ends_with(&format!("Tool result: {result}")), "{}", text.body);
+        assert!(
+            text.body.ends_with(&format!("Tool result: {result}")),
+            "{}",
+            text.body
+        );
     }
 }

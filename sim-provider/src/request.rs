@@ -238,7 +238,8 @@ mod tests {
         let vote = json!({"type": "object", "properties": {
             "agent_id": {"type": "string", "enum": ["agent2.1", "agent1.1"]}}});
         let answer = json!({"type": "object"});
-        let (names, label, _) = offered_tools([("new_answer", Some(&answer)), ("vote", Some(&vote))]);
+        let (names, label, _) =
+            offered_tools([("new_answer", Some(&answer)), ("vote", Some(&vote))]);
         assert_eq!(names, ["new_answer", "vote"]);
         assert_eq!(label.as_deref(), Some("agent2.1"));
         let empty = json!({"properties": {"agent_id": {"enum": []}}});

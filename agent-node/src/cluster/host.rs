@@ -310,8 +310,7 @@ impl AgentHost {
             Arc::new(crate::tools::ToolBox::empty())
         } else {
             let lookup = |key: &str| env.get(key);
-            match crate::tools::ToolBox::start(&request.spec.id, &request.spec.tools, &lookup)
-                .await
+            match crate::tools::ToolBox::start(&request.spec.id, &request.spec.tools, &lookup).await
             {
                 Ok(tools) => Arc::new(tools),
                 Err(error) => return Some(format!("on node `{}`: {error}", state.opts.name)),

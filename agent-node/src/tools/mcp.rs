@@ -31,11 +31,11 @@ use std::time::{Duration, Instant};
 
 use conclave_protocol::tools::{McpServerSpec, McpTransport, ToolLimits};
 use futures::future::BoxFuture;
+use rmcp::ServiceExt;
 use rmcp::model::{CallToolRequestParams, ContentBlock};
 use rmcp::service::{RoleClient, RunningService, ServiceError};
 use rmcp::transport::streamable_http_client::StreamableHttpClientTransportConfig;
 use rmcp::transport::{StreamableHttpClientTransport, TokioChildProcess};
-use rmcp::ServiceExt;
 use serde_json::{Map as JsonMap, Value as Json};
 use tokio::io::AsyncReadExt;
 use tracing::{debug, info, warn};
@@ -226,7 +226,10 @@ impl McpServer {
 
     /// The last bytes the server wrote to stderr.
     pub fn stderr_tail(&self) -> String {
-        let buffer = self.stderr.lock().map(|b| b.iter().copied().collect::<Vec<u8>>());
+        let buffer = self
+            .stderr
+            .lock()
+            .map(|b| b.iter().copied().collect::<Vec<u8>>());
         String::from_utf8_lossy(&buffer.unwrap_or_default()).into_owned()
     }
 
@@ -303,7 +306,11 @@ impl McpServer {
                     .map_err(|e| format!("cannot run `{command}`: {e}"))?;
                 let process_group = child.id().and_then(|p| i32::try_from(p).ok());
                 if let Some(stderr) = stderr {
-                    tokio::spawn(keep_tail(stderr, self.stderr.clone(), self.spec.name.clone()));
+                    tokio::spawn(keep_tail(
+                        stderr,
+                        self.stderr.clone(),
+                        self.spec.name.clone(),
+                    ));
                 }
                 match ().serve(child).await {
                     Ok(client) => Ok(Connection {
@@ -333,9 +340,10 @@ impl McpServer {
                 let config =
                     StreamableHttpClientTransportConfig::with_uri(url.as_str()).custom_headers(map);
                 let transport = StreamableHttpClientTransport::from_config(config);
-                let client = ().serve(transport).await.map_err(|e| {
-                    format!("MCP initialize at `{}` failed: {e}", self.spec_url())
-                })?;
+                let client = ()
+                    .serve(transport)
+                    .await
+                    .map_err(|e| format!("MCP initialize at `{}` failed: {e}", self.spec_url()))?;
                 Ok(Connection {
                     client,
                     process_group: None,
@@ -539,9 +547,10 @@ async fn keep_tail(
 
 /// Expands `${VAR}` / `${VAR:-default}` in every field of a transport.
 fn expand_transport(transport: &McpTransport, env: &EnvFn<'_>) -> Result<McpTransport, String> {
-    let x = |what: &str, text: &str| expand(text, env).map_err(|var| {
-        format!("{what} uses `${{{var}}}`, which is not set on this node")
-    });
+    let x = |what: &str, text: &str| {
+        expand(text, env)
+            .map_err(|var| format!("{what} uses `${{{var}}}`, which is not set on this node"))
+    };
     Ok(match transport {
         McpTransport::Stdio {
             command,

@@ -137,7 +137,14 @@ pub struct ToolBox {
 impl std::fmt::Debug for ToolBox {
     fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
         f.debug_struct("ToolBox")
-            .field("tools", &self.entries.iter().map(|e| &e.spec.name).collect::<Vec<_>>())
+            .field(
+                "tools",
+                &self
+                    .entries
+                    .iter()
+                    .map(|e| &e.spec.name)
+                    .collect::<Vec<_>>(),
+            )
             .field("limits", &self.limits)
             .finish()
     }
@@ -193,7 +200,10 @@ impl ToolBox {
     /// A toolbox over `kinds`, offering all their tools.
     pub fn from_kinds(kinds: Vec<Arc<dyn ToolKind>>, limits: ToolLimits) -> Self {
         Self::from_filtered_kinds(
-            kinds.into_iter().map(|k| (k, ToolFilter::default())).collect(),
+            kinds
+                .into_iter()
+                .map(|k| (k, ToolFilter::default()))
+                .collect(),
             limits,
         )
     }
@@ -437,7 +447,11 @@ pub fn check_arguments(schema: &Json, arguments: &JsonMap<String, Json>) -> Resu
         if !missing.is_empty() {
             return Err(format!(
                 "missing required {} {}",
-                if missing.len() == 1 { "property" } else { "properties" },
+                if missing.len() == 1 {
+                    "property"
+                } else {
+                    "properties"
+                },
                 missing
                     .iter()
                     .map(|n| format!("`{n}`"))
@@ -556,7 +570,15 @@ mod tests {
     #[test]
     fn arguments_that_are_not_an_object_are_explained() {
         assert!(parse_arguments("t", "").unwrap().is_empty());
-        assert!(parse_arguments("t", "[1]").unwrap_err().contains("not an array"));
-        assert!(parse_arguments("t", "{\"a\":").unwrap_err().contains("not valid JSON"));
+        assert!(
+            parse_arguments("t", "[1]")
+                .unwrap_err()
+                .contains("not an array")
+        );
+        assert!(
+            parse_arguments("t", "{\"a\":")
+                .unwrap_err()
+                .contains("not valid JSON")
+        );
     }
 }

@@ -21,10 +21,9 @@ const FIXTURES: &str = concat!(env!("CARGO_MANIFEST_DIR"), "/../../shared/fixtur
 /// the id conclave generates, `call_{index}`).
 fn fixture_calls(case: &str) -> Vec<ToolCall> {
     let path = format!("{FIXTURES}/{case}.json");
-    let meta: Value = serde_json::from_slice(
-        &std::fs::read(&path).unwrap_or_else(|e| panic!("{path}: {e}")),
-    )
-    .unwrap_or_else(|e| panic!("{path}: {e}"));
+    let meta: Value =
+        serde_json::from_slice(&std::fs::read(&path).unwrap_or_else(|e| panic!("{path}: {e}")))
+            .unwrap_or_else(|e| panic!("{path}: {e}"));
     meta["expected"]["tool_calls"]
         .as_array()
         .unwrap_or_else(|| panic!("{path}: no expected tool calls"))
@@ -32,7 +31,9 @@ fn fixture_calls(case: &str) -> Vec<ToolCall> {
         .enumerate()
         .map(|(index, call)| {
             ToolCall::new(
-                call["id"].as_str().map_or_else(|| format!("call_{index}"), str::to_owned),
+                call["id"]
+                    .as_str()
+                    .map_or_else(|| format!("call_{index}"), str::to_owned),
                 call["name"].as_str().unwrap_or_default(),
                 call["arguments"].to_string(),
             )
@@ -43,7 +44,11 @@ fn fixture_calls(case: &str) -> Vec<ToolCall> {
 /// A conversation whose assistant turn made `calls` plus one MCP call, followed by one
 /// result per call, in call order.
 fn conversation(mut calls: Vec<ToolCall>, extra_id: &str) -> (Vec<ToolCall>, ChatRequest) {
-    calls.push(ToolCall::new(extra_id, "mcp__demo__lookup", r#"{"key":"answer"}"#));
+    calls.push(ToolCall::new(
+        extra_id,
+        "mcp__demo__lookup",
+        r#"{"key":"answer"}"#,
+    ));
     let mut messages = vec![
         ChatMessage::system("be brief"),
         ChatMessage::user("question"),
@@ -54,7 +59,10 @@ fn conversation(mut calls: Vec<ToolCall>, extra_id: &str) -> (Vec<ToolCall>, Cha
         },
     ];
     for call in &calls {
-        messages.push(ChatMessage::tool(call.id.clone(), format!("result of {}", call.name)));
+        messages.push(ChatMessage::tool(
+            call.id.clone(),
+            format!("result of {}", call.name),
+        ));
     }
     let request = ChatRequest {
         messages,
@@ -70,9 +78,16 @@ fn conversation(mut calls: Vec<ToolCall>, extra_id: &str) -> (Vec<ToolCall>, Cha
 
 #[test]
 fn chat_completions_results_are_tool_messages_in_call_order() {
-    let (calls, request) = conversation(fixture_calls("openai_chat/tool_calls_parallel"), "call_mcp1");
+    let (calls, request) = conversation(
+        fixture_calls("openai_chat/tool_calls_parallel"),
+        "call_mcp1",
+    );
     assert!(calls.len() >= 3, "the fixture has parallel calls");
-    let body = openai_chat::request_body(&spec("http://127.0.0.1:1/v1", "openai", None), None, &request);
+    let body = openai_chat::request_body(
+        &spec("http://127.0.0.1:1/v1", "openai", None),
+        None,
+        &request,
+    );
     let messages = body["messages"].as_array().expect("messages");
     let assistant = &messages[2];
     assert_eq!(assistant["role"], "assistant");
@@ -82,7 +97,10 @@ fn chat_completions_results_are_tool_messages_in_call_order() {
         .iter()
         .map(|c| c["id"].as_str().unwrap_or_default())
         .collect();
-    assert_eq!(sent, calls.iter().map(|c| c.id.as_str()).collect::<Vec<_>>());
+    assert_eq!(
+        sent,
+        calls.iter().map(|c| c.id.as_str()).collect::<Vec<_>>()
+    );
     for (index, call) in calls.iter().enumerate() {
         let message = &messages[3 + index];
         assert_eq!(
@@ -95,13 +113,22 @@ fn chat_completions_results_are_tool_messages_in_call_order() {
 
 #[test]
 fn responses_results_are_function_call_outputs_by_call_id() {
-    let (calls, request) = conversation(fixture_calls("openai_responses/function_call_single"), "call_mcp1");
+    let (calls, request) = conversation(
+        fixture_calls("openai_responses/function_call_single"),
+        "call_mcp1",
+    );
     let mut spec = spec("http://127.0.0.1:1/v1", "openai", None);
     spec.wire = WireFormat::OpenAiResponses;
     let body = openai_responses::request_body(&spec, None, &request);
     let input = body["input"].as_array().expect("input");
-    let function_calls: Vec<&Value> = input.iter().filter(|i| i["type"] == "function_call").collect();
-    let outputs: Vec<&Value> = input.iter().filter(|i| i["type"] == "function_call_output").collect();
+    let function_calls: Vec<&Value> = input
+        .iter()
+        .filter(|i| i["type"] == "function_call")
+        .collect();
+    let outputs: Vec<&Value> = input
+        .iter()
+        .filter(|i| i["type"] == "function_call_output")
+        .collect();
     assert_eq!(function_calls.len(), calls.len());
     assert_eq!(outputs.len(), calls.len());
     for (index, call) in calls.iter().enumerate() {
@@ -112,7 +139,9 @@ fn responses_results_are_function_call_outputs_by_call_id() {
     }
     // Every output follows its call.
     let last_call = input.iter().rposition(|i| i["type"] == "function_call");
-    let first_output = input.iter().position(|i| i["type"] == "function_call_output");
+    let first_output = input
+        .iter()
+        .position(|i| i["type"] == "function_call_output");
     assert!(last_call < first_output);
 }
 
@@ -145,9 +174,15 @@ fn anthropic_results_of_one_turn_share_one_user_message() {
 
 #[test]
 fn gemini_results_are_function_responses_named_after_the_call() {
-    let (calls, request) =
-        conversation(fixture_calls("gemini/function_call_thought_signature"), "call_1");
-    let body = gemini::request_body(&gemini_spec("http://127.0.0.1:1/v1beta", "gemini-2.5-flash"), None, &request);
+    let (calls, request) = conversation(
+        fixture_calls("gemini/function_call_thought_signature"),
+        "call_1",
+    );
+    let body = gemini::request_body(
+        &gemini_spec("http://127.0.0.1:1/v1beta", "gemini-2.5-flash"),
+        None,
+        &request,
+    );
     let contents = body["contents"].as_array().expect("contents");
     assert_eq!(contents.len(), 3, "{body:#}");
     assert_eq!(contents[1]["role"], "model");
@@ -157,8 +192,14 @@ fn gemini_results_are_function_responses_named_after_the_call() {
     for (index, call) in calls.iter().enumerate() {
         let response = &responses[index]["functionResponse"];
         assert_eq!(response["name"], call.name, "{body:#}");
-        assert_eq!(response["response"], json!({"content": format!("result of {}", call.name)}));
+        assert_eq!(
+            response["response"],
+            json!({"content": format!("result of {}", call.name)})
+        );
     }
     // The MCP call's result carries its function name, not its id.
-    assert_eq!(responses[calls.len() - 1]["functionResponse"]["name"], "mcp__demo__lookup");
+    assert_eq!(
+        responses[calls.len() - 1]["functionResponse"]["name"],
+        "mcp__demo__lookup"
+    );
 }

@@ -354,19 +354,22 @@ pub(crate) fn resolve(
 
     fields.finish(massgen::BACKEND, ctx);
 
-    Ok((BackendSpec {
-        wire: preset.wire,
-        provider: endpoint.provider,
-        model,
-        base_url: endpoint.base_url,
-        api_key_env: endpoint.api_key_env,
-        temperature,
-        top_p,
-        max_tokens,
-        extra_body,
-        max_retries,
-        options,
-    }, tools))
+    Ok((
+        BackendSpec {
+            wire: preset.wire,
+            provider: endpoint.provider,
+            model,
+            base_url: endpoint.base_url,
+            api_key_env: endpoint.api_key_env,
+            temperature,
+            top_p,
+            max_tokens,
+            extra_body,
+            max_retries,
+            options,
+        },
+        tools,
+    ))
 }
 
 /// `base_url`; for `azure_openai` also MassGen's `azure_endpoint` (both may be given only

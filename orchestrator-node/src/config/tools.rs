@@ -259,7 +259,10 @@ fn mcp_servers(
         if servers[..i].iter().any(|b| b.name == a.name) {
             return Err(ctx.invalid(
                 path,
-                format!("two MCP servers are named `{}`; tool names must be unique", a.name),
+                format!(
+                    "two MCP servers are named `{}`; tool names must be unique",
+                    a.name
+                ),
             ));
         }
     }
@@ -291,7 +294,14 @@ fn raw_pairs(f: Field<'_, '_>, ctx: &Ctx<'_>) -> Result<Vec<(String, String)>, C
         .filter(|(_, v)| *v != Node::Null)
         .map(|(k, v)| {
             let path = format!("{}.{k}", f.path);
-            let value = raw_string(Field { node: v, path: &path }, ctx, "a string value")?;
+            let value = raw_string(
+                Field {
+                    node: v,
+                    path: &path,
+                },
+                ctx,
+                "a string value",
+            )?;
             Ok((k.clone(), value))
         })
         .collect()
@@ -328,7 +338,10 @@ fn server(
         (Some(name), _) => check_name(&name, &name_path, ctx)?,
         (None, Some(key)) => check_name(key, path, ctx)?,
         (None, None) => {
-            return Err(ctx.missing(&name_path, "every MCP server needs a `name`, e.g. `name: weather`"));
+            return Err(ctx.missing(
+                &name_path,
+                "every MCP server needs a `name`, e.g. `name: weather`",
+            ));
         }
     };
     let type_path = fields.child_path("type");
@@ -360,7 +373,10 @@ fn server(
             let command = optional(&mut fields, "command", |f| raw_string(f, ctx, "a command"))?
                 .filter(|c| !c.trim().is_empty())
                 .ok_or_else(|| {
-                    ctx.missing(&command_path, "a stdio MCP server needs `command`, e.g. `command: npx`")
+                    ctx.missing(
+                        &command_path,
+                        "a stdio MCP server needs `command`, e.g. `command: npx`",
+                    )
                 })?;
             let args = optional(&mut fields, "args", |f| match f.node {
                 Node::List(items) => items
@@ -368,7 +384,14 @@ fn server(
                     .enumerate()
                     .map(|(i, item)| {
                         let path = format!("{}[{i}]", f.path);
-                        raw_string(Field { node: item, path: &path }, ctx, "a string argument")
+                        raw_string(
+                            Field {
+                                node: item,
+                                path: &path,
+                            },
+                            ctx,
+                            "a string argument",
+                        )
                     })
                     .collect::<Result<Vec<_>, _>>(),
                 Node::Str(_) => raw_string(f, ctx, "a list of arguments").map(|a| vec![a]),
@@ -395,7 +418,7 @@ fn server(
                 })?;
             let url = url.trim().to_owned();
             let expanded_later = url.contains("${");
-            if !expanded_later && !(url.starts_with("http://") || url.starts_with("https://")) {
+            if !(expanded_later || url.starts_with("http://") || url.starts_with("https://")) {
                 return Err(ctx.invalid(
                     &url_path,
                     "must be an http(s) URL, e.g. `http://localhost:8000/mcp`",
@@ -417,7 +440,8 @@ fn server(
         }
     };
     let allowed = optional(&mut fields, "allowed_tools", |f| name_list(f, ctx))?;
-    let excluded = optional(&mut fields, "exclude_tools", |f| name_list(f, ctx))?.unwrap_or_default();
+    let excluded =
+        optional(&mut fields, "exclude_tools", |f| name_list(f, ctx))?.unwrap_or_default();
     let optional_server = optional(&mut fields, "optional", |f| f.bool(ctx))?.unwrap_or(false);
     if fields.take("security").is_some() {
         ctx.warn(

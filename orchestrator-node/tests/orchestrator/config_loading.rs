@@ -976,7 +976,11 @@ fn mcp_server_references_are_kept_for_the_agent_node() {
     let loaded = load(
         "agent:\n  backend:\n    type: openai\n    model: gpt-4o\n    mcp_servers:\n      - {name: s, type: stdio, command: x, env: {TOKEN: \"${UNSET_TOKEN}\"}}\n",
     );
-    assert!(warning_texts(&loaded).is_empty(), "{:?}", warning_texts(&loaded));
+    assert!(
+        warning_texts(&loaded).is_empty(),
+        "{:?}",
+        warning_texts(&loaded)
+    );
     assert_eq!(
         loaded.config.agents[0].tools.mcp_servers[0].transport,
         conclave_protocol::tools::McpTransport::Stdio {

@@ -50,13 +50,21 @@ fn list_form_reads_stdio_servers_and_keeps_env_references_unexpanded() {
         server.transport,
         McpTransport::Stdio {
             command: "npx".into(),
-            args: vec!["-y".into(), "mcp-discord".into(), "--config".into(), "${DISCORD_TOKEN}".into()],
+            args: vec![
+                "-y".into(),
+                "mcp-discord".into(),
+                "--config".into(),
+                "${DISCORD_TOKEN}".into()
+            ],
             env: vec![("DISCORD_TOKEN".into(), "${DISCORD_TOKEN}".into())],
             cwd: Some("/srv/mcp".into()),
         }
     );
     let text = format!("{:?}", load("agent:\n  backend:\n    type: openai\n    model: m\n    mcp_servers:\n      - {name: d, type: stdio, command: x, env: {T: \"${DISCORD_TOKEN}\"}}\n").config);
-    assert!(!text.contains("secret-from-env"), "a secret entered the resolved config");
+    assert!(
+        !text.contains("secret-from-env"),
+        "a secret entered the resolved config"
+    );
 }
 
 #[test]
@@ -99,12 +107,20 @@ fn backend_level_filters_and_limits_are_read() {
     let discord = &tools.mcp_servers[0];
     assert_eq!(
         discord.allowed_tools.as_deref(),
-        Some(&["mcp__discord__read".to_owned(), "mcp__discord__send".to_owned()][..])
+        Some(
+            &[
+                "mcp__discord__read".to_owned(),
+                "mcp__discord__send".to_owned()
+            ][..]
+        )
     );
     assert_eq!(discord.exclude_tools, ["mcp__discord__send"]);
     // An allow list that names MCP tools restricts every server: `other` offers none.
     assert_eq!(tools.mcp_servers[1].allowed_tools.as_deref(), Some(&[][..]));
-    assert_eq!(tools.mcp_servers[1].exclude_tools, ["drop", "mcp__discord__send"]);
+    assert_eq!(
+        tools.mcp_servers[1].exclude_tools,
+        ["drop", "mcp__discord__send"]
+    );
 
     // An allow list of a backend's own tools (Claude Code style) does not restrict MCP.
     let tools = tools_of(
@@ -117,16 +133,40 @@ fn backend_level_filters_and_limits_are_read() {
 #[test]
 fn tool_keys_conclave_cannot_run_are_refused_naming_the_key() {
     for (key, value, fragment) in [
-        ("custom_tools", "[{name: [two_num_tool], path: x.py, function: [f]}]", "custom tools are not supported yet"),
-        ("enable_mcp_command_line", "true", "command-line MCP tool is not supported yet"),
-        ("enable_image_generation", "true", "image generation is not supported yet"),
-        ("command_line_execution_mode", "docker", "command-line execution is not supported yet"),
-        ("context_paths", "[{path: /tmp, permission: write}]", "not supported yet"),
+        (
+            "custom_tools",
+            "[{name: [two_num_tool], path: x.py, function: [f]}]",
+            "custom tools are not supported yet",
+        ),
+        (
+            "enable_mcp_command_line",
+            "true",
+            "command-line MCP tool is not supported yet",
+        ),
+        (
+            "enable_image_generation",
+            "true",
+            "image generation is not supported yet",
+        ),
+        (
+            "command_line_execution_mode",
+            "docker",
+            "command-line execution is not supported yet",
+        ),
+        (
+            "context_paths",
+            "[{path: /tmp, permission: write}]",
+            "not supported yet",
+        ),
         ("cwd", "workspace1", "not supported yet"),
     ] {
         let err = backend_err(&format!("type: openai\nmodel: m\n{key}: {value}\n"));
         let text = err.to_string();
-        assert_eq!(err.key_path(), Some(format!("agent.backend.{key}").as_str()), "{text}");
+        assert_eq!(
+            err.key_path(),
+            Some(format!("agent.backend.{key}").as_str()),
+            "{text}"
+        );
         assert!(text.contains(fragment), "{key}: {text}");
         assert!(text.contains("tools.yaml"), "{text}");
     }
@@ -140,19 +180,26 @@ fn tool_keys_conclave_cannot_run_are_refused_naming_the_key() {
 
 #[test]
 fn bad_servers_get_errors_that_say_what_to_write() {
-    let err = backend_err("type: openai\nmodel: m\nmcp_servers: [{name: s, type: sse, url: http://x/sse}]\n");
+    let err = backend_err(
+        "type: openai\nmodel: m\nmcp_servers: [{name: s, type: sse, url: http://x/sse}]\n",
+    );
     assert!(err.to_string().contains("streamable-http"), "{err}");
     assert_eq!(err.key_path(), Some("agent.backend.mcp_servers[0].type"));
     let err = backend_err("type: openai\nmodel: m\nmcp_servers: [{type: stdio, command: x}]\n");
     assert!(err.to_string().contains("needs a `name`"), "{err}");
     let err = backend_err("type: openai\nmodel: m\nmcp_servers: [{name: s, type: stdio}]\n");
     assert!(err.to_string().contains("needs `command`"), "{err}");
-    let err = backend_err("type: openai\nmodel: m\nmcp_servers: [{name: \"a b\", type: stdio, command: x}]\n");
+    let err = backend_err(
+        "type: openai\nmodel: m\nmcp_servers: [{name: \"a b\", type: stdio, command: x}]\n",
+    );
     assert!(err.to_string().contains("letters, digits"), "{err}");
     let err = backend_err(
         "type: openai\nmodel: m\nmcp_servers: [{name: s, type: stdio, command: x}, {name: s, type: stdio, command: y}]\n",
     );
-    assert!(err.to_string().contains("two MCP servers are named `s`"), "{err}");
+    assert!(
+        err.to_string().contains("two MCP servers are named `s`"),
+        "{err}"
+    );
     let err = backend_err("type: claude_code\nmcp_servers: {s: {type: stdio, command: x}}\n");
     assert!(err.to_string().contains("claude_code"), "{err}");
     let err = backend_err("type: openai\nmodel: m\nmax_tool_rounds: -1\n");
@@ -163,13 +210,22 @@ fn bad_servers_get_errors_that_say_what_to_write() {
 fn a_submitted_config_may_not_start_programs_or_read_the_servers_environment() {
     let stdio = "agent:\n  backend:\n    type: openai\n    model: m\n    mcp_servers: [{name: s, type: stdio, command: /bin/sh}]\n";
     let err = load_str_untrusted(stdio, "submitted").expect_err("stdio refused");
-    assert!(err.to_string().contains("a submitted config may not start programs"), "{err}");
+    assert!(
+        err.to_string()
+            .contains("a submitted config may not start programs"),
+        "{err}"
+    );
 
     let header = "agent:\n  backend:\n    type: openai\n    model: m\n    mcp_servers: [{name: s, type: streamable-http, url: \"http://127.0.0.1:9/mcp\", headers: {A: \"${SECRET}\"}}]\n";
     let err = load_str_untrusted(header, "submitted").expect_err("${} refused");
-    assert!(err.to_string().contains("not expanded in a config submitted"), "{err}");
+    assert!(
+        err.to_string()
+            .contains("not expanded in a config submitted"),
+        "{err}"
+    );
 
     let plain = "agent:\n  backend:\n    type: openai\n    model: m\n    mcp_servers: [{name: s, type: streamable-http, url: \"http://127.0.0.1:9/mcp\"}]\n";
-    let loaded = load_str_untrusted(plain, "submitted").expect("an HTTP server loads (the server checks its URL)");
+    let loaded = load_str_untrusted(plain, "submitted")
+        .expect("an HTTP server loads (the server checks its URL)");
     assert_eq!(loaded.config.agents[0].tools.mcp_servers.len(), 1);
 }

@@ -45,24 +45,30 @@ pub(crate) fn parse(body: &[u8], model: &str) -> Result<SimRequest, String> {
             .into_iter()
             .flatten()
     });
-    let (tool_names, vote_label, tool_params) = offered_tools(declarations.filter_map(|declaration| {
-        let name = declaration.get("name").and_then(Value::as_str)?;
-        let schema = [
-            "parameters",
-            "parametersJsonSchema",
-            "parameters_json_schema",
-        ]
-        .iter()
-        .find_map(|key| declaration.get(*key));
-        Some((name, schema))
-    }));
+    let (tool_names, vote_label, tool_params) =
+        offered_tools(declarations.filter_map(|declaration| {
+            let name = declaration.get("name").and_then(Value::as_str)?;
+            let schema = [
+                "parameters",
+                "parametersJsonSchema",
+                "parameters_json_schema",
+            ]
+            .iter()
+            .find_map(|key| declaration.get(*key));
+            Some((name, schema))
+        }));
     let tool_results = request
         .contents
         .iter()
         .filter_map(|content| content.get("parts").and_then(Value::as_array))
         .flatten()
         .filter_map(|part| part.get("functionResponse"))
-        .map(|response| response.get("response").map(result_text).unwrap_or_default())
+        .map(|response| {
+            response
+                .get("response")
+                .map(result_text)
+                .unwrap_or_default()
+        })
         .collect();
     Ok(SimRequest {
         fingerprint: fingerprint(&[

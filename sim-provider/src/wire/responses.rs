@@ -61,9 +61,7 @@ pub(crate) fn parse(body: &[u8]) -> Result<SimRequest, String> {
     let tool_results = match &request.input {
         Value::Array(items) => items
             .iter()
-            .filter(|item| {
-                item.get("type").and_then(Value::as_str) == Some("function_call_output")
-            })
+            .filter(|item| item.get("type").and_then(Value::as_str) == Some("function_call_output"))
             .map(|item| item.get("output").map(result_text).unwrap_or_default())
             .collect(),
         _ => Vec::new(),

@@ -18,7 +18,10 @@ use conclave_tests::workspace_bin;
 use tokio_util::sync::CancellationToken;
 
 #[derive(Debug, Parser)]
-#[command(name = "conclave-mcp-bench", about = "MCP tool-call overhead, stdio and HTTP")]
+#[command(
+    name = "conclave-mcp-bench",
+    about = "MCP tool-call overhead, stdio and HTTP"
+)]
 struct Args {
     /// Measured calls per transport.
     #[arg(long, default_value_t = 2000)]
@@ -95,7 +98,9 @@ async fn main() -> anyhow::Result<()> {
     };
     if args.hold {
         let toolbox = toolbox(spec("demo", stdio)).await?;
-        let record = toolbox.call(&ToolCall::new("p", "mcp__demo__pid", "{}")).await;
+        let record = toolbox
+            .call(&ToolCall::new("p", "mcp__demo__pid", "{}"))
+            .await;
         if let Some(error) = record.error {
             bail!("pid call failed: {error}");
         }
@@ -104,8 +109,13 @@ async fn main() -> anyhow::Result<()> {
         return Ok(());
     }
 
-    println!("conclave-mcp-bench: {} calls of the demo's `add` per transport", args.calls);
-    let stdio_box = toolbox(spec("demo", stdio)).await.context("stdio demo server")?;
+    println!(
+        "conclave-mcp-bench: {} calls of the demo's `add` per transport",
+        args.calls
+    );
+    let stdio_box = toolbox(spec("demo", stdio))
+        .await
+        .context("stdio demo server")?;
     measure("stdio", &stdio_box, "mcp__demo__add", args.calls).await?;
     stdio_box.shutdown().await;
 

@@ -41,9 +41,12 @@ fn tools(servers: Vec<McpServerSpec>, limits: ToolLimits) -> AgentTools {
 
 async fn start(servers: Vec<McpServerSpec>, limits: ToolLimits) -> Result<ToolBox, ToolStartError> {
     let env = |_: &str| None;
-    tokio::time::timeout(WAIT, ToolBox::start("agent-a", &tools(servers, limits), &env))
-        .await
-        .expect("the toolbox starts within the deadline")
+    tokio::time::timeout(
+        WAIT,
+        ToolBox::start("agent-a", &tools(servers, limits), &env),
+    )
+    .await
+    .expect("the toolbox starts within the deadline")
 }
 
 fn call(id: &str, name: &str, arguments: &str) -> ToolCall {
@@ -84,7 +87,12 @@ async fn stdio_server_tools_are_offered_under_massgen_names_and_answer() {
     assert_eq!(lookup.parameters["type"], "object");
     assert!(lookup.parameters["required"].to_string().contains("key"));
 
-    let record = run(&toolbox, "mcp__demo__lookup", r#"{"key": "capital of France"}"#).await;
+    let record = run(
+        &toolbox,
+        "mcp__demo__lookup",
+        r#"{"key": "capital of France"}"#,
+    )
+    .await;
     assert_eq!(record.error, None);
     assert_eq!(record.content, "The capital of France is Paris.");
     assert_eq!(record.call_id, "c1");
@@ -101,7 +109,9 @@ async fn stdio_server_tools_are_offered_under_massgen_names_and_answer() {
 
 #[tokio::test]
 async fn streamable_http_server_works_and_headers_are_expanded_on_the_node() {
-    let listener = tokio::net::TcpListener::bind("127.0.0.1:0").await.expect("bind");
+    let listener = tokio::net::TcpListener::bind("127.0.0.1:0")
+        .await
+        .expect("bind");
     let addr = listener.local_addr().expect("addr");
     let stop = CancellationToken::new();
     let server = tokio::spawn(conclave_mcp_demo::serve_http(listener, stop.clone()));
@@ -118,7 +128,11 @@ async fn streamable_http_server_works_and_headers_are_expanded_on_the_node() {
     let env = |name: &str| (name == "DEMO_TOKEN").then(|| "t0ken".to_owned());
     let toolbox = tokio::time::timeout(
         WAIT,
-        ToolBox::start("agent-a", &tools(vec![spec.clone()], ToolLimits::default()), &env),
+        ToolBox::start(
+            "agent-a",
+            &tools(vec![spec.clone()], ToolLimits::default()),
+            &env,
+        ),
     )
     .await
     .expect("in time")
@@ -136,7 +150,10 @@ async fn streamable_http_server_works_and_headers_are_expanded_on_the_node() {
         .await
         .expect_err("unset variable");
     let text = error.to_string();
-    assert!(text.contains("agent `agent-a`") && text.contains("MCP server `web`"), "{text}");
+    assert!(
+        text.contains("agent `agent-a`") && text.contains("MCP server `web`"),
+        "{text}"
+    );
     assert!(text.contains("DEMO_TOKEN"), "{text}");
     stop.cancel();
     let _ = tokio::time::timeout(WAIT, server).await;
@@ -147,13 +164,21 @@ async fn allowed_and_excluded_tools_filter_the_offer() {
     let mut spec = demo_stdio("demo", &[]);
     spec.allowed_tools = Some(vec!["lookup".into(), "mcp__demo__add".into(), "big".into()]);
     spec.exclude_tools = vec!["mcp__demo__big".into()];
-    let toolbox = start(vec![spec], ToolLimits::default()).await.expect("starts");
+    let toolbox = start(vec![spec], ToolLimits::default())
+        .await
+        .expect("starts");
     let names: Vec<String> = toolbox.specs().into_iter().map(|s| s.name).collect();
     assert_eq!(names.len(), 2, "{names:?}");
     assert!(toolbox.has("mcp__demo__lookup") && toolbox.has("mcp__demo__add"));
     // A filtered-out tool is unknown to the model.
     let record = run(&toolbox, "mcp__demo__big", r#"{"bytes": 3}"#).await;
-    assert!(record.content.contains("there is no tool named `mcp__demo__big`"), "{}", record.content);
+    assert!(
+        record
+            .content
+            .contains("there is no tool named `mcp__demo__big`"),
+        "{}",
+        record.content
+    );
 }
 
 #[tokio::test]
@@ -163,36 +188,80 @@ async fn bad_tool_use_becomes_error_results_the_model_can_read() {
         max_tool_result_bytes: 1024,
         ..ToolLimits::default()
     };
-    let toolbox = start(vec![demo_stdio("demo", &[])], limits).await.expect("starts");
+    let toolbox = start(vec![demo_stdio("demo", &[])], limits)
+        .await
+        .expect("starts");
 
     let unknown = run(&toolbox, "mcp__demo__nope", "{}").await;
-    assert!(unknown.content.starts_with("error: there is no tool named `mcp__demo__nope`"), "{}", unknown.content);
-    assert!(unknown.content.contains("mcp__demo__lookup"), "lists the tools: {}", unknown.content);
+    assert!(
+        unknown
+            .content
+            .starts_with("error: there is no tool named `mcp__demo__nope`"),
+        "{}",
+        unknown.content
+    );
+    assert!(
+        unknown.content.contains("mcp__demo__lookup"),
+        "lists the tools: {}",
+        unknown.content
+    );
     assert!(unknown.error.is_some());
 
     let bad_json = run(&toolbox, "mcp__demo__lookup", r#"{"key": "#).await;
-    assert!(bad_json.content.contains("not valid JSON"), "{}", bad_json.content);
+    assert!(
+        bad_json.content.contains("not valid JSON"),
+        "{}",
+        bad_json.content
+    );
 
     let missing = run(&toolbox, "mcp__demo__lookup", "{}").await;
-    assert!(missing.content.contains("missing required property `key`"), "{}", missing.content);
+    assert!(
+        missing.content.contains("missing required property `key`"),
+        "{}",
+        missing.content
+    );
 
     let mistyped = run(&toolbox, "mcp__demo__add", r#"{"a": "one", "b": 2}"#).await;
-    assert!(mistyped.content.contains("property `a` must be number"), "{}", mistyped.content);
+    assert!(
+        mistyped.content.contains("property `a` must be number"),
+        "{}",
+        mistyped.content
+    );
 
-    let failed = run(&toolbox, "mcp__demo__fail", r#"{"message": "disk on fire"}"#).await;
-    assert_eq!(failed.content, "error: tool `mcp__demo__fail` failed: disk on fire");
+    let failed = run(
+        &toolbox,
+        "mcp__demo__fail",
+        r#"{"message": "disk on fire"}"#,
+    )
+    .await;
+    assert_eq!(
+        failed.content,
+        "error: tool `mcp__demo__fail` failed: disk on fire"
+    );
     assert_eq!(failed.error.as_deref(), Some(failed.content.as_str()));
 
     let slow = run(&toolbox, "mcp__demo__slow", r#"{"ms": 20000}"#).await;
-    assert!(slow.content.contains("did not answer within 1 s"), "{}", slow.content);
-    assert!(slow.content.contains("tool_timeout_seconds"), "{}", slow.content);
+    assert!(
+        slow.content.contains("did not answer within 1 s"),
+        "{}",
+        slow.content
+    );
+    assert!(
+        slow.content.contains("tool_timeout_seconds"),
+        "{}",
+        slow.content
+    );
 
     let big = run(&toolbox, "mcp__demo__big", r#"{"bytes": 5000}"#).await;
     assert!(big.truncated);
     assert_eq!(big.result_bytes, 5000);
     assert!(big.content.starts_with(&"x".repeat(1024)));
     assert!(!big.content.starts_with(&"x".repeat(1025)));
-    assert!(big.content.contains("max_tool_result_bytes"), "{}", big.content);
+    assert!(
+        big.content.contains("max_tool_result_bytes"),
+        "{}",
+        big.content
+    );
     assert_eq!(big.error, None);
 
     // The server is still fine after all that.
@@ -206,7 +275,9 @@ async fn a_batch_runs_concurrently_and_answers_in_call_order() {
         max_concurrent_tools: 3,
         ..ToolLimits::default()
     };
-    let toolbox = start(vec![demo_stdio("demo", &[])], limits).await.expect("starts");
+    let toolbox = start(vec![demo_stdio("demo", &[])], limits)
+        .await
+        .expect("starts");
     let calls = vec![
         call("a", "mcp__demo__slow", r#"{"ms": 300}"#),
         call("b", "mcp__demo__lookup", r#"{"key": "answer"}"#),
@@ -234,10 +305,18 @@ async fn a_server_that_dies_is_restarted_on_the_next_call() {
     let toolbox = start(vec![demo_stdio("demo", &[])], ToolLimits::default())
         .await
         .expect("starts");
-    let first: u32 = run(&toolbox, "mcp__demo__pid", "{}").await.content.parse().expect("pid");
+    let first: u32 = run(&toolbox, "mcp__demo__pid", "{}")
+        .await
+        .content
+        .parse()
+        .expect("pid");
     let crashed = run(&toolbox, "mcp__demo__crash", "{}").await;
     assert!(crashed.error.is_some(), "{}", crashed.content);
-    assert!(crashed.content.contains("MCP server `demo`"), "{}", crashed.content);
+    assert!(
+        crashed.content.contains("MCP server `demo`"),
+        "{}",
+        crashed.content
+    );
     let second = run(&toolbox, "mcp__demo__pid", "{}").await;
     assert_eq!(second.error, None, "{}", second.content);
     let second: u32 = second.content.parse().expect("pid");
@@ -257,8 +336,14 @@ async fn a_required_server_that_cannot_start_names_agent_server_and_stderr() {
     assert_eq!(error.agent, "agent-a");
     assert_eq!(error.server, "broken");
     let text = error.to_string();
-    assert!(text.contains("agent `agent-a`: MCP server `broken` could not start"), "{text}");
-    assert!(text.contains("demo: DEMO_KEY is missing"), "stderr tail: {text}");
+    assert!(
+        text.contains("agent `agent-a`: MCP server `broken` could not start"),
+        "{text}"
+    );
+    assert!(
+        text.contains("demo: DEMO_KEY is missing"),
+        "stderr tail: {text}"
+    );
 
     let mut missing = demo_stdio("absent", &[]);
     missing.transport = McpTransport::Stdio {
@@ -267,8 +352,15 @@ async fn a_required_server_that_cannot_start_names_agent_server_and_stderr() {
         env: Vec::new(),
         cwd: None,
     };
-    let error = start(vec![missing], ToolLimits::default()).await.expect_err("must fail");
-    assert!(error.to_string().contains("cannot run `/nonexistent/conclave-no-such-server`"), "{error}");
+    let error = start(vec![missing], ToolLimits::default())
+        .await
+        .expect_err("must fail");
+    assert!(
+        error
+            .to_string()
+            .contains("cannot run `/nonexistent/conclave-no-such-server`"),
+        "{error}"
+    );
 }
 
 #[tokio::test]
@@ -279,7 +371,12 @@ async fn an_optional_server_that_cannot_start_is_left_out() {
         .await
         .expect("the session goes on without the optional server");
     assert!(toolbox.has("mcp__demo__lookup"));
-    assert!(!toolbox.specs().iter().any(|s| s.name.starts_with("mcp__extra__")));
+    assert!(
+        !toolbox
+            .specs()
+            .iter()
+            .any(|s| s.name.starts_with("mcp__extra__"))
+    );
     let starts = toolbox.starts();
     assert_eq!(starts.len(), 2);
     assert!(starts[1].error.as_deref().is_some_and(|e| !e.is_empty()));
@@ -291,8 +388,15 @@ async fn dropping_the_toolbox_leaves_no_server_process() {
     let toolbox = start(vec![demo_stdio("demo", &[])], ToolLimits::default())
         .await
         .expect("starts");
-    let pid: u32 = run(&toolbox, "mcp__demo__pid", "{}").await.content.parse().expect("pid");
-    assert!(!process_gone(pid), "the server runs while the toolbox lives");
+    let pid: u32 = run(&toolbox, "mcp__demo__pid", "{}")
+        .await
+        .content
+        .parse()
+        .expect("pid");
+    assert!(
+        !process_gone(pid),
+        "the server runs while the toolbox lives"
+    );
     drop(toolbox);
     assert!(
         poll_until(WAIT, || process_gone(pid).then_some(())).is_some(),
@@ -317,7 +421,9 @@ fn a_killed_agent_process_leaves_no_server_process() {
         let _ = std::io::BufReader::new(stdout).read_line(&mut line);
         let _ = tx.send(line);
     });
-    let line = rx.recv_timeout(WAIT).expect("the holder prints the server pid");
+    let line = rx
+        .recv_timeout(WAIT)
+        .expect("the holder prints the server pid");
     let pid: u32 = line
         .trim()
         .strip_prefix("server pid ")
@@ -361,7 +467,9 @@ async fn a_python_sdk_server_works() {
         exclude_tools: Vec::new(),
         optional: false,
     };
-    let toolbox = start(vec![spec], ToolLimits::default()).await.expect("python server starts");
+    let toolbox = start(vec![spec], ToolLimits::default())
+        .await
+        .expect("python server starts");
     assert!(toolbox.has("mcp__py__shout"), "{:?}", toolbox.specs());
     let record = run(&toolbox, "mcp__py__shout", r#"{"text": "hello"}"#).await;
     assert_eq!(record.error, None, "{}", record.content);
