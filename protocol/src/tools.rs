@@ -106,3 +106,34 @@ impl Default for ToolLimits {
         }
     }
 }
+
+/// One tool call as the journal records it (and as an agent node reports it): what was
+/// called, how long it took, how big the result was and what went wrong. The result text
+/// itself is not included (it can be large; the model's next message shows its effect).
+#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
+pub struct ToolCallReport {
+    pub call_id: String,
+    /// The tool as offered (`mcp__{server}__{tool}`).
+    pub tool: String,
+    /// The arguments as the model sent them (JSON text, possibly invalid).
+    pub arguments: String,
+    pub duration_ms: u64,
+    /// Bytes of the tool's own result before truncation.
+    pub result_bytes: u64,
+    pub truncated: bool,
+    /// The error text the model read, if the call failed.
+    pub error: Option<String>,
+}
+
+/// How one MCP server of an agent started, for the journal.
+#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
+pub struct ServerStartReport {
+    pub server: String,
+    /// `stdio` or `streamable-http`.
+    pub transport: String,
+    pub duration_ms: u64,
+    /// Tools offered after filtering (0 when it did not start).
+    pub tools: u32,
+    /// Why an optional server was left out.
+    pub error: Option<String>,
+}

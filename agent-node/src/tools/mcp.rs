@@ -65,6 +65,19 @@ pub struct ServerStart {
     pub error: Option<String>,
 }
 
+impl ServerStart {
+    /// The journal's view of the start.
+    pub fn report(&self) -> conclave_protocol::tools::ServerStartReport {
+        conclave_protocol::tools::ServerStartReport {
+            server: self.server.clone(),
+            transport: self.transport.to_owned(),
+            duration_ms: u64::try_from(self.duration.as_millis()).unwrap_or(u64::MAX),
+            tools: u32::try_from(self.tools).unwrap_or(u32::MAX),
+            error: self.error.clone(),
+        }
+    }
+}
+
 /// A required MCP server that could not start.
 #[derive(Debug, Clone, PartialEq, Eq, thiserror::Error)]
 #[error("agent `{agent}`: MCP server `{server}` could not start: {problem}{}", stderr_note(.stderr_tail))]

@@ -33,7 +33,7 @@ use std::sync::Arc;
 use std::time::{Duration, Instant};
 
 use conclave_protocol::ToolCall;
-use conclave_protocol::tools::{AgentTools, ToolLimits};
+use conclave_protocol::tools::{AgentTools, ToolCallReport, ToolLimits};
 use futures::StreamExt;
 use futures::future::BoxFuture;
 use serde_json::{Map as JsonMap, Value as Json};
@@ -122,6 +122,19 @@ impl ToolCallRecord {
     /// The message that carries this result back to the model.
     pub fn message(&self) -> ChatMessage {
         ChatMessage::tool(self.call_id.clone(), self.content.clone())
+    }
+
+    /// The journal's view of the call (no result text).
+    pub fn report(&self) -> ToolCallReport {
+        ToolCallReport {
+            call_id: self.call_id.clone(),
+            tool: self.tool.clone(),
+            arguments: self.arguments.clone(),
+            duration_ms: u64::try_from(self.duration.as_millis()).unwrap_or(u64::MAX),
+            result_bytes: self.result_bytes,
+            truncated: self.truncated,
+            error: self.error.clone(),
+        }
     }
 }
 

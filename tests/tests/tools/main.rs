@@ -239,6 +239,9 @@ async fn bad_tool_use_becomes_error_results_the_model_can_read() {
         "error: tool `mcp__demo__fail` failed: disk on fire"
     );
     assert_eq!(failed.error.as_deref(), Some(failed.content.as_str()));
+    let report = failed.report();
+    assert_eq!(report.tool, "mcp__demo__fail");
+    assert_eq!(report.error, failed.error);
 
     let slow = run(&toolbox, "mcp__demo__slow", r#"{"ms": 20000}"#).await;
     assert!(
