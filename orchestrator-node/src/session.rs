@@ -202,7 +202,7 @@ pub async fn start_tools(
 ) -> Result<Vec<Arc<ToolBox>>, SessionError> {
     let lookup = |key: &str| env(key);
     let starts = config.agents.iter().map(|agent| async {
-        if agent.node.is_some() || agent.tools.is_empty() {
+        if agent.node.is_some() {
             return Ok(Arc::new(ToolBox::empty()));
         }
         ToolBox::start(&agent.id, &agent.tools, &lookup)

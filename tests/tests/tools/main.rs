@@ -504,3 +504,22 @@ def explode() -> str:
 if __name__ == "__main__":
     mcp.run()
 "#;
+
+#[tokio::test]
+async fn an_agent_without_servers_keeps_its_limits() {
+    let limits = ToolLimits {
+        max_tool_rounds: 3,
+        ..ToolLimits::default()
+    };
+    let toolbox = start(Vec::new(), limits).await.expect("nothing to start");
+    assert!(toolbox.is_empty());
+    assert_eq!(toolbox.limits().max_tool_rounds, 3);
+    let record = run(&toolbox, "mcp__demo__lookup", "{}").await;
+    assert!(
+        record
+            .content
+            .contains("no tools besides the workflow ones"),
+        "{}",
+        record.content
+    );
+}
