@@ -306,15 +306,16 @@ impl AgentHost {
         };
         // The agent's MCP servers start here, on the node that runs it, with this node's
         // environment for `${VAR}`; a required one that cannot start refuses the agent.
-        let tools = if request.spec.tools.is_empty() {
-            Arc::new(crate::tools::ToolBox::empty())
-        } else {
-            let lookup = |key: &str| env.get(key);
-            match crate::tools::ToolBox::start(&request.spec.id, &request.spec.tools, &lookup).await
-            {
-                Ok(tools) => Arc::new(tools),
-                Err(error) => return Some(format!("on node `{}`: {error}", state.opts.name)),
-            }
+        let lookup = |key: &str| env.get(key);
+        let tools = match crate::tools::ToolBox::start(
+            &request.spec.id,
+            &request.spec.tools,
+            &lookup,
+        )
+        .await
+        {
+            Ok(tools) => Arc::new(tools),
+            Err(error) => return Some(format!("on node `{}`: {error}", state.opts.name)),
         };
         let (agent, incarnation) = (request.agent, request.incarnation);
         let to_host = myself.clone();
