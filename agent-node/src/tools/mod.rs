@@ -25,6 +25,25 @@
 //!   it saw part of it and a runaway tool cannot blow the context window.
 //! - **Calls of one reply run concurrently**, at most `max_concurrent_tools` at a time, and the
 //!   results come back in call order (providers pair results with calls by position or id).
+//!
+//! How a turn worker uses it (`context.tools` is the agent's `Arc<ToolBox>`):
+//!
+//! ```text
+//! request.tools = workflow_specs ++ context.tools.specs();      // Vec<llm::ToolSpec>
+//! loop {
+//!     reply = stream(request)
+//!     let (workflow, others) = reply.tool_calls split by name (context.tools.has(name))
+//!     if others is empty { check workflow as today; break }
+//!     if rounds == context.tools.limits().max_tool_rounds { fail naming max_tool_rounds }
+//!     let records = context.tools.call_batch(&others).await;   // call order, never Err
+//!     request.messages.push(ChatMessage::Assistant { tool_calls: reply.tool_calls, .. });
+//!     request.messages.extend(records.iter().map(ToolCallRecord::message));
+//!     journal each record.report()  (protocol::tools::ToolCallReport)
+//! }
+//! ```
+//!
+//! Unknown names (neither workflow nor offered) can go through `call_batch` too: they come
+//! back as "there is no tool named ..." results listing the offered tools.
 
 pub mod mcp;
 
