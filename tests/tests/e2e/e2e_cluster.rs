@@ -706,6 +706,7 @@ async fn mcp_servers_of_a_remote_agent_start_on_its_node() {
     ] {
         let setup = Setup::new().await;
         let base = setup.sim.base_url();
+        let marker = format!("{session}-{}", std::process::id());
         let yaml = sim_cluster_yaml(
             &base,
             &[NodeAgent {
@@ -720,7 +721,7 @@ async fn mcp_servers_of_a_remote_agent_start_on_its_node() {
         .replace(
             &format!("      base_url: \"{base}\"\n"),
             &format!(
-                "      base_url: \"{base}\"\n      mcp_servers:\n        - name: demo\n          type: stdio\n          command: \"${{DEMO_MCP_BIN}}\"\n          args: {args}\n"
+                "      base_url: \"{base}\"\n      mcp_servers:\n        - name: demo\n          type: stdio\n          command: \"${{DEMO_MCP_BIN}}\"\n          args: {args}\n          env:\n            CONCLAVE_TEST_MARKER: \"{marker}\"\n"
             ),
         );
         let config = setup.write_config(&yaml);
@@ -734,7 +735,24 @@ async fn mcp_servers_of_a_remote_agent_start_on_its_node() {
         )
         .expect("agent node starts");
         let run = wait(orchestrator, DEADLINE).await;
+        // The session is over but the node keeps running: its MCP server must be gone.
+        let gone = tokio::task::spawn_blocking({
+            let marker = marker.clone();
+            move || {
+                conclave_tests::poll_until(DEADLINE, || {
+                    super::e2e_tools::processes_with(&marker)
+                        .is_empty()
+                        .then_some(())
+                })
+            }
+        })
+        .await
+        .expect("poll thread");
         let node_run = stop_node(node).await;
+        assert!(
+            gone.is_some(),
+            "the node kept the session's MCP server running"
+        );
         if works {
             assert_eq!(
                 run.code,

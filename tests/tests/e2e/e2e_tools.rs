@@ -49,7 +49,7 @@ fn config(dir: &Path, base_url: &str, extra_args: &str, marker: &str) -> PathBuf
 }
 
 /// The pids of live processes whose environment holds `marker`.
-fn processes_with(marker: &str) -> Vec<u32> {
+pub(crate) fn processes_with(marker: &str) -> Vec<u32> {
     let needle = format!("CONCLAVE_TEST_MARKER={marker}");
     let Ok(entries) = std::fs::read_dir("/proc") else {
         return Vec::new();
@@ -201,6 +201,71 @@ async fn ctrl_c_leaves_no_server_process_behind() {
     assert!(
         left.is_some(),
         "MCP server processes survived Ctrl-C: {:?}",
+        processes_with(&marker)
+    );
+}
+
+/// `conclave server` runs many sessions in one process: each session's MCP servers stop when
+/// that session ends, not when the server does.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_long_running_server_stops_each_sessions_mcp_servers() {
+    use std::io::{BufRead, BufReader, Write};
+    let sim = sim().await;
+    let dir = tempfile::tempdir().expect("tempdir");
+    let marker = format!("e2e-tools-srv-{}", std::process::id());
+    let config = config(dir.path(), &sim.base_url(), "", &marker);
+    let bin = workspace_bin("conclave").expect("conclave binary");
+    let mut server = Command::new(bin)
+        .arg("server")
+        // The HTTP API is not used; stdin jobs are. A free loopback port.
+        .args([
+            "--http",
+            &format!("127.0.0.1:{}", conclave_tests::free_port().expect("port")),
+        ])
+        .arg("--config")
+        .arg(&config)
+        .args(["--session-dir", "sessions"])
+        .current_dir(dir.path())
+        .env_remove("RUST_LOG")
+        .stdin(std::process::Stdio::piped())
+        .stdout(std::process::Stdio::piped())
+        .stderr(std::process::Stdio::null())
+        .spawn()
+        .expect("server starts");
+    let mut stdin = server.stdin.take().expect("stdin");
+    let stdout = server.stdout.take().expect("stdout");
+    let line = tokio::task::spawn_blocking(move || {
+        let _ = writeln!(stdin, "What is the capital of France?");
+        let _ = stdin.flush();
+        let mut line = String::new();
+        let _ = BufReader::new(stdout).read_line(&mut line);
+        (line, stdin)
+    });
+    let (line, stdin) = tokio::time::timeout(DEADLINE, line)
+        .await
+        .expect("a session result in time")
+        .expect("reader thread");
+    let result: serde_json::Value = serde_json::from_str(&line).expect("a JSON result line");
+    assert_eq!(result["exit_code"], 0, "{result}");
+    let gone = tokio::task::spawn_blocking({
+        let marker = marker.clone();
+        move || {
+            conclave_tests::poll_until(DEADLINE, || {
+                processes_with(&marker).is_empty().then_some(())
+            })
+        }
+    })
+    .await
+    .expect("poll thread");
+    let still_running = server.try_wait().ok().flatten().is_none();
+    // SAFETY: kill(2) on the child this test spawned and has not reaped.
+    unsafe { libc::kill(server.id() as libc::pid_t, libc::SIGTERM) };
+    drop(stdin);
+    let _ = tokio::task::spawn_blocking(move || server.wait()).await;
+    assert!(still_running, "the server kept running after the session");
+    assert!(
+        gone.is_some(),
+        "the finished session's MCP server is still running: {:?}",
         processes_with(&marker)
     );
 }
