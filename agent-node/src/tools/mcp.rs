@@ -29,7 +29,7 @@ use std::process::Stdio;
 use std::sync::{Arc, Mutex};
 use std::time::{Duration, Instant};
 
-use conclave_protocol::tools::{McpServerSpec, McpTransport, ToolLimits};
+use conclave_protocol::tools::{McpServerSpec, McpTransport};
 use futures::future::BoxFuture;
 use rmcp::ServiceExt;
 use rmcp::model::{CallToolRequestParams, ContentBlock};
@@ -102,10 +102,8 @@ fn stderr_note(tail: &str) -> String {
 pub(crate) async fn start_all(
     agent: &str,
     specs: &[McpServerSpec],
-    limits: ToolLimits,
     env: &EnvFn<'_>,
 ) -> Result<Vec<(Option<Arc<McpServer>>, ServerStart)>, ToolStartError> {
-    let _ = limits;
     let starts = specs.iter().map(|spec| async move {
         let started = Instant::now();
         let server = Arc::new(McpServer::new(spec.clone(), env));
@@ -316,7 +314,8 @@ impl McpServer {
                 let (child, stderr) = TokioChildProcess::builder(cmd)
                     .stderr(Stdio::piped())
                     .spawn()
-                    .map_err(|e| format!("cannot run `{command}`: {e}"))?;
+                    // Named as configured: an expanded `${VAR}` is not shown.
+                    .map_err(|e| format!("cannot run `{}`: {e}", self.spec_url()))?;
                 let process_group = child.id().and_then(|p| i32::try_from(p).ok());
                 if let Some(stderr) = stderr {
                     tokio::spawn(keep_tail(
@@ -375,15 +374,20 @@ impl McpServer {
 
     /// The live connection, restarting the server (after the backoff) when it is gone.
     async fn live(&self) -> Result<Arc<Connection>, ToolError> {
-        {
+        let dead = {
             let guard = self.connection.lock().await;
-            if let Some(connection) = guard.as_ref()
-                && !connection.client.is_closed()
-            {
-                return Ok(connection.clone());
+            match guard.as_ref() {
+                Some(connection) if !connection.client.is_closed() => {
+                    return Ok(connection.clone());
+                }
+                other => other.cloned(),
             }
+        };
+        // Only the connection found dead is dropped: a concurrent call may already have
+        // restarted the server.
+        if let Some(dead) = &dead {
+            self.drop_connection(dead).await;
         }
-        self.drop_connection(None).await;
         let failures = self.restarts.lock().map(|r| r.failures).unwrap_or(0);
         if failures > 0 {
             let backoff = FIRST_BACKOFF
@@ -414,15 +418,13 @@ impl McpServer {
         }
     }
 
-    /// Drops the connection (killing a stdio server), if it is still `which` (or any).
-    async fn drop_connection(&self, which: Option<&Arc<Connection>>) {
+    /// Drops the connection (killing a stdio server) if it is still `which`.
+    async fn drop_connection(&self, which: &Arc<Connection>) {
         let mut guard = self.connection.lock().await;
-        let same = match (guard.as_ref(), which) {
-            (Some(current), Some(which)) => Arc::ptr_eq(current, which),
-            (Some(_), None) => true,
-            (None, _) => false,
-        };
-        if same {
+        if guard
+            .as_ref()
+            .is_some_and(|current| Arc::ptr_eq(current, which))
+        {
             *guard = None;
         }
     }
@@ -487,7 +489,7 @@ impl ToolKind for McpServer {
                     // The connection is broken (the child died, the session is gone): drop
                     // it so the next call restarts the server.
                     self.note_failure();
-                    self.drop_connection(Some(&connection)).await;
+                    self.drop_connection(&connection).await;
                     Err(ToolError::Failed(format!(
                         "MCP server `{}` stopped answering ({error}); it will be restarted on \
                          the next call",

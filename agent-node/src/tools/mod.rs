@@ -215,7 +215,7 @@ impl ToolBox {
         tools: &AgentTools,
         env: &EnvFn<'_>,
     ) -> Result<ToolBox, ToolStartError> {
-        let started = mcp::start_all(agent_id, &tools.mcp_servers, tools.limits, env).await?;
+        let started = mcp::start_all(agent_id, &tools.mcp_servers, env).await?;
         let mut kinds: Vec<(Arc<dyn ToolKind>, ToolFilter)> = Vec::new();
         let mut starts = Vec::new();
         for (server, start) in started {

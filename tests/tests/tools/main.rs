@@ -324,6 +324,18 @@ async fn a_server_that_dies_is_restarted_on_the_next_call() {
     assert_eq!(second.error, None, "{}", second.content);
     let second: u32 = second.content.parse().expect("pid");
     assert_ne!(first, second, "a new server process answers");
+    // Concurrent calls after a second crash restart the server once, not once per call.
+    let _ = run(&toolbox, "mcp__demo__crash", "{}").await;
+    let calls: Vec<ToolCall> = (0..3)
+        .map(|i| call(&format!("p{i}"), "mcp__demo__pid", "{}"))
+        .collect();
+    let records = tokio::time::timeout(WAIT, toolbox.call_batch(&calls))
+        .await
+        .expect("in time");
+    let pids: std::collections::HashSet<&str> =
+        records.iter().map(|r| r.content.as_str()).collect();
+    assert_eq!(pids.len(), 1, "{records:?}");
+    assert!(records.iter().all(|r| r.error.is_none()), "{records:?}");
     assert!(
         poll_until(WAIT, || process_gone(first).then_some(())).is_some(),
         "the crashed server is gone"
