@@ -6,7 +6,10 @@
 //! `max_workflow_retries`, `skip_final_presentation`, `max_turn_restarts`,
 //! `restart_window_seconds`; `timeout_settings.turn_timeout_seconds`,
 //! `stall_timeout_seconds`, `connect_timeout_seconds`; agent `node`; backend `api_key_env`,
-//! `max_retries`, `extra_body`, `thinking_budget`).
+//! `max_retries`, `extra_body`, `thinking_budget`, and the tool-loop bounds `max_tool_rounds`,
+//! `tool_timeout_seconds`, `max_tool_result_bytes`, `max_concurrent_tools`). MassGen's
+//! `mcp_servers`, `allowed_tools`, `exclude_tools` and `concurrent_tool_execution` are read
+//! (module `tools`).
 //!
 //! How a load goes, and why:
 //! 1. The `config` crate parses the YAML (module `tree`); the loader then walks the values itself,
