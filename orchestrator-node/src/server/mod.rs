@@ -681,6 +681,41 @@ impl Server {
                 warn!("submitted config refused: agent `{}`: {refused}", agent.id);
                 return Err(SubmitError::Invalid(anyhow::anyhow!(message)));
             }
+            // MCP servers over HTTP must be under an allowed base URL, like providers (the
+            // loader already refuses stdio servers and `${VAR}` in submitted configs).
+            for server in &agent.tools.mcp_servers {
+                let url = match &server.transport {
+                    conclave_protocol::tools::McpTransport::StreamableHttp { url, .. } => url,
+                    conclave_protocol::tools::McpTransport::Stdio { .. } => {
+                        return Err(SubmitError::Invalid(anyhow::anyhow!(
+                            "agent `{}`, MCP server `{}`: a submitted config may not start programs",
+                            agent.id,
+                            server.name
+                        )));
+                    }
+                };
+                let allowed = self
+                    .allow
+                    .base_url_prefixes()
+                    .any(|prefix| conclave_protocol::trust::url_has_prefix(url, prefix));
+                if !allowed {
+                    warn!(
+                        "submitted config refused: agent `{}`: MCP server `{}` URL not allowed",
+                        agent.id, server.name
+                    );
+                    let shown = match file {
+                        None => format!(" (`{url}`)"),
+                        Some(_) => String::new(),
+                    };
+                    return Err(SubmitError::Invalid(anyhow::anyhow!(
+                        "agent `{}`, MCP server `{}`: its URL{shown} is not allowed: a submitted \
+                         config may only use MCP servers under a base URL of the operator's own \
+                         config or a prefix given with --allow-base-url",
+                        agent.id,
+                        server.name
+                    )));
+                }
+            }
         }
         Ok(())
     }

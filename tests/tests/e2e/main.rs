@@ -18,4 +18,5 @@ mod e2e_resume;
 mod e2e_server;
 mod e2e_server_trust;
 mod e2e_session;
+mod e2e_tools;
 mod e2e_web;
