@@ -27,8 +27,9 @@ use std::sync::atomic::{AtomicBool, Ordering};
 use std::time::Duration;
 
 use conclave_protocol::config::WorkflowMode;
+use conclave_protocol::message::TOOL_RESULT_JOURNAL_BYTES;
 use conclave_protocol::{
-    AgentReport, Decision, DecisionHow, SessionId, StreamChunk, TraceContext, TurnError,
+    AgentReport, Decision, DecisionHow, SessionId, StreamChunk, ToolCall, TraceContext, TurnError,
     TurnErrorKind, TurnEvent, TurnMode, TurnSpec,
 };
 use futures::StreamExt;
@@ -39,11 +40,12 @@ use tracing_opentelemetry::OpenTelemetrySpanExt;
 
 use crate::accumulate::TurnOutput;
 use crate::agent::AgentMsg;
-use crate::llm::{ChatRequest, ToolChoice};
+use crate::llm::{ChatMessage, ChatRequest, ToolChoice};
 use crate::outbox::Outbox;
 use crate::providers::{Backend, ProviderError};
 use crate::retry::RetryPolicy;
 use crate::telemetry;
+use crate::tools::ToolCallRecord;
 use crate::workflow;
 
 /// Limits that shape every turn of an agent.
@@ -310,12 +312,19 @@ async fn run_turn(
     let own_system = context.system_message.as_deref();
     match spec.mode {
         TurnMode::Present => {
-            let request = ChatRequest {
+            // The presenter may use its own tools (never the workflow ones).
+            let tools = context.tools.specs();
+            let mut request = ChatRequest {
                 messages: workflow::presentation_messages(spec, own_system),
-                tools: Vec::new(),
-                tool_choice: ToolChoice::None,
+                tool_choice: if tools.is_empty() {
+                    ToolChoice::None
+                } else {
+                    ToolChoice::Auto
+                },
+                tools,
             };
-            let output = call_with_retries(spec, context, session, &request).await?;
+            let mut rounds = 0;
+            let output = call_with_tools(spec, context, session, &mut request, &mut rounds).await?;
             Ok(AgentReport::Presented {
                 turn: spec.turn,
                 content: output.text,
@@ -350,12 +359,15 @@ async fn coordinate(
     let mut request = if text_mode {
         text_request(spec, own_system)
     } else {
+        let mut tools = workflow::workflow_tools(spec);
+        tools.extend(context.tools.specs());
         ChatRequest {
             messages: workflow::coordination_messages(spec, own_system),
-            tools: workflow::workflow_tools(spec),
+            tools,
             tool_choice: ToolChoice::Auto,
         }
     };
+    let mut tool_rounds = 0;
     let decided = |decision: Decision, how: DecisionHow| AgentReport::Decided {
         turn: spec.turn,
         decision,
@@ -366,11 +378,20 @@ async fn coordinate(
     // The longest text the model wrote; kept as an implicit answer if nothing else comes.
     let mut longest_text = String::new();
     for attempt in 0..=context.settings.max_workflow_retries {
-        let output = call_with_retries(spec, context, session, &request).await?;
+        let output =
+            call_with_tools(spec, context, session, &mut request, &mut tool_rounds).await?;
         if output.text.trim().len() > longest_text.trim().len() {
             longest_text = output.text.clone();
         }
-        let problem = if text_mode {
+        let limit = context.tools.limits().max_tool_rounds;
+        let problem = if !text_mode && has_tool_calls(context, &output) {
+            // Only reached when the tool rounds are spent: the model must decide now, so the
+            // agent's tools are no longer offered.
+            request
+                .tools
+                .retain(|tool| workflow::is_workflow_tool(&tool.name));
+            workflow::DecisionProblem::ToolRoundsExhausted { limit }
+        } else if text_mode {
             match workflow::text::parse_text_decision(spec, &output.text) {
                 Ok(decision) => return Ok(decided(decision, DecisionHow::Text)),
                 Err(problem) => problem,
@@ -457,6 +478,102 @@ async fn coordinate(
             ),
         },
     })
+}
+
+/// Whether the reply calls any of the agent's own tools (anything but the workflow tools),
+/// when it has tools at all. Without tools, a stray call is a workflow problem, as before.
+fn has_tool_calls(context: &AgentContext, output: &TurnOutput) -> bool {
+    !context.tools.is_empty()
+        && output
+            .tool_calls
+            .iter()
+            .any(|call| !workflow::is_workflow_tool(&call.name))
+}
+
+/// Calls the provider and runs the agent's tools for it until a reply calls none of them, or
+/// the turn's `max_tool_rounds` are spent (`rounds` counts across the turn's attempts). Each
+/// round's calls run concurrently (bounded by `max_concurrent_tools`, results in call order);
+/// each result goes back in the provider's wire format (a `Tool` message per call) and to the
+/// coordinator as a [`TurnEvent::ToolCalled`] (journal, displays) with a `ToolCall` and a
+/// `ToolResult` chunk (live feed). A workflow call made in the same reply as tool calls is
+/// answered "decide after reading the results": a decision must see what the tools said.
+async fn call_with_tools(
+    spec: &TurnSpec,
+    context: &AgentContext,
+    session: &SessionId,
+    request: &mut ChatRequest,
+    rounds: &mut u32,
+) -> Result<TurnOutput, CallError> {
+    loop {
+        let output = call_with_retries(spec, context, session, request).await?;
+        if !has_tool_calls(context, &output) || *rounds >= context.tools.limits().max_tool_rounds {
+            return Ok(output);
+        }
+        *rounds += 1;
+        let (tool_calls, workflow_calls): (Vec<ToolCall>, Vec<ToolCall>) = output
+            .tool_calls
+            .iter()
+            .cloned()
+            .partition(|call| !workflow::is_workflow_tool(&call.name));
+        let records = context.tools.call_batch(&tool_calls).await;
+        request.messages.push(ChatMessage::Assistant {
+            content: (!output.text.is_empty()).then(|| output.text.clone()),
+            tool_calls: output.tool_calls.clone(),
+            reasoning: output.reasoning_blocks.clone(),
+        });
+        for record in &records {
+            request.messages.push(record.message());
+            report_tool_call(spec, context, record);
+        }
+        for call in &workflow_calls {
+            request.messages.push(ChatMessage::tool(
+                call.id.clone(),
+                "not accepted: this decision was made in the same reply as tool calls; read \
+                 their results, then decide",
+            ));
+        }
+    }
+}
+
+/// Tells the coordinator about one tool call: the live feed gets the call and its result as
+/// chunks, the journal a [`TurnEvent::ToolCalled`].
+fn report_tool_call(spec: &TurnSpec, context: &AgentContext, record: &ToolCallRecord) {
+    let call = ToolCall::new(
+        record.call_id.clone(),
+        record.tool.clone(),
+        record.arguments.clone(),
+    );
+    context.outbox.send(AgentReport::Chunk {
+        turn: spec.turn,
+        chunk: StreamChunk::ToolCall(call),
+    });
+    context.outbox.send(AgentReport::Chunk {
+        turn: spec.turn,
+        chunk: StreamChunk::ToolResult {
+            id: record.call_id.clone(),
+            name: record.tool.clone(),
+            content: clip_bytes(&record.content, TOOL_RESULT_JOURNAL_BYTES).to_owned(),
+        },
+    });
+    context.outbox.send(AgentReport::TurnEvent {
+        turn: spec.turn,
+        event: TurnEvent::ToolCalled {
+            report: record.report(),
+            result: clip_bytes(&record.content, TOOL_RESULT_JOURNAL_BYTES).to_owned(),
+        },
+    });
+}
+
+/// The longest prefix of `text` of at most `max` bytes that ends on a character boundary.
+fn clip_bytes(text: &str, max: usize) -> &str {
+    if text.len() <= max {
+        return text;
+    }
+    let mut end = max;
+    while !text.is_char_boundary(end) {
+        end -= 1;
+    }
+    &text[..end]
 }
 
 /// A text-protocol coordination request: no tools, the text rules.

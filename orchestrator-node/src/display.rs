@@ -477,6 +477,19 @@ pub(crate) fn describe_progress(event: &TurnEvent) -> String {
             "switches to the {} protocol for the rest of the session: {reason}",
             to.as_str()
         ),
+        TurnEvent::ToolCalled { report, .. } => {
+            let outcome = match &report.error {
+                Some(error) => format!("failed: {error}"),
+                None if report.truncated => {
+                    format!("{} bytes, cut to fit the limit", report.result_bytes)
+                }
+                None => format!("{} bytes", report.result_bytes),
+            };
+            format!(
+                "called {} ({} ms): {outcome}",
+                report.tool, report.duration_ms
+            )
+        }
     }
 }
 

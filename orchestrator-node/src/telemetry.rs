@@ -289,6 +289,20 @@ pub fn session_event(span: &Span, event: &JournalEvent) {
                         text("conclave.reason", reason),
                     ],
                 ),
+                conclave_protocol::TurnEvent::ToolCalled { report, .. } => {
+                    let mut attributes = vec![
+                        agent(a),
+                        turn,
+                        KeyValue::new("gen_ai.tool.name", report.tool.clone()),
+                        KeyValue::new("gen_ai.tool.call.id", report.call_id.clone()),
+                        KeyValue::new("conclave.tool.duration_ms", report.duration_ms as i64),
+                        KeyValue::new("conclave.tool.result_bytes", report.result_bytes as i64),
+                    ];
+                    if let Some(error) = &report.error {
+                        attributes.push(text("error.type", error));
+                    }
+                    ("conclave.tool.called", attributes)
+                }
                 conclave_protocol::TurnEvent::WorkflowSwitched { to, reason } => (
                     "conclave.workflow.switched",
                     vec![

@@ -147,7 +147,18 @@ pub enum TurnEvent {
     /// The agent (workflow `auto`) ignored the workflow tools; from now on, for the rest of
     /// the session, it decides through the text protocol.
     WorkflowSwitched { to: WorkflowMode, reason: String },
+    /// The agent ran one of its tools (an MCP tool) for the model: what was called, how long it
+    /// took, how big the result was, the error if any, and the start of the result the model
+    /// read (capped at [`TOOL_RESULT_JOURNAL_BYTES`]).
+    ToolCalled {
+        report: crate::tools::ToolCallReport,
+        result: String,
+    },
 }
+
+/// How much of a tool's result a [`TurnEvent::ToolCalled`] carries (the journal's copy; the
+/// model gets up to the agent's `max_tool_result_bytes`).
+pub const TOOL_RESULT_JOURNAL_BYTES: usize = 2048;
 
 /// Agent → coordinator.
 #[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]

@@ -309,7 +309,10 @@ impl ToolBox {
     /// records come back in call order. Never fails: every problem is an error result.
     pub async fn call_batch(&self, calls: &[ToolCall]) -> Vec<ToolCallRecord> {
         let width = usize::try_from(self.limits.max_concurrent_tools.max(1)).unwrap_or(1);
-        futures::stream::iter(calls.iter().map(|call| self.call(call)))
+        // Owned calls: a future borrowing its argument through the closure would not be
+        // `Send` for every lifetime, which a turn worker (an actor) needs.
+        futures::stream::iter(calls.to_vec())
+            .map(|call| async move { self.call(&call).await })
             .buffered(width)
             .collect()
             .await

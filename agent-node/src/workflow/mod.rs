@@ -46,6 +46,11 @@ Their answers and votes are below; the answer that won the vote is marked. \
 Write the final answer to the original message: complete, self-contained, and \
 addressed to the user. Do not mention agents, labels or votes.";
 
+/// Whether `name` is one of the workflow tools (`new_answer`, `vote`).
+pub fn is_workflow_tool(name: &str) -> bool {
+    name == NEW_ANSWER || name == VOTE
+}
+
 /// The tools a coordinating turn offers.
 pub fn workflow_tools(spec: &TurnSpec) -> Vec<ToolSpec> {
     let mut tools = Vec::with_capacity(2);
@@ -231,6 +236,10 @@ pub enum DecisionProblem {
     UnknownLabel { given: String, labels: String },
     #[error("your reply did not end with a decision line; end it with {allowed}")]
     NoMarkedDecision { allowed: String },
+    #[error(
+        "the turn has used its {limit} tool rounds (`max_tool_rounds`); no more tool calls: decide now"
+    )]
+    ToolRoundsExhausted { limit: u32 },
 }
 
 impl DecisionProblem {
@@ -246,6 +255,7 @@ impl DecisionProblem {
             DecisionProblem::NothingToVoteFor => "nothing_to_vote_for",
             DecisionProblem::UnknownLabel { .. } => "unknown_label",
             DecisionProblem::NoMarkedDecision { .. } => "no_marked_decision",
+            DecisionProblem::ToolRoundsExhausted { .. } => "tool_rounds_exhausted",
         }
     }
 }

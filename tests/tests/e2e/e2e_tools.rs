@@ -269,3 +269,67 @@ async fn a_long_running_server_stops_each_sessions_mcp_servers() {
         processes_with(&marker)
     );
 }
+
+/// The tool loop end to end: agents whose simulated model calls the demo server's `lookup`
+/// (MassGen-format `mcp_servers`, stdio) get its result back in the provider's wire format,
+/// and the result reaches the answers and the final answer; every call is journaled and shown.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_tool_result_reaches_the_final_answer() {
+    let sim = sim().await;
+    let dir = tempfile::tempdir().expect("temp dir");
+    let demo = workspace_bin("conclave-mcp-demo").expect("demo server built");
+    let agent = |id: &str, model: &str| {
+        format!(
+            "  - id: {id}\n    backend:\n      type: sim\n      model: \"{model}:policy=tools,tool=lookup\"\n      base_url: \"{}\"\n      mcp_servers:\n        demo:\n          type: stdio\n          command: \"{}\"\n",
+            sim.base_url(),
+            demo.display()
+        )
+    };
+    let yaml = format!(
+        "agents:\n{}{}orchestrator:\n  restart_policy: cancel\ntimeout_settings:\n  orchestrator_timeout_seconds: 60\n",
+        agent("alpha", "sim-a"),
+        agent("beta", "sim-b")
+    );
+    let config = dir.path().join("tools.yaml");
+    std::fs::write(&config, yaml).expect("write config");
+    let finished = conclave(args(&config), dir.path().to_owned()).await;
+    assert_eq!(
+        finished.code,
+        Some(0),
+        "stdout:\n{}\nstderr:\n{}",
+        finished.stdout,
+        finished.stderr
+    );
+    let session = std::fs::read_dir(dir.path().join("sessions"))
+        .expect("sessions dir")
+        .flatten()
+        .next()
+        .expect("one session")
+        .path();
+    let journal = conclave_tests::read_journal(&session).expect("journal");
+    let calls: Vec<&serde_json::Value> = conclave_tests::events_of(&journal, "turn_progress")
+        .into_iter()
+        .filter(|e| e["event"]["ToolCalled"].is_object())
+        .collect();
+    assert!(!calls.is_empty(), "tool calls are journaled");
+    let call = &calls[0]["event"]["ToolCalled"];
+    assert_eq!(call["report"]["tool"], "mcp__demo__lookup");
+    assert!(call["report"]["error"].is_null(), "{call}");
+    let result = call["result"].as_str().unwrap_or_default().to_owned();
+    assert!(!result.is_empty());
+    let finals = conclave_tests::events_of(&journal, "final_answer");
+    let final_answer = finals[0]["content"].as_str().unwrap_or_default();
+    assert!(
+        final_answer.contains(&result)
+            || conclave_tests::events_of(&journal, "answer_accepted")
+                .iter()
+                .any(|a| a["content"].as_str().is_some_and(|c| c.contains(&result))),
+        "the tool's result `{result}` reaches the answers: {final_answer}"
+    );
+    assert!(
+        finished.stdout.contains("called mcp__demo__lookup"),
+        "{}",
+        finished.stdout
+    );
+    sim.shutdown().await;
+}
