@@ -32,3 +32,4 @@ pub mod resume;
 pub mod server;
 pub mod session;
 pub mod telemetry;
+pub mod tui;
