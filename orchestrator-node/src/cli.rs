@@ -28,8 +28,8 @@ use crate::config::{self, EnvLookup};
 use crate::coordinator::{SessionOutcome, reason_name};
 use crate::demo;
 use crate::display::Display;
-use crate::tui::state::SessionHeader;
 use crate::session::{EnvFn, SessionError, SessionPlan, new_session_id, run_session, session_dir};
+use crate::tui::state::SessionHeader;
 
 pub const EXIT_OK: u8 = 0;
 pub const EXIT_USAGE: u8 = 1;

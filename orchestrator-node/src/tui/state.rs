@@ -301,7 +301,12 @@ impl App {
         }
         self.answers
             .iter()
-            .map(|a| (a.label.clone(), counts.get(a.label.as_str()).copied().unwrap_or(0)))
+            .map(|a| {
+                (
+                    a.label.clone(),
+                    counts.get(a.label.as_str()).copied().unwrap_or(0),
+                )
+            })
             .collect()
     }
 

@@ -17,3 +17,4 @@ mod e2e_resume;
 mod e2e_server;
 mod e2e_server_trust;
 mod e2e_session;
+mod e2e_tui;

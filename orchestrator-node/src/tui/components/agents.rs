@@ -81,7 +81,13 @@ pub fn draw_one(frame: &mut Frame<'_>, area: Rect, app: &App, at: usize) {
     }
 }
 
-fn draw_pane(frame: &mut Frame<'_>, area: Rect, app: &App, at: usize, page: Option<(usize, usize)>) {
+fn draw_pane(
+    frame: &mut Frame<'_>,
+    area: Rect,
+    app: &App,
+    at: usize,
+    page: Option<(usize, usize)>,
+) {
     let agent = &app.agents[at];
     let focused = at == app.focus;
     let border = if focused {
@@ -95,7 +101,10 @@ fn draw_pane(frame: &mut Frame<'_>, area: Rect, app: &App, at: usize, page: Opti
             format!(" {} ", agent.id),
             Style::default().add_modifier(Modifier::BOLD),
         ),
-        Span::styled(format!("{} ", agent.state.word()), state_style(&agent.state)),
+        Span::styled(
+            format!("{} ", agent.state.word()),
+            state_style(&agent.state),
+        ),
     ];
     if let Some(node) = &agent.node {
         title.push(Span::raw(format!("@{node} ")));
@@ -133,7 +142,9 @@ fn line_style(kind: LineKind) -> Style {
             .fg(Color::DarkGray)
             .add_modifier(Modifier::ITALIC),
         LineKind::Tool => Style::default().fg(Color::Cyan),
-        LineKind::Note => Style::default().fg(Color::Blue).add_modifier(Modifier::BOLD),
+        LineKind::Note => Style::default()
+            .fg(Color::Blue)
+            .add_modifier(Modifier::BOLD),
         LineKind::Error => Style::default().fg(Color::Red),
     }
 }
@@ -141,7 +152,12 @@ fn line_style(kind: LineKind) -> Style {
 /// The screen lines at the bottom of an agent's stream (minus its scroll), wrapped to
 /// `width`. Only the tail is wrapped, so a long stream costs nothing per frame. Folded
 /// reasoning shows as one line per run of reasoning.
-pub fn tail(agent: &AgentView, width: usize, height: usize, show_reasoning: bool) -> Vec<Line<'static>> {
+pub fn tail(
+    agent: &AgentView,
+    width: usize,
+    height: usize,
+    show_reasoning: bool,
+) -> Vec<Line<'static>> {
     let width = width.max(1);
     let wanted = height + agent.scroll;
     let mut out: Vec<Line<'static>> = Vec::with_capacity(wanted);

@@ -29,11 +29,19 @@ pub fn draw(frame: &mut Frame<'_>, area: Rect, app: &App) {
             .map(|((label, votes), answer)| {
                 let bar = "■".repeat((*votes).min(10));
                 let head = format!("{label:<10} {:<10} ", truncate(&answer.agent, 10));
-                let preview_width = width.saturating_sub(head.chars().count() + bar.chars().count() + 5);
-                let preview = answer.content.split_whitespace().collect::<Vec<_>>().join(" ");
+                let preview_width =
+                    width.saturating_sub(head.chars().count() + bar.chars().count() + 5);
+                let preview = answer
+                    .content
+                    .split_whitespace()
+                    .collect::<Vec<_>>()
+                    .join(" ");
                 Line::from(vec![
                     Span::styled(head, Style::default().add_modifier(Modifier::BOLD)),
-                    Span::styled(format!("{bar} {votes} "), Style::default().fg(Color::Yellow)),
+                    Span::styled(
+                        format!("{bar} {votes} "),
+                        Style::default().fg(Color::Yellow),
+                    ),
                     Span::styled(
                         truncate(&preview, preview_width),
                         Style::default().fg(Color::Gray),
@@ -42,7 +50,11 @@ pub fn draw(frame: &mut Frame<'_>, area: Rect, app: &App) {
             })
             .collect()
     };
-    let title = format!(" answers ({}) · votes at revision {} ", app.answers.len(), app.revision);
+    let title = format!(
+        " answers ({}) · votes at revision {} ",
+        app.answers.len(),
+        app.revision
+    );
     frame.render_widget(
         Paragraph::new(lines).block(Block::bordered().title(truncate(&title, width))),
         area,

@@ -14,7 +14,11 @@ pub const HEIGHT: u16 = 2;
 
 pub fn draw(frame: &mut Frame<'_>, area: Rect, app: &App) {
     let bar = Style::default().bg(Color::Blue).fg(Color::White);
-    let question = app.question.split_whitespace().collect::<Vec<_>>().join(" ");
+    let question = app
+        .question
+        .split_whitespace()
+        .collect::<Vec<_>>()
+        .join(" ");
     let width = usize::from(area.width);
     let first = Line::from(vec![
         Span::styled(" conclave ", bar.add_modifier(Modifier::BOLD)),

@@ -25,7 +25,14 @@ pub fn draw_answer(frame: &mut Frame<'_>, area: Rect, app: &App, at: usize) {
         at + 1,
         app.answers.len()
     );
-    draw_text(frame, area, &title, &answer.content, app.text_scroll, Color::Cyan);
+    draw_text(
+        frame,
+        area,
+        &title,
+        &answer.content,
+        app.text_scroll,
+        Color::Cyan,
+    );
 }
 
 pub fn draw_final(frame: &mut Frame<'_>, area: Rect, app: &App) {
@@ -37,10 +44,24 @@ pub fn draw_final(frame: &mut Frame<'_>, area: Rect, app: &App) {
         _ => String::new(),
     };
     let title = format!(" final answer ({}{by}) ", done.reason);
-    draw_text(frame, area, &title, &done.content, app.text_scroll, Color::Green);
+    draw_text(
+        frame,
+        area,
+        &title,
+        &done.content,
+        app.text_scroll,
+        Color::Green,
+    );
 }
 
-fn draw_text(frame: &mut Frame<'_>, area: Rect, title: &str, text: &str, scroll: usize, color: Color) {
+fn draw_text(
+    frame: &mut Frame<'_>,
+    area: Rect,
+    title: &str,
+    text: &str,
+    scroll: usize,
+    color: Color,
+) {
     let width = usize::from(area.width.saturating_sub(2));
     let lines: Vec<Line> = text.lines().map(|l| Line::from(l.to_owned())).collect();
     let block = Block::bordered()
