@@ -30,6 +30,9 @@ pub mod components;
 pub mod state;
 pub mod view;
 
+#[cfg(test)]
+mod tests;
+
 use std::io::{self, Write};
 use std::sync::atomic::{AtomicBool, Ordering};
 use std::sync::mpsc::{Receiver, TryRecvError};
