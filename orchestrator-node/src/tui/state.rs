@@ -13,6 +13,7 @@ use ratatui::crossterm::event::{KeyCode, KeyEvent, KeyEventKind, KeyModifiers};
 
 use crate::display::{ArgumentText, Shown, describe_progress};
 use crate::journal::JournalEvent;
+use crate::pricing::{Price, PriceBook};
 
 /// Lines kept per agent pane; older ones are dropped (the journal keeps everything).
 pub const MAX_LINES_PER_AGENT: usize = 2000;
@@ -30,10 +31,13 @@ pub struct AgentHeader {
     pub id: String,
     pub model: String,
     pub node: Option<String>,
+    /// The model's price, when known: the header's cost adds up usage at it.
+    pub price: Option<Price>,
 }
 
 impl SessionHeader {
     pub fn new(config: &SessionConfig, question: &str) -> SessionHeader {
+        let prices = PriceBook::new(config.orchestrator.pricing.clone());
         SessionHeader {
             question: question.to_owned(),
             agents: config
@@ -43,6 +47,7 @@ impl SessionHeader {
                     id: agent.id.clone(),
                     model: agent.backend.model.clone(),
                     node: agent.node.clone(),
+                    price: prices.price(&agent.backend.model),
                 })
                 .collect(),
         }
@@ -106,6 +111,7 @@ pub struct AgentView {
     pub id: String,
     pub model: String,
     pub node: Option<String>,
+    pub price: Option<Price>,
     pub state: AgentState,
     pub turn: Option<u64>,
     pub lines: Vec<StreamLine>,
@@ -118,11 +124,12 @@ pub struct AgentView {
 }
 
 impl AgentView {
-    fn new(id: String, model: String, node: Option<String>) -> AgentView {
+    fn new(header: AgentHeader) -> AgentView {
         AgentView {
-            id,
-            model,
-            node,
+            id: header.id,
+            model: header.model,
+            node: header.node,
+            price: header.price,
             state: AgentState::Waiting,
             turn: None,
             lines: Vec::new(),
@@ -265,30 +272,34 @@ impl App {
             elapsed: Duration::ZERO,
         };
         for agent in header.agents {
-            app.agent_mut_or_add(&agent.id, agent.model, agent.node);
+            app.agent_or_add(agent);
         }
         app
     }
 
-    fn agent_mut_or_add(
-        &mut self,
-        id: &str,
-        model: String,
-        node: Option<String>,
-    ) -> &mut AgentView {
-        let at = match self.index.get(id) {
+    fn agent_or_add(&mut self, header: AgentHeader) -> &mut AgentView {
+        let at = match self.index.get(&header.id) {
             Some(at) => *at,
             None => {
-                self.agents.push(AgentView::new(id.to_owned(), model, node));
-                self.index.insert(id.to_owned(), self.agents.len() - 1);
+                self.index.insert(header.id.clone(), self.agents.len());
+                self.agents.push(AgentView::new(header));
                 self.agents.len() - 1
             }
         };
         &mut self.agents[at]
     }
 
+    /// The agent's pane; one is added for an agent the header did not name.
     fn agent(&mut self, id: &str) -> &mut AgentView {
-        self.agent_mut_or_add(id, String::new(), None)
+        if let Some(at) = self.index.get(id) {
+            return &mut self.agents[*at];
+        }
+        self.agent_or_add(AgentHeader {
+            id: id.to_owned(),
+            model: String::new(),
+            node: None,
+            price: None,
+        })
     }
 
     /// Votes per answer label at the current revision, in answer order.
@@ -375,9 +386,15 @@ impl App {
             StreamChunk::Error { message, .. } => {
                 view.note(LineKind::Error, format!("✗ {message}"));
             }
-            StreamChunk::ReasoningSignature { .. }
-            | StreamChunk::Usage(_)
-            | StreamChunk::Finish { .. } => {}
+            StreamChunk::Usage(usage) => {
+                let price = view.price;
+                self.input_tokens += usage.input_tokens;
+                self.output_tokens += usage.output_tokens;
+                if let Some(price) = price {
+                    *self.cost_usd.get_or_insert(0.0) += price.cost(usage);
+                }
+            }
+            StreamChunk::ReasoningSignature { .. } | StreamChunk::Finish { .. } => {}
         }
     }
 
@@ -508,18 +525,6 @@ impl App {
                 let view = self.agent(&agent);
                 view.state = AgentState::Waiting;
                 view.note(LineKind::Note, "rejoined".into());
-            }
-            JournalEvent::Usage {
-                input_tokens,
-                output_tokens,
-                cost_usd,
-                ..
-            } => {
-                self.input_tokens += input_tokens;
-                self.output_tokens += output_tokens;
-                if let Some(cost) = cost_usd {
-                    *self.cost_usd.get_or_insert(0.0) += cost;
-                }
             }
             JournalEvent::ConsensusReached {
                 winner,

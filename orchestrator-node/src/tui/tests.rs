@@ -22,6 +22,10 @@ fn app(agents: usize) -> App {
                 id: format!("agent-{i}"),
                 model: "sim".into(),
                 node: (i == 1).then(|| "gpu-box".to_owned()),
+                price: Some(crate::pricing::Price {
+                    input_per_million: 1.0,
+                    output_per_million: 2.0,
+                }),
             })
             .collect(),
     })
@@ -77,11 +81,20 @@ fn three_agents_fit_side_by_side_at_80_by_24_with_state_node_and_answers() {
         revision: 1,
         reason: "good".into(),
     }));
+    app.apply(Shown::Chunk {
+        agent: Arc::from("agent-0"),
+        turn: 1,
+        chunk: StreamChunk::Usage(conclave_protocol::Usage {
+            input_tokens: 1000,
+            output_tokens: 500,
+        }),
+    });
     assert_eq!(app.agents[0].state, AgentState::Thinking);
     assert_eq!(app.tally(), vec![("agent3.1".to_owned(), 1)]);
     let text = screen(&app, 80, 24);
     for expected in [
         "Why test?",
+        "1000 in / 500 out tokens · $0.0020",
         "agent-0 thinking",
         "agent-1 waiting @gpu-bo",
         "agent-2 waiting",
