@@ -24,10 +24,14 @@
 //! early return), and a panic anywhere (a hook installed once) all leave the alternate
 //! screen, show the cursor and end raw mode. SIGKILL cannot be caught; `reset` fixes that.
 //!
+//! Stderr is collected while the UI runs and written out after it (see [`stderr`]), so log
+//! lines neither scribble over the picture nor get lost; the latest shows in the key line.
+//!
 //! Without a usable terminal (setting it up fails), the session is shown as `plain`.
 
 pub mod components;
 pub mod state;
+pub mod stderr;
 pub mod view;
 
 #[cfg(test)]
@@ -89,9 +93,27 @@ pub fn run(rx: Receiver<Shown>, header: SessionHeader, interrupt: CancellationTo
         .into_iter()
         .filter_map(|signal| signal_hook::flag::register(signal, signalled.clone()).ok())
         .collect();
+    let capture = match stderr::StderrCapture::start() {
+        Ok(capture) => Some(capture),
+        Err(error) => {
+            warn!(%error, "cannot collect stderr under the terminal UI; log lines may show through");
+            None
+        }
+    };
+    let latest_log = || capture.as_ref().and_then(|c| c.latest_line());
     let mut app = App::new(header);
-    let exit = run_loop(&mut screen.terminal, &mut app, &rx, &interrupt, &signalled);
+    let exit = run_loop(
+        &mut screen.terminal,
+        &mut app,
+        &rx,
+        &interrupt,
+        &signalled,
+        &latest_log,
+    );
     drop(screen);
+    if let Some(capture) = capture {
+        capture.finish();
+    }
     for hook in hooks {
         signal_hook::low_level::unregister(hook);
     }
@@ -134,6 +156,7 @@ pub fn run_loop<B: Backend>(
     rx: &Receiver<Shown>,
     interrupt: &CancellationToken,
     signalled: &AtomicBool,
+    latest_log: &dyn Fn() -> Option<String>,
 ) -> io::Result<Exit>
 where
     B::Error: Into<io::Error>,
@@ -178,6 +201,12 @@ where
         }
         if !app.over {
             app.elapsed = started.elapsed();
+        }
+        if let Some(line) = latest_log()
+            && app.notice.as_ref().map(|(seen, _)| seen) != Some(&line)
+        {
+            app.notice = Some((line, app.elapsed));
+            dirty = true;
         }
         let since = last_draw.map(|at| at.elapsed());
         let due = match since {
@@ -271,6 +300,7 @@ impl Drop for Screen {
 
 /// Leaves the UI's terminal modes, once.
 fn restore() {
+    stderr::restore_now();
     if ACTIVE.swap(false, Ordering::SeqCst) {
         let _ = disable_raw_mode();
         let _ = execute!(io::stdout(), LeaveAlternateScreen, cursor::Show);

@@ -246,6 +246,8 @@ pub struct App {
     /// Lines scrolled in the answer / final view.
     pub text_scroll: usize,
     pub elapsed: Duration,
+    /// The latest log line (stderr while the UI runs) and when it came.
+    pub notice: Option<(String, Duration)>,
 }
 
 impl App {
@@ -270,6 +272,7 @@ impl App {
             show_reasoning: true,
             text_scroll: 0,
             elapsed: Duration::ZERO,
+            notice: None,
         };
         for agent in header.agents {
             app.agent_or_add(agent);

@@ -152,3 +152,49 @@ fn sigterm_ends_the_terminal_ui_session_gracefully_and_restores_the_terminal() {
     let journal = read_journal(&dir.path().join("sessions/tui")).unwrap();
     assert_eq!(events_of(&journal, "session_ended").len(), 1);
 }
+
+#[test]
+fn log_lines_do_not_scribble_on_the_terminal_ui_and_are_written_after_it() {
+    let dir = tempfile::tempdir().unwrap();
+    // -v logs INFO lines to stderr all through the session.
+    let mut command = demo(
+        dir.path(),
+        &[
+            "-v",
+            "--agents",
+            "2",
+            "--tokens",
+            "40",
+            "--token-delay-ms",
+            "20",
+        ],
+    );
+    let mut tui = PtySession::spawn(&mut command, 24, 80).expect("conclave starts on a pty");
+    // Every picture until the final answer: the key line (the last row) may show the latest
+    // log line, no other row may.
+    let scribbled = std::cell::RefCell::new(None);
+    tui.wait_for(WAIT, "the final answer view", |screen| {
+        let (rows, cols) = screen.size();
+        if screen.alternate_screen() {
+            let picture: Vec<String> = screen.rows(0, cols.get()).collect();
+            if picture
+                .iter()
+                .take(usize::from(rows.get()) - 1)
+                .any(|row| row.contains("INFO"))
+            {
+                scribbled.borrow_mut().get_or_insert(screen.contents());
+            }
+        }
+        screen.contents().contains("final answer (consensus")
+    })
+    .unwrap();
+    if let Some(picture) = scribbled.into_inner() {
+        panic!("a log line on the UI:\n{picture}");
+    }
+    tui.send(b"q").unwrap();
+    let (code, screen) = tui.wait(WAIT).unwrap();
+    assert_eq!(code, Some(0));
+    assert!(!screen.alternate_screen());
+    // Written out once the terminal is back.
+    assert!(screen.contents().contains("INFO"), "{}", screen.contents());
+}
