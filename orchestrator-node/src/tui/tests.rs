@@ -184,3 +184,14 @@ fn keys_move_focus_zoom_fold_reasoning_and_open_help() {
     app.key(key(KeyCode::BackTab));
     assert_eq!(app.focus, 0);
 }
+
+#[test]
+fn stream_lines_wrap_at_spaces_and_cut_long_words() {
+    use super::components::agents::wrap;
+    assert_eq!(
+        wrap("one two three four", 9),
+        vec!["one two", "three", "four"]
+    );
+    assert_eq!(wrap("abcdefghij", 4), vec!["abcd", "efgh", "ij"]);
+    assert_eq!(wrap("", 4), vec![String::new()]);
+}

@@ -63,7 +63,8 @@ fn the_terminal_ui_shows_agents_answers_and_the_final_answer_and_gives_the_termi
     tui.send(b"\r").unwrap();
     tui.wait_for(WAIT, "beta full-screen", |s| {
         let text = s.contents();
-        text.contains("beta") && !text.contains("alpha ") && !text.contains("gamma ")
+        // Pane titles: the focused one thick (┏), the others rounded (╭).
+        text.contains("┏ beta") && !text.contains("╭ alpha") && !text.contains("╭ gamma")
     })
     .unwrap();
     tui.send(b"\x1b").unwrap();

@@ -178,13 +178,7 @@ pub fn tail(
         }
         folded_run = false;
         let style = line_style(line.kind);
-        let chars: Vec<char> = line.text.chars().collect();
-        let pieces: Vec<String> = if chars.is_empty() {
-            vec![String::new()]
-        } else {
-            chars.chunks(width).map(|c| c.iter().collect()).collect()
-        };
-        for piece in pieces.into_iter().rev() {
+        for piece in wrap(&line.text, width).into_iter().rev() {
             out.push(Line::styled(piece, style));
         }
     }
@@ -192,4 +186,33 @@ pub fn tail(
     let mut shown: Vec<Line<'static>> = out.into_iter().skip(skip).take(height).collect();
     shown.reverse();
     shown
+}
+
+/// Cuts a line into pieces of at most `width` characters, at a space when there is one in
+/// the piece's second half (a long word is cut where it must be).
+pub fn wrap(text: &str, width: usize) -> Vec<String> {
+    let chars: Vec<char> = text.chars().collect();
+    if chars.is_empty() {
+        return vec![String::new()];
+    }
+    let mut pieces = Vec::new();
+    let mut start = 0;
+    while start < chars.len() {
+        let mut end = (start + width).min(chars.len());
+        if end < chars.len()
+            && let Some(space) = chars[start..end].iter().rposition(|c| *c == ' ')
+            && space >= width / 2
+        {
+            end = start + space + 1;
+        }
+        pieces.push(
+            chars[start..end]
+                .iter()
+                .collect::<String>()
+                .trim_end()
+                .to_owned(),
+        );
+        start = end;
+    }
+    pieces
 }
