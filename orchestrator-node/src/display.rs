@@ -83,6 +83,10 @@ impl Display {
         if kind != DisplayKind::Tui {
             return Self::stdout(kind);
         }
+        if !io::IsTerminal::is_terminal(&io::stdout()) {
+            // A session resumed or configured for the UI, with stdout now a file or a pipe.
+            return Self::stdout(DisplayKind::Plain);
+        }
         let (tx, rx) = mpsc::channel();
         let thread = std::thread::Builder::new()
             .name("conclave-tui".into())

@@ -518,11 +518,15 @@ impl App {
                 let line = format!("✗ turn failed ({kind}): {message}");
                 self.agent(&agent).note(LineKind::Error, line);
             }
-            JournalEvent::AgentFailed { agent, reason }
-            | JournalEvent::AgentLost { agent, reason } => {
+            JournalEvent::AgentFailed { agent, reason } => {
                 let view = self.agent(&agent);
                 view.state = AgentState::Failed;
                 view.note(LineKind::Error, format!("✗ agent failed: {reason}"));
+            }
+            JournalEvent::AgentLost { agent, reason } => {
+                let view = self.agent(&agent);
+                view.state = AgentState::Failed;
+                view.note(LineKind::Error, format!("✗ agent lost: {reason}"));
             }
             JournalEvent::AgentRejoined { agent } => {
                 let view = self.agent(&agent);
