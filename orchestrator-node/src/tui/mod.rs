@@ -271,13 +271,7 @@ struct Screen {
 
 impl Screen {
     fn enter() -> io::Result<Screen> {
-        PANIC_HOOK.call_once(|| {
-            let previous = std::panic::take_hook();
-            std::panic::set_hook(Box::new(move |info| {
-                restore();
-                previous(info);
-            }));
-        });
+        install_panic_hook();
         enable_raw_mode()?;
         ACTIVE.store(true, Ordering::SeqCst);
         let entered = execute!(io::stdout(), EnterAlternateScreen, cursor::Hide)
@@ -296,6 +290,18 @@ impl Drop for Screen {
     fn drop(&mut self) {
         restore();
     }
+}
+
+/// A panic anywhere gives the terminal back before its message is printed (once per
+/// process; the previous hook still runs).
+fn install_panic_hook() {
+    PANIC_HOOK.call_once(|| {
+        let previous = std::panic::take_hook();
+        std::panic::set_hook(Box::new(move |info| {
+            restore();
+            previous(info);
+        }));
+    });
 }
 
 /// Leaves the UI's terminal modes, once.

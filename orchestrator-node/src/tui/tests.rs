@@ -195,3 +195,16 @@ fn stream_lines_wrap_at_spaces_and_cut_long_words() {
     assert_eq!(wrap("abcdefghij", 4), vec!["abcd", "efgh", "ij"]);
     assert_eq!(wrap("", 4), vec![String::new()]);
 }
+
+#[test]
+fn a_panic_gives_the_terminal_back() {
+    use std::sync::atomic::Ordering;
+    super::install_panic_hook();
+    super::ACTIVE.store(true, Ordering::SeqCst);
+    let panicked = std::thread::spawn(|| panic!("a bug while the UI runs")).join();
+    assert!(panicked.is_err());
+    assert!(
+        !super::ACTIVE.load(Ordering::SeqCst),
+        "the hook left the UI's terminal modes"
+    );
+}
