@@ -208,3 +208,35 @@ fn a_panic_gives_the_terminal_back() {
         "the hook left the UI's terminal modes"
     );
 }
+
+#[test]
+fn every_view_draws_at_any_size_without_panicking() {
+    let mut app = app(60);
+    for at in 0..60 {
+        app.apply(Shown::Chunk {
+            agent: Arc::from(format!("agent-{at}").as_str()),
+            turn: 1,
+            chunk: StreamChunk::Content {
+                text: "word ".repeat(50),
+            },
+        });
+    }
+    app.apply(Shown::Event(JournalEvent::AnswerAccepted {
+        agent: "agent-3".into(),
+        label: "agent4.1".into(),
+        revision: 1,
+        seen_revision: 0,
+        stale: false,
+        content: "long ".repeat(500),
+    }));
+    for (width, height) in [(1, 1), (10, 3), (40, 10), (80, 24), (250, 70)] {
+        for view in [View::Agents, View::Zoom, View::Answer(0)] {
+            app.view = view;
+            app.help = width > 40;
+            screen(&app, width, height);
+        }
+    }
+    let ended = app_ended();
+    screen(&ended, 10, 3);
+    screen(&ended, 80, 24);
+}
