@@ -72,6 +72,12 @@ impl PtySession {
             .stderr(Stdio::from(slave))
             .spawn()
             .context("cannot start the command on the pty")?;
+        // The command keeps its stdio until told otherwise: drop our copies of the slave so
+        // the reader sees the end when the child exits.
+        command
+            .stdin(Stdio::null())
+            .stdout(Stdio::null())
+            .stderr(Stdio::null());
         let (Some(rows), Some(cols)) = (
             std::num::NonZeroU16::new(rows),
             std::num::NonZeroU16::new(cols),

@@ -199,3 +199,27 @@ fn log_lines_do_not_scribble_on_the_terminal_ui_and_are_written_after_it() {
     // Written out once the terminal is back.
     assert!(screen.contents().contains("INFO"), "{}", screen.contents());
 }
+
+#[test]
+fn display_plain_on_a_terminal_keeps_the_line_display() {
+    let dir = tempfile::tempdir().unwrap();
+    let mut command = demo(
+        dir.path(),
+        &[
+            "--display",
+            "plain",
+            "--agents",
+            "2",
+            "--tokens",
+            "5",
+            "--token-delay-ms",
+            "1",
+        ],
+    );
+    let tui = PtySession::spawn(&mut command, 24, 80).expect("conclave starts on a pty");
+    let (code, screen) = tui.wait(WAIT).unwrap();
+    assert_eq!(code, Some(0), "{}", screen.contents());
+    let text = screen.contents();
+    assert!(text.contains("===== final answer"), "{text}");
+    assert!(!text.contains("Tab/"), "no UI key line: {text}");
+}
