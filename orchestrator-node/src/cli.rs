@@ -29,6 +29,7 @@ use crate::coordinator::{SessionOutcome, reason_name};
 use crate::demo;
 use crate::display::Display;
 use crate::session::{EnvFn, SessionError, SessionPlan, new_session_id, run_session, session_dir};
+use crate::tui::state::SessionHeader;
 
 pub const EXIT_OK: u8 = 0;
 pub const EXIT_USAGE: u8 = 1;
@@ -227,7 +228,7 @@ pub struct ProbeArgs {
 
 #[derive(Args, Debug)]
 pub struct CommonArgs {
-    /// How to show progress: each agent's stream (plain), JSON lines (json), or only the final answer (quiet).
+    /// How to show progress: a full-screen terminal UI (tui, the default when stdout is a terminal), each agent's stream as lines (plain), JSON lines (json), or only the final answer (quiet).
     #[arg(long, value_enum)]
     pub display: Option<DisplayArg>,
     /// Where session directories (journal, final answer) are written.
@@ -255,6 +256,7 @@ pub struct CommonArgs {
 
 #[derive(Clone, Copy, Debug, ValueEnum)]
 pub enum DisplayArg {
+    Tui,
     Plain,
     Json,
     Quiet,
@@ -263,6 +265,7 @@ pub enum DisplayArg {
 impl From<DisplayArg> for DisplayKind {
     fn from(arg: DisplayArg) -> Self {
         match arg {
+            DisplayArg::Tui => DisplayKind::Tui,
             DisplayArg::Plain => DisplayKind::Plain,
             DisplayArg::Json => DisplayKind::Json,
             DisplayArg::Quiet => DisplayKind::Quiet,
@@ -387,6 +390,10 @@ pub(crate) fn apply_common(
 ) -> Result<(), Failure> {
     if let Some(display) = common.display {
         config.display = display.into();
+    } else if config.display == DisplayKind::Plain && std::io::stdout().is_terminal() {
+        // The line display is what a config gets by default; a person at a terminal gets
+        // the full-screen UI (`--display plain` keeps the lines).
+        config.display = DisplayKind::Tui;
     }
     if let Some(timeout) = common.timeout {
         config.timeouts.orchestrator_timeout_seconds = timeout;
@@ -666,7 +673,8 @@ async fn run_one(
     };
     let interrupt = CancellationToken::new();
     let watcher = tokio::spawn(watch_ctrl_c(interrupt.clone()));
-    let (display, display_guard) = Display::stdout(config.display);
+    let header = SessionHeader::new(config, &plan.task.question);
+    let (display, display_guard) = Display::for_session(config.display, header, interrupt.clone());
     let result = run_session(plan, display, interrupt).await;
     watcher.abort();
     display_guard.finish();
@@ -844,7 +852,9 @@ async fn run_resume(args: ResumeArgs, env: EnvFn) -> Result<u8, Failure> {
     }
     let interrupt = CancellationToken::new();
     let watcher = tokio::spawn(watch_ctrl_c(interrupt.clone()));
-    let (display, display_guard) = Display::stdout(plan.config.display);
+    let header = SessionHeader::new(&plan.config, &plan.task.question);
+    let (display, display_guard) =
+        Display::for_session(plan.config.display, header, interrupt.clone());
     let result =
         crate::session::resume_session(plan, env, cluster.clone(), display, interrupt).await;
     watcher.abort();

@@ -7,6 +7,8 @@
 //! * `json`: one JSON object per line: `{"type":"chunk",...}` for stream pieces, the journal
 //!   events (same shape as `events.jsonl`), and `{"type":"final",...}` last.
 //! * `quiet`: only the final answer.
+//! * `tui`: a full-screen terminal UI fed by the same messages (see [`crate::tui`]); without
+//!   a terminal it falls back to `plain`.
 //!
 //! Everything goes to stdout through a dedicated thread, so a slow terminal never slows the
 //! coordinator. The display is for people; the journal is the record, and it is written
@@ -70,6 +72,30 @@ impl Display {
         Self::to_writer(kind, Box::new(io::stdout()))
     }
 
+    /// Starts the display of one session: the terminal UI for [`DisplayKind::Tui`] (which
+    /// needs the question and the agents before any event, and ends the session through
+    /// `interrupt` on `q` or Ctrl-C), any other kind on stdout.
+    pub fn for_session(
+        kind: DisplayKind,
+        header: crate::tui::state::SessionHeader,
+        interrupt: tokio_util::sync::CancellationToken,
+    ) -> (Display, DisplayGuard) {
+        if kind != DisplayKind::Tui {
+            return Self::stdout(kind);
+        }
+        if !io::IsTerminal::is_terminal(&io::stdout()) {
+            // A session resumed or configured for the UI, with stdout now a file or a pipe.
+            return Self::stdout(DisplayKind::Plain);
+        }
+        let (tx, rx) = mpsc::channel();
+        let thread = std::thread::Builder::new()
+            .name("conclave-tui".into())
+            .spawn(move || crate::tui::run(rx, header, interrupt))
+            .ok();
+        let tx = thread.as_ref().map(|_| tx);
+        (Display { kind, tx }, DisplayGuard { thread })
+    }
+
     /// Starts a display writing to any writer (tests).
     pub fn to_writer(kind: DisplayKind, out: Box<dyn Write + Send>) -> (Display, DisplayGuard) {
         let (tx, rx) = mpsc::channel();
@@ -101,14 +127,20 @@ impl Display {
     }
 }
 
-fn render_loop(kind: DisplayKind, out: Box<dyn Write + Send>, rx: mpsc::Receiver<Shown>) {
+/// Writes what arrives until the session closes the channel. The terminal UI is only
+/// started by [`Display::for_session`]; here `tui` (no terminal, or a writer) is `plain`.
+pub(crate) fn render_loop(
+    kind: DisplayKind,
+    out: Box<dyn Write + Send>,
+    rx: mpsc::Receiver<Shown>,
+) {
     let mut out = io::BufWriter::new(out);
     let mut plain = PlainState::default();
     while let Ok(first) = rx.recv() {
         let mut next = Some(first);
         while let Some(shown) = next {
             let result = match kind {
-                DisplayKind::Plain => plain.render(&mut out, shown),
+                DisplayKind::Plain | DisplayKind::Tui => plain.render(&mut out, shown),
                 DisplayKind::Json => render_json(&mut out, shown),
                 DisplayKind::Quiet => render_quiet(&mut out, shown),
             };
@@ -188,15 +220,15 @@ fn render_json(out: &mut impl Write, shown: Shown) -> io::Result<()> {
 }
 
 /// Decodes the string value of `"content"` from a JSON object that is still arriving.
-#[derive(Default)]
-struct ArgumentText {
+#[derive(Default, Debug)]
+pub(crate) struct ArgumentText {
     raw: String,
     shown_chars: usize,
 }
 
 impl ArgumentText {
     /// Appends a fragment and returns the newly decodable part of the content string.
-    fn push(&mut self, fragment: &str) -> String {
+    pub(crate) fn push(&mut self, fragment: &str) -> String {
         self.raw.push_str(fragment);
         let decoded = decode_partial_string_field(&self.raw, "content");
         let fresh: String = decoded.chars().skip(self.shown_chars).collect();

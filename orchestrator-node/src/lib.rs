@@ -33,4 +33,5 @@ pub mod resume;
 pub mod server;
 pub mod session;
 pub mod telemetry;
+pub mod tui;
 pub mod web;

@@ -269,6 +269,9 @@ pub enum DisplayKind {
     Json,
     /// Only the final answer.
     Quiet,
+    /// A full-screen terminal UI: one pane per agent, the answers and their votes, the final
+    /// answer in its own view. Needs a terminal; the default when stdout is one.
+    Tui,
 }
 
 /// A whole session's configuration.

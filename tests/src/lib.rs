@@ -4,6 +4,8 @@
 //! The tests drive the real `conclave` binary as a user would, against the real
 //! `conclave-sim` provider over loopback HTTP. Nothing here mocks the HTTP or SSE path.
 
+pub mod pty;
+
 use std::path::{Path, PathBuf};
 use std::process::{Command, Stdio};
 use std::time::{Duration, Instant};
