@@ -788,11 +788,14 @@ async fn mcp_servers_of_a_remote_agent_start_on_its_node() {
         );
         let config = setup.write_config(&yaml);
         let orchestrator = setup.orchestrator(&config, session, &[]);
+        let base = setup.sim.base_url();
+        let mut flags = FAST_RECONNECT.to_vec();
+        flags.extend_from_slice(&["--allow-base-url", &base]);
         let node = start_agent_node(
             &setup.join(),
             "node-a",
             &setup.cookie,
-            FAST_RECONNECT,
+            &flags,
             &[("CONCLAVE_SIM_API_KEY", SECRET), ("DEMO_MCP_BIN", &demo)],
         )
         .expect("agent node starts");
