@@ -59,6 +59,8 @@ pub enum Command {
     Resume(ResumeArgs),
     /// Keep a cluster listener up for agent nodes and run the sessions submitted on stdin, one per line (a question, or JSON {"question", "config", "session_id"}).
     Server(crate::server::ServerArgs),
+    /// Run many questions (JSON lines or CSV), each its own session, N at a time; crash-safe: running it again resumes.
+    Batch(crate::batch::BatchArgs),
 }
 
 #[derive(Args, Debug)]
@@ -292,6 +294,7 @@ pub fn main() -> std::process::ExitCode {
         Some(Command::Probe(probe)) => probe.verbose,
         Some(Command::Resume(resume)) => resume.common.verbose,
         Some(Command::Server(server)) => server.common.verbose,
+        Some(Command::Batch(batch)) => batch.verbose,
         None => cli.run.common.verbose,
     };
     let runtime = match tokio::runtime::Builder::new_multi_thread()
@@ -356,6 +359,7 @@ async fn run(cli: Cli) -> Result<u8, Failure> {
         Some(Command::Probe(args)) => Ok(crate::probe::main(&args, &|key| env(key)).await),
         Some(Command::Resume(args)) => run_resume(args, env).await,
         Some(Command::Server(args)) => crate::server::run(args, env).await,
+        Some(Command::Batch(args)) => crate::batch::run(args, env).await,
         None => run_configured(cli.run, env).await,
     }
 }
