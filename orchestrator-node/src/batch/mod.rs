@@ -405,14 +405,6 @@ pub async fn run(args: BatchArgs, env: EnvFn) -> Result<u8, Failure> {
             None
         };
         if let Some((position, task)) = next {
-            if let Some(reason) = shared
-                .progress
-                .budget_left(shared.max_cost, shared.max_tokens)
-            {
-                stopped_by = Some(reason);
-                not_run += 1;
-                continue;
-            }
             // Wait for a slot, reaping finished tasks meanwhile.
             let permit = loop {
                 tokio::select! {
@@ -425,6 +417,15 @@ pub async fn run(args: BatchArgs, env: EnvFn) -> Result<u8, Failure> {
                 }
             };
             let Some(permit) = permit else { break };
+            // Checked once the slot is ours: the sessions that held it have counted by now.
+            if let Some(reason) = shared
+                .progress
+                .budget_left(shared.max_cost, shared.max_tokens)
+            {
+                stopped_by = Some(reason);
+                not_run += 1;
+                continue;
+            }
             let Some(config) = configs.get(&config_key(&args, task)).cloned() else {
                 // load_configs loaded one for every task.
                 failures.push((task.id.clone(), "its config was not loaded".to_owned()));
@@ -636,6 +637,18 @@ async fn run_task(
         }
     };
     counters.running.fetch_sub(1, Ordering::Relaxed);
+    // Every session's usage counts against the batch's caps, answered or not.
+    if let TaskOutcome::Ended {
+        usage, cost_usd, ..
+    } = &outcome
+    {
+        counters.tokens.fetch_add(
+            usage.input_tokens.saturating_add(usage.output_tokens),
+            Ordering::Relaxed,
+        );
+        let micro = (cost_usd.unwrap_or(0.0).max(0.0) * 1e6).round() as u64;
+        counters.cost_micro_usd.fetch_add(micro, Ordering::Relaxed);
+    }
     let finished = match outcome {
         TaskOutcome::Ended {
             session,
@@ -672,14 +685,6 @@ async fn run_task(
         },
         TaskOutcome::Error { session, error } => Finished::Failed { session, error },
     };
-    if let Finished::Done(result) = &finished {
-        let tokens = result["tokens"]["total"].as_u64().unwrap_or(0);
-        let cost = result["cost_usd"].as_f64().unwrap_or(0.0);
-        counters.tokens.fetch_add(tokens, Ordering::Relaxed);
-        counters
-            .cost_micro_usd
-            .fetch_add((cost * 1e6).round() as u64, Ordering::Relaxed);
-    }
     match &finished {
         Finished::Done(result) => {
             append(

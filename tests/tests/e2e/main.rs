@@ -5,6 +5,7 @@
 //! keeps its own docs; run one with `cargo test -p <crate> --test e2e <module>::`.
 
 mod e2e_any_model;
+mod e2e_batch;
 mod e2e_budget;
 mod e2e_cluster;
 mod e2e_cluster_hardening;
