@@ -204,6 +204,8 @@ fn router(
     Router::new()
         .route("/healthz", get(health))
         .merge(guarded)
+        // The OpenAI-compatible routes (`/v1/...`), with their own auth and error envelope.
+        .merge(super::openai::routes(api.server.clone(), api.token.clone()))
         .fallback(|| async {
             error(
                 StatusCode::NOT_FOUND,

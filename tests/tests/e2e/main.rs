@@ -14,6 +14,7 @@ mod e2e_interactive;
 mod e2e_interrupt;
 mod e2e_journal;
 mod e2e_mixed;
+mod e2e_openai;
 mod e2e_resume;
 mod e2e_server;
 mod e2e_server_trust;
