@@ -8,6 +8,11 @@
 //! be written or synced, agent nodes that never joined within `node_join_timeout_seconds`),
 //! 3 timeout or budget cap reached, 130 interrupted.
 //!
+//! One agent (`--model`, or a one-agent config with `ui.use_orchestrator_for_single_agent:
+//! false`) answers in one streamed provider call, journaled like any session (start, the
+//! turn, usage, the final answer, end; `resume` re-runs a call cut by a crash); `--orchestrate`
+//! asks for the full answer / vote / presentation path instead.
+//!
 //! Cluster flags (`--listen`, `--cookie-file`, `--tls-*`, heartbeat timing) are shared by the
 //! main command, `resume` and `server`; see [`crate::cluster`] and [`crate::server`].
 
@@ -161,6 +166,11 @@ pub struct RunArgs {
     /// Override the provider's base URL for --model (e.g. http://localhost:8000/v1).
     #[arg(long, value_name = "URL", requires = "model")]
     pub base_url: Option<String>,
+    /// Run the full answer / vote / presentation path even with one agent (by default
+    /// --model, and a one-agent config with `ui.use_orchestrator_for_single_agent: false`,
+    /// answer in one streamed call).
+    #[arg(long)]
+    pub orchestrate: bool,
     #[command(flatten)]
     pub common: CommonArgs,
     #[command(flatten)]
@@ -419,6 +429,12 @@ async fn run_configured(args: RunArgs, env: EnvFn) -> Result<u8, Failure> {
             "nothing to run: give --config FILE (several agents) or --model MODEL (one agent); try `conclave demo` to see it work without API keys"
         )));
     };
+    if args.model.is_some() {
+        // The quick check: one streamed call unless asked for the whole consensus path.
+        config.orchestrator.single_call = !args.orchestrate;
+    } else if args.orchestrate {
+        config.orchestrator.single_call = false;
+    }
     apply_common(&mut config, &args.common, &env)?;
     check_placement(&config, &args.cluster)?;
     let missing = config::missing_api_keys(&config, &|key| env(key));

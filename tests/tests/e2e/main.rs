@@ -15,6 +15,7 @@ mod e2e_interrupt;
 mod e2e_journal;
 mod e2e_mixed;
 mod e2e_openai;
+mod e2e_quick;
 mod e2e_resume;
 mod e2e_server;
 mod e2e_server_trust;
