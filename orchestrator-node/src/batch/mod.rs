@@ -809,8 +809,28 @@ async fn resume_task(
         ));
     };
     let dir = shared.sessions.join(id.as_str());
-    if !dir.join(crate::journal::EVENTS_FILE).is_file() {
+    let events = dir.join(crate::journal::EVENTS_FILE);
+    if !events.is_file() {
         return new_task(shared, task, id, config).await;
+    }
+    // A crash between creating the journal and its first line leaves it empty (or torn):
+    // nothing was decided, so the session starts afresh under the same id.
+    match crate::journal::read_events(&events) {
+        Ok(read) if read.lines.is_empty() => {
+            let cleared = crate::journal::JournalLock::acquire(&dir)
+                .map_err(|e| conclave_protocol::error_text(&e))
+                .and_then(|_lock| {
+                    std::fs::remove_file(&events).map_err(|e| {
+                        format!("cannot remove the empty journal {}: {e}", events.display())
+                    })
+                });
+            return match cleared {
+                Ok(()) => new_task(shared, task, id, config).await,
+                Err(message) => error(message),
+            };
+        }
+        Ok(_) => {}
+        Err(e) => return error(conclave_protocol::error_text(&e)),
     }
     let mut plan = match crate::resume::claim(&dir) {
         Ok(plan) => plan,

@@ -196,6 +196,7 @@ async fn main() -> anyhow::Result<()> {
         bail!("the batch exited with {:?}", run.code);
     }
     let uninterrupted_requests = sim.requests().len();
+    let uninterrupted_completed = sim.requests().iter().filter(|r| r.completed).count();
     let (sum, longest, sessions) = session_walls(&whole.path().join("results.batch/sessions"))?;
     let bound = (sum / f64::from(args.concurrency)).max(longest);
     let wall = run.wall.as_secs_f64();
@@ -225,6 +226,7 @@ async fn main() -> anyhow::Result<()> {
         bail!("the resumed batch exited with {:?}", second.code);
     }
     let resumed_requests = sim.requests().len();
+    let resumed_completed = sim.requests().iter().filter(|r| r.completed).count();
     let results = result_lines(&killed.path().join("results.jsonl"));
     println!(
         "kill -9 at {at_kill} results ({:.1} s), rerun {:.1} s: {results} results; provider requests {resumed_requests} vs {uninterrupted_requests} uninterrupted: {:+.2}%",
@@ -232,6 +234,13 @@ async fn main() -> anyhow::Result<()> {
         second.wall.as_secs_f64(),
         (resumed_requests as f64 - uninterrupted_requests as f64) * 100.0
             / uninterrupted_requests as f64
+    );
+    // Requests cut by the kill never completed (the provider streamed part of a reply); the
+    // completed ones are the replies paid for in full.
+    println!(
+        "kill -9 and resume: completed provider requests {resumed_completed} vs {uninterrupted_completed} uninterrupted: {:+.2}%",
+        (resumed_completed as f64 - uninterrupted_completed as f64) * 100.0
+            / uninterrupted_completed as f64
     );
 
     // 3. The endpoint.

@@ -434,3 +434,32 @@ async fn csv_tasks_run_and_a_batch_token_cap_stops_starting_tasks() {
         capped.stderr
     );
 }
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_session_journal_left_empty_by_a_crash_starts_afresh() {
+    let sim = start_sim(3, 1).await.expect("sim provider starts");
+    let dir = tempfile::tempdir().expect("tempdir");
+    let yaml = sim_config_yaml(&sim.base_url(), &agents(), "", 60);
+    std::fs::write(dir.path().join("team.yaml"), yaml).expect("config written");
+    write_tasks(&dir.path().join("tasks.jsonl"), 2);
+    // A run that crashed right after creating q1's journal, before its first line.
+    let batch_dir = dir.path().join("results.batch");
+    std::fs::create_dir_all(batch_dir.join("sessions/q1")).expect("dirs");
+    std::fs::write(batch_dir.join("sessions/q1/events.jsonl"), "").expect("empty journal");
+    std::fs::write(
+        batch_dir.join("batch.jsonl"),
+        "{\"event\":\"started\",\"id\":\"q1\",\"session\":\"q1\",\"attempt\":1}\n",
+    )
+    .expect("batch journal");
+    let run = run_with_deadline(
+        &mut batch(dir.path(), &["--config", "team.yaml"]),
+        Duration::from_secs(60),
+    )
+    .expect("batch runs");
+    assert_eq!(run.code, Some(0), "stderr:\n{}", run.stderr);
+    let lines = results(&dir.path().join("results.jsonl"));
+    assert_eq!(lines.len(), 2);
+    let journal = read_journal(&batch_dir.join("sessions/q1")).expect("journal");
+    assert_eq!(events_of(&journal, "session_ended").len(), 1);
+    sim.shutdown().await;
+}
