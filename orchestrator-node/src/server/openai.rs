@@ -288,20 +288,16 @@ fn task_of(messages: &[Message]) -> Result<(String, Vec<(String, String)>), Stri
     Ok((question, history))
 }
 
-/// The config a model name runs: `None` for the default, `Some(file name)` otherwise.
-fn config_of(model: &str) -> Result<Option<std::path::PathBuf>, Response> {
+/// The config a model name runs: `None` for the default, `Some(file name)` otherwise; `Err`
+/// with the message of a 404 `model_not_found`.
+fn config_of(model: &str) -> Result<Option<std::path::PathBuf>, String> {
     if model == DEFAULT_MODEL {
         return Ok(None);
     }
     match model.strip_prefix("conclave/") {
         Some(name) if !name.is_empty() => Ok(Some(format!("{name}.yaml").into())),
-        _ => Err(error(
-            StatusCode::NOT_FOUND,
-            "invalid_request_error",
-            Some("model_not_found"),
-            format!(
-                "no model `{model}` here: use `{DEFAULT_MODEL}` (the server's --config) or `{DEFAULT_MODEL}/NAME` (NAME.yaml in its config directory); GET /v1/models lists them"
-            ),
+        _ => Err(format!(
+            "no model `{model}` here: use `{DEFAULT_MODEL}` (the server's --config) or `{DEFAULT_MODEL}/NAME` (NAME.yaml in its config directory); GET /v1/models lists them"
         )),
     }
 }
@@ -370,7 +366,14 @@ async fn completions(State(api): State<OpenAi>, body: Result<Bytes, BytesRejecti
     };
     let config = match config_of(&request.model) {
         Ok(config) => config,
-        Err(response) => return response,
+        Err(message) => {
+            return error(
+                StatusCode::NOT_FOUND,
+                "invalid_request_error",
+                Some("model_not_found"),
+                message,
+            );
+        }
     };
     let job = Job {
         question,
