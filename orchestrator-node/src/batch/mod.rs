@@ -212,7 +212,8 @@ impl Progress {
                 bar.set_message(self.summary_line());
             }
             None if finished_now
-                && (finished.is_multiple_of(self.plain_every) || self.already + finished == self.total) =>
+                && (finished.is_multiple_of(self.plain_every)
+                    || self.already + finished == self.total) =>
             {
                 let elapsed = self.started.elapsed().as_secs_f64();
                 let rate = finished as f64 / elapsed.max(1e-3);
