@@ -273,6 +273,49 @@ async fn chat_completions_over_http_stream_and_not_with_openai_errors() {
             .as_str()
             .is_some_and(|m| m.contains("role `user`"))
     );
+
+    // A config named by `model` is untrusted: a base URL the operator did not allow is refused.
+    std::fs::write(
+        dir.path().join("elsewhere.yaml"),
+        team("http://127.0.0.1:9/v1", ""),
+    )
+    .expect("elsewhere.yaml");
+    let response = api
+        .post(
+            "/v1/chat/completions",
+            json!({"model": "conclave/elsewhere", "messages": [{"role": "user", "content": "x"}]}),
+            TOKEN,
+        )
+        .await;
+    assert_eq!(response.status().as_u16(), 400);
+    let error: Value = response.json().await.expect("JSON");
+    let message = error["error"]["message"].as_str().unwrap_or_default();
+    assert!(message.contains("base URL is not allowed"), "{error}");
+    assert!(
+        !message.contains("127.0.0.1:9"),
+        "a file's values are not shown: {error}"
+    );
+
+    // A client that drops its stream cancels the session (best answer, exit 130).
+    let mut response = api
+        .post(
+            "/v1/chat/completions",
+            json!({"model": "conclave/slow", "stream": true,
+                   "messages": [{"role": "user", "content": "Take your time."}]}),
+            TOKEN,
+        )
+        .await;
+    let first = response.chunk().await.expect("a chunk").expect("not empty");
+    let first = String::from_utf8_lossy(&first).into_owned();
+    drop(response);
+    let session = first
+        .split("chatcmpl-")
+        .nth(1)
+        .and_then(|rest| rest.split('"').next())
+        .expect("the session id in the first chunk")
+        .to_owned();
+    let status = api.until_done(&session).await;
+    assert_eq!(status["result"]["exit_code"], 130, "{status}");
     api.stop();
     sim.shutdown().await;
 }
