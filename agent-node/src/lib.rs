@@ -19,5 +19,6 @@ pub mod providers;
 pub mod retry;
 pub mod sse;
 pub mod telemetry;
+pub mod tools;
 pub mod turn;
 pub mod workflow;

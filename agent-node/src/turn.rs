@@ -91,6 +91,9 @@ pub struct AgentContext {
     /// How this agent states its decisions; shared by its turns, so an `auto` agent that
     /// switched to text stays switched.
     pub workflow: WorkflowState,
+    /// The agent's tools besides the workflow ones (its MCP servers), started with the agent
+    /// and stopped when the last reference goes (see [`crate::tools`]).
+    pub tools: Arc<crate::tools::ToolBox>,
 }
 
 /// An agent's workflow mode (`workflow:` in its config) and, for `auto`, whether it has

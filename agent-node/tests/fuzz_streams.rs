@@ -1244,20 +1244,18 @@ fn sse_body(events: &[(&str, String)]) -> Vec<u8> {
     body
 }
 
-/// Runs one hostile body under a time limit, with the usual checks.
-fn hostile(name: &str, wire: Wire, body: &[u8], delivery: &Delivery, limit: Duration) {
+/// Runs one hostile body with the usual checks. How long it took is printed, never asserted
+/// (a loaded machine must not fail a test): what matters is that nothing is quadratic, which
+/// on these multi-megabyte bodies takes minutes to hours and trips the hang watchdog
+/// (`CONCLAVE_FUZZ_HANG_SECS`). The speed itself is the benches' business.
+fn hostile(name: &str, wire: Wire, body: &[u8], delivery: &Delivery) {
     let _guard = watchdog_arm(name, Arc::new(format!("{name}: {} bytes", body.len())));
     let started = Instant::now();
     run_stream(wire, body, delivery).unwrap_or_else(|e| panic!("{name}: {e}"));
-    let took = started.elapsed();
     eprintln!(
-        "fuzz_streams::hostile {name}: {} bytes as {wire:?} in {took:.2?}",
-        body.len()
-    );
-    assert!(
-        took < limit,
-        "{name}: {} bytes took {took:?} (limit {limit:?})",
-        body.len()
+        "fuzz_streams::hostile {name}: {} bytes as {wire:?} in {:.2?}",
+        body.len(),
+        started.elapsed()
     );
 }
 
@@ -1266,16 +1264,6 @@ fn reads_of(size: usize) -> Delivery {
         chunk_sizes: vec![size],
         pending_pattern: Vec::new(),
         break_after: None,
-    }
-}
-
-/// The time a hostile body may take: generous in debug builds, where everything is ~20x
-/// slower; what matters is that nothing is quadratic (which would take minutes).
-fn limit() -> Duration {
-    if cfg!(debug_assertions) {
-        Duration::from_secs(10)
-    } else {
-        Duration::from_secs(2)
     }
 }
 
@@ -1288,7 +1276,6 @@ fn hostile_framing() {
         Wire::Chat,
         &vec![b'\n'; mib],
         &Delivery::whole(),
-        limit(),
     );
     // Many tiny events in one read.
     hostile(
@@ -1296,7 +1283,6 @@ fn hostile_framing() {
         Wire::Chat,
         &b": p\n\n".repeat(mib / 5),
         &Delivery::whole(),
-        limit(),
     );
     // One long data line arriving in small reads (a huge `response.completed`).
     let mut long = b"event: response.completed\ndata: {\"type\":\"response.completed\",\"response\":{\"output\":[{\"type\":\"message\",\"content\":[{\"type\":\"output_text\",\"text\":\"".to_vec();
@@ -1307,7 +1293,6 @@ fn hostile_framing() {
         Wire::Responses,
         &long,
         &reads_of(4096),
-        limit(),
     );
     // A line that never ends.
     hostile(
@@ -1315,7 +1300,6 @@ fn hostile_framing() {
         Wire::Chat,
         &[b"data: ".as_slice(), &vec![b'x'; 8 * mib]].concat(),
         &reads_of(4096),
-        limit(),
     );
     // An invalid UTF-8 byte early, then a long valid body in small reads.
     let mut invalid = b"data: {\"choices\":[]}\n\ndata: \xFF".to_vec();
@@ -1325,7 +1309,6 @@ fn hostile_framing() {
         Wire::Chat,
         &invalid,
         &reads_of(1024),
-        limit(),
     );
 }
 
@@ -1349,7 +1332,6 @@ fn hostile_structure() {
         Wire::Chat,
         &chat,
         &Delivery::whole(),
-        limit(),
     );
 
     let n = 40_000;
@@ -1382,7 +1364,6 @@ fn hostile_structure() {
         Wire::Responses,
         &responses,
         &Delivery::whole(),
-        limit(),
     );
 }
 
@@ -1443,7 +1424,6 @@ fn hostile_payloads() {
             ("", "[DONE]".into()),
         ]),
         &Delivery::whole(),
-        limit(),
     );
     // Many tool calls, in descending index order (each one inserted at the front).
     let calls: Vec<(&str, String)> = (0..20_000u32)
@@ -1455,7 +1435,6 @@ fn hostile_payloads() {
         Wire::Chat,
         &sse_body(&calls),
         &Delivery::whole(),
-        limit(),
     );
     // Many Responses output items, each delta looking its item up by id.
     let mut items: Vec<(&str, String)> = Vec::new();
@@ -1470,7 +1449,6 @@ fn hostile_payloads() {
         Wire::Responses,
         &sse_body(&items),
         &Delivery::whole(),
-        limit(),
     );
     // Many Anthropic blocks left open.
     let blocks: Vec<(&str, String)> = (0..30_000u32)
@@ -1482,7 +1460,6 @@ fn hostile_payloads() {
         Wire::Anthropic,
         &sse_body(&blocks),
         &Delivery::whole(),
-        limit(),
     );
     // Many Gemini function calls with deep arguments.
     let mut deep = json!(1);
@@ -1500,7 +1477,6 @@ fn hostile_payloads() {
             json!({"candidates":[{"content":{"parts": parts},"finishReason":"STOP"}]}).to_string(),
         )]),
         &Delivery::whole(),
-        limit(),
     );
     // Extreme usage numbers on every wire.
     let max = u64::MAX;
@@ -1528,7 +1504,6 @@ fn hostile_payloads() {
             wire,
             &sse_body(&[(name.as_str(), data.to_string())]),
             &Delivery::whole(),
-            limit(),
         );
     }
 }

@@ -66,6 +66,15 @@ pub enum Command {
     Server(crate::server::ServerArgs),
     /// Run many questions (JSON lines or CSV), each its own session, N at a time; crash-safe: running it again resumes.
     Batch(crate::batch::BatchArgs),
+    /// List the conversations under --session-dir: id, date, turns, winner, tokens, cost, first question.
+    Sessions(SessionsArgs),
+}
+
+#[derive(Args, Debug)]
+pub struct SessionsArgs {
+    /// Where session directories are.
+    #[arg(long, value_name = "DIR", default_value = ".conclave/sessions")]
+    pub session_dir: PathBuf,
 }
 
 #[derive(Args, Debug)]
@@ -171,6 +180,15 @@ pub struct RunArgs {
     /// answer in one streamed call).
     #[arg(long)]
     pub orchestrate: bool,
+    /// Continue the last conversation under --session-dir (or the one --session-id names): the agents get its earlier questions and final answers.
+    #[arg(long = "continue")]
+    pub continue_conversation: bool,
+    /// Watch the session on a web page: serves it on 127.0.0.1 (the address is printed) while the session runs; needs --config and the question.
+    #[arg(long, conflicts_with = "continue_conversation")]
+    pub web: bool,
+    /// The port of --web's page (default: any free port).
+    #[arg(long, value_name = "PORT", requires = "web", default_value_t = 0)]
+    pub web_port: u16,
     #[command(flatten)]
     pub common: CommonArgs,
     #[command(flatten)]
@@ -305,6 +323,7 @@ pub fn main() -> std::process::ExitCode {
         Some(Command::Resume(resume)) => resume.common.verbose,
         Some(Command::Server(server)) => server.common.verbose,
         Some(Command::Batch(batch)) => batch.verbose,
+        Some(Command::Sessions(_)) => 0,
         None => cli.run.common.verbose,
     };
     let runtime = match tokio::runtime::Builder::new_multi_thread()
@@ -370,6 +389,7 @@ async fn run(cli: Cli) -> Result<u8, Failure> {
         Some(Command::Resume(args)) => run_resume(args, env).await,
         Some(Command::Server(args)) => crate::server::run(args, env).await,
         Some(Command::Batch(args)) => crate::batch::run(args, env).await,
+        Some(Command::Sessions(args)) => list_conversations(&args),
         None => run_configured(cli.run, env).await,
     }
 }
@@ -410,6 +430,17 @@ pub(crate) fn apply_common(
 }
 
 async fn run_configured(args: RunArgs, env: EnvFn) -> Result<u8, Failure> {
+    if args.web {
+        return crate::server::run_web(
+            args.config,
+            args.question,
+            args.web_port,
+            args.common,
+            args.cluster,
+            env,
+        )
+        .await;
+    }
     let mut config = if let Some(path) = &args.config {
         let loaded = config::load_file(path, &|key| env(key)).map_err(|e| usage(e.into()))?;
         for warning in &loaded.warnings {
@@ -448,8 +479,38 @@ async fn run_configured(args: RunArgs, env: EnvFn) -> Result<u8, Failure> {
             "agent `{agent}` needs an API key: set the environment variable {var} (in the shell or in a .env file){others}"
         )));
     }
+    let mut thread = if args.continue_conversation {
+        let root = &args.common.session_dir;
+        let loaded = match &args.common.session_id {
+            Some(id) => crate::conversation::load(root, id),
+            None => crate::conversation::latest(root),
+        }
+        .map_err(|e| usage(e.into()))?;
+        if loaded.torn_lines_skipped > 0 {
+            eprintln!(
+                "warning: conversation {}: a torn last line (a crash while writing) was skipped",
+                loaded.id
+            );
+        }
+        eprintln!(
+            "continuing conversation {} ({} earlier turn(s))",
+            loaded.id,
+            loaded.turns.len()
+        );
+        Thread::from(loaded)
+    } else {
+        Thread::default()
+    };
     let cluster = args.cluster.start(&env).await?;
-    let result = run_questions(&config, &args.common, args.question, env, cluster.as_ref()).await;
+    let result = run_questions(
+        &config,
+        &args.common,
+        args.question,
+        &mut thread,
+        env,
+        cluster.as_ref(),
+    )
+    .await;
     if let Some(cluster) = cluster {
         cluster.shutdown().await;
     }
@@ -475,18 +536,100 @@ pub(crate) fn check_placement(
     Ok(())
 }
 
+/// The conversation a run adds its turns to (see [`crate::conversation`]).
+#[derive(Default)]
+pub(crate) struct Thread {
+    /// The conversation's id: its first session's; `None` before the first turn.
+    id: Option<String>,
+    history: Vec<(String, String)>,
+    turns: usize,
+}
+
+impl From<crate::conversation::Conversation> for Thread {
+    fn from(conversation: crate::conversation::Conversation) -> Self {
+        Thread {
+            history: conversation.history(),
+            turns: conversation.turns.len(),
+            id: Some(conversation.id),
+        }
+    }
+}
+
+impl Thread {
+    /// The session id of the next turn: `--session-id` (or a new id) for the first, then
+    /// `<conversation>-N` for turn N.
+    fn next_session(&self, common: &CommonArgs) -> Result<SessionId, Failure> {
+        let id = match (&self.id, &common.session_id) {
+            (Some(id), _) => format!("{id}-{}", self.turns + 1),
+            (None, Some(id)) => id.clone(),
+            (None, None) => return Ok(new_session_id()),
+        };
+        SessionId::parse(&id).map_err(|e| usage(anyhow::anyhow!("--session-id: {e}")))
+    }
+
+    /// Records a finished turn: on disk (appended, synced), then in memory.
+    fn record(
+        &mut self,
+        root: &std::path::Path,
+        question: String,
+        outcome: &SessionOutcome,
+    ) -> Result<(), Failure> {
+        let id = self
+            .id
+            .clone()
+            .unwrap_or_else(|| outcome.session.to_string());
+        let turn = crate::conversation::Turn {
+            question: question.clone(),
+            session: outcome.session.to_string(),
+            final_answer: outcome.final_answer.clone(),
+            winner: outcome.winner.clone(),
+            label: outcome.label.clone(),
+            reason: reason_name(outcome.reason).to_owned(),
+            input_tokens: outcome.usage.input_tokens,
+            output_tokens: outcome.usage.output_tokens,
+            cost_usd: outcome.cost_usd,
+            unix_ms: crate::conversation::now_ms(),
+        };
+        crate::conversation::append(root, &id, &turn).map_err(|e| execution(e.into()))?;
+        if let Some(answer) = &outcome.final_answer {
+            self.history.push((question, answer.clone()));
+        }
+        self.turns += 1;
+        self.id = Some(id);
+        Ok(())
+    }
+}
+
+/// `conclave sessions`.
+fn list_conversations(args: &SessionsArgs) -> Result<u8, Failure> {
+    let conversations =
+        crate::conversation::list(&args.session_dir).map_err(|e| usage(e.into()))?;
+    if conversations.is_empty() {
+        eprintln!(
+            "no conversations in {} yet (ask a question first)",
+            args.session_dir.display()
+        );
+        return Ok(EXIT_OK);
+    }
+    print!("{}", crate::conversation::table(&conversations));
+    Ok(EXIT_OK)
+}
+
 async fn run_questions(
     config: &SessionConfig,
     common: &CommonArgs,
     question: Option<String>,
+    thread: &mut Thread,
     env: EnvFn,
     cluster: Option<&Cluster>,
 ) -> Result<u8, Failure> {
     match question {
-        Some(question) => run_one(config, common, question, Vec::new(), env, cluster)
+        Some(question) => run_one(config, common, question, thread, env, cluster)
             .await
             .map(|(code, _)| code),
-        None if std::io::stdin().is_terminal() => interactive(config, common, env, cluster).await,
+        None if std::io::stdin().is_terminal() => {
+            interactive(config, common, thread, env, cluster).await
+        }
         None => {
             let mut question = String::new();
             std::io::stdin()
@@ -502,7 +645,7 @@ async fn run_questions(
                 config,
                 common,
                 question.trim().to_owned(),
-                Vec::new(),
+                thread,
                 env,
                 cluster,
             )
@@ -512,23 +655,16 @@ async fn run_questions(
     }
 }
 
-/// Runs one session and prints its summary on stderr.
+/// Runs one session (one turn of `thread`), records the turn and prints its summary on stderr.
 async fn run_one(
     config: &SessionConfig,
     common: &CommonArgs,
     question: String,
-    history: Vec<(String, String)>,
+    thread: &mut Thread,
     env: EnvFn,
     cluster: Option<&Cluster>,
 ) -> Result<(u8, Option<SessionOutcome>), Failure> {
-    let session = match &common.session_id {
-        Some(id) if history.is_empty() => {
-            SessionId::parse(id).map_err(|e| usage(anyhow::anyhow!("--session-id: {e}")))?
-        }
-        Some(id) => SessionId::parse(&format!("{id}-{}", history.len() + 1))
-            .map_err(|e| usage(anyhow::anyhow!("--session-id: {e}")))?,
-        None => new_session_id(),
-    };
+    let session = thread.next_session(common)?;
     let dir = session_dir(&common.session_dir, &session);
     if dir.join(crate::journal::EVENTS_FILE).exists() {
         return Err(usage(anyhow::anyhow!(
@@ -540,7 +676,10 @@ async fn run_one(
         session: session.clone(),
         dir: dir.clone(),
         config: config.clone(),
-        task: TaskSpec { question, history },
+        task: TaskSpec {
+            question: question.clone(),
+            history: thread.history.clone(),
+        },
         env,
         http: None,
         cluster: cluster.cloned(),
@@ -554,6 +693,7 @@ async fn run_one(
     match result {
         Ok(outcome) => {
             print_summary(&outcome, &dir);
+            thread.record(&common.session_dir, question, &outcome)?;
             Ok((outcome.exit_code() as u8, Some(outcome)))
         }
         Err(error) => Err(session_failure(error)),
@@ -617,6 +757,7 @@ pub(crate) fn print_summary(outcome: &SessionOutcome, dir: &std::path::Path) {
 async fn interactive(
     config: &SessionConfig,
     common: &CommonArgs,
+    thread: &mut Thread,
     env: EnvFn,
     cluster: Option<&Cluster>,
 ) -> Result<u8, Failure> {
@@ -624,7 +765,6 @@ async fn interactive(
         "conclave: {} agent(s). Ask a question; an empty line or Ctrl-D quits.",
         config.agents.len()
     );
-    let mut history: Vec<(String, String)> = Vec::new();
     let mut last = EXIT_OK;
     loop {
         eprint!("\n> ");
@@ -646,21 +786,10 @@ async fn interactive(
         if read == 0 || question.is_empty() || question == "exit" || question == "quit" {
             return Ok(last);
         }
-        let (code, outcome) = run_one(
-            config,
-            common,
-            question.clone(),
-            history.clone(),
-            env.clone(),
-            cluster,
-        )
-        .await?;
+        let (code, _) = run_one(config, common, question, thread, env.clone(), cluster).await?;
         last = code;
         if code == EXIT_INTERRUPTED {
             return Ok(code);
-        }
-        if let Some(answer) = outcome.and_then(|o| o.final_answer) {
-            history.push((question, answer));
         }
     }
 }
@@ -694,7 +823,8 @@ async fn run_demo(args: DemoArgs, env: EnvFn) -> Result<u8, Failure> {
     let question = args
         .question
         .unwrap_or_else(|| demo::DEFAULT_QUESTION.to_owned());
-    let result = run_one(&config, &args.common, question, Vec::new(), env, None).await;
+    let mut thread = Thread::default();
+    let result = run_one(&config, &args.common, question, &mut thread, env, None).await;
     sim.shutdown().await;
     result.map(|(code, _)| code)
 }

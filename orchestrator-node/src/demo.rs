@@ -37,6 +37,7 @@ pub fn demo_config(base_url: &str, agents: u32, display: DisplayKind) -> Session
                 system_message: None,
                 node: None,
                 workflow: Default::default(),
+                tools: Default::default(),
             }
         })
         .collect();
@@ -49,4 +50,43 @@ pub fn demo_config(base_url: &str, agents: u32, display: DisplayKind) -> Session
         },
         display,
     }
+}
+
+/// The name of the demo MCP server binary (crate `conclave-mcp-demo`), looked up next to the
+/// running `conclave` binary by [`demo_mcp_server`].
+pub const DEMO_MCP_BIN: &str = "conclave-mcp-demo";
+
+/// The demo MCP server next to the running executable (`target/<profile>/` or the install
+/// directory), if it is there.
+pub fn demo_mcp_server() -> Option<std::path::PathBuf> {
+    let exe = std::env::current_exe().ok()?;
+    let dir = exe.parent()?;
+    let path = dir.join(format!("{DEMO_MCP_BIN}{}", std::env::consts::EXE_SUFFIX));
+    path.is_file().then_some(path)
+}
+
+/// `conclave demo --tools`: every agent gets the demo MCP server (`command`, over stdio) as
+/// server `demo`, and its simulated model uses the `tools` policy, so each turn first calls
+/// `mcp__demo__lookup` with the question and then answers quoting the fact it got back.
+pub fn with_demo_tools(mut config: SessionConfig, command: &std::path::Path) -> SessionConfig {
+    use conclave_protocol::tools::{AgentTools, McpServerSpec, McpTransport};
+    for agent in &mut config.agents {
+        agent.backend.model = format!("{}:policy=tools,tool=lookup", agent.backend.model);
+        agent.tools = AgentTools {
+            mcp_servers: vec![McpServerSpec {
+                name: "demo".into(),
+                transport: McpTransport::Stdio {
+                    command: command.display().to_string(),
+                    args: Vec::new(),
+                    env: Vec::new(),
+                    cwd: None,
+                },
+                allowed_tools: Some(vec!["lookup".into(), "add".into()]),
+                exclude_tools: Vec::new(),
+                optional: false,
+            }],
+            limits: Default::default(),
+        };
+    }
+    config
 }

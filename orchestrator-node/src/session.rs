@@ -30,6 +30,7 @@ use std::time::{Duration, SystemTime, UNIX_EPOCH};
 use conclave_agent::agent::{AgentActor, AgentArgs, AgentMsg};
 use conclave_agent::outbox::{Outbox, ReportSink};
 use conclave_agent::providers::{Backend, ProviderError, http_client};
+use conclave_agent::tools::ToolBox;
 use conclave_agent::turn::{AgentContext, TurnSettings, WorkflowState};
 use conclave_protocol::config::{SessionConfig, WorkflowMode};
 use conclave_protocol::{CoordinatorCommand, Envelope, SessionId, TaskSpec};
@@ -82,6 +83,9 @@ pub enum SessionError {
     JournalMoved(PathBuf),
     #[error("could not start the session's actors: {0}")]
     Spawn(String),
+    /// A required MCP server of a local agent did not start.
+    #[error(transparent)]
+    Tools(#[from] conclave_agent::tools::ToolStartError),
     #[error(
         "the coordinator stopped without an outcome (it crashed); the journal at {0} holds everything decided up to then"
     )]
@@ -200,6 +204,27 @@ pub fn build_backends(
                 })
         })
         .collect()
+}
+
+/// Starts the tools (MCP servers) of every local agent, concurrently; an agent placed on a
+/// node starts its own there and gets an empty toolbox here. Fails with the first required
+/// server that cannot start (naming the agent, the server and its stderr tail).
+pub async fn start_tools(
+    config: &SessionConfig,
+    env: &EnvFn,
+) -> Result<Vec<Arc<ToolBox>>, SessionError> {
+    let lookup = |key: &str| env(key);
+    let starts = config.agents.iter().map(|agent| async {
+        if agent.node.is_some() {
+            return Ok(Arc::new(ToolBox::empty()));
+        }
+        ToolBox::start(&agent.id, &agent.tools, &lookup)
+            .await
+            .map(Arc::new)
+    });
+    futures::future::try_join_all(starts)
+        .await
+        .map_err(SessionError::from)
 }
 
 /// The distinct nodes a config places agents on, in config order.
@@ -325,6 +350,7 @@ pub async fn run_session(
         })?,
     };
     let backends = build_backends(&config, &env, http, cluster.as_ref())?;
+    let tools = start_tools(&config, &env).await?;
     let consensus_config =
         ConsensusConfig::from_settings(config.agents.len() as u32, &config.orchestrator);
     let machine = Consensus::new(consensus_config)?;
@@ -363,6 +389,7 @@ pub async fn run_session(
             machine,
             journal,
             backends,
+            tools,
             resumed: None,
             cluster,
         },
@@ -405,6 +432,7 @@ pub async fn resume_session(
         source,
     })?;
     let backends = build_backends(&plan.config, &env, http, cluster.as_ref())?;
+    let tools = start_tools(&plan.config, &env).await?;
     wait_for_nodes(&plan.config, cluster.as_ref()).await?;
     let _remote = place_remote(&plan.session, &plan.config, cluster.as_ref()).await?;
     let journal = Journal::reopen(&plan.dir, plan.valid_len, Some(lock))?;
@@ -434,6 +462,7 @@ pub async fn resume_session(
             machine: plan.machine,
             journal,
             backends,
+            tools,
             resumed: Some(resumed),
             cluster,
         },
@@ -452,6 +481,8 @@ struct Drive {
     machine: Consensus,
     journal: Journal,
     backends: Vec<Option<Arc<Backend>>>,
+    /// One per agent (empty for agents on nodes), kept alive by the agents' contexts.
+    tools: Vec<Arc<ToolBox>>,
     resumed: Option<Resumed>,
     cluster: Option<Cluster>,
 }
@@ -470,6 +501,7 @@ async fn drive(
         machine,
         journal,
         backends,
+        tools,
         resumed,
         cluster,
     } = run;
@@ -492,24 +524,28 @@ async fn drive(
             .agents
             .iter()
             .zip(backends)
+            .zip(tools)
             .enumerate()
-            .map(|(index, (agent, backend))| match (backend, &cluster) {
-                (Some(backend), _) => PendingAgent::Local {
-                    id: agent.id.clone(),
-                    backend,
-                    system_message: agent.system_message.clone(),
-                    workflow: agent.workflow,
+            .map(
+                |(index, ((agent, backend), tools))| match (backend, &cluster) {
+                    (Some(backend), _) => PendingAgent::Local {
+                        id: agent.id.clone(),
+                        backend,
+                        system_message: agent.system_message.clone(),
+                        tools,
+                        workflow: agent.workflow,
+                    },
+                    (None, Some(cluster)) => PendingAgent::Remote {
+                        id: agent.id.clone(),
+                        commands: cluster.command_sink(&session, index as u32),
+                    },
+                    // build_backends only leaves a backend out when there is a cluster.
+                    (None, None) => PendingAgent::Remote {
+                        id: agent.id.clone(),
+                        commands: Arc::new(|_| false),
+                    },
                 },
-                (None, Some(cluster)) => PendingAgent::Remote {
-                    id: agent.id.clone(),
-                    commands: cluster.command_sink(&session, index as u32),
-                },
-                // build_backends only leaves a backend out when there is a cluster.
-                (None, None) => PendingAgent::Remote {
-                    id: agent.id.clone(),
-                    commands: Arc::new(|_| false),
-                },
-            })
+            )
             .collect(),
         settings: turn_settings(&config),
         cluster: cluster.clone(),
@@ -552,6 +588,7 @@ enum PendingAgent {
         id: String,
         backend: Arc<Backend>,
         system_message: Option<String>,
+        tools: Arc<ToolBox>,
         workflow: WorkflowMode,
     },
     /// Already started on its node; reached through the cluster.
@@ -601,7 +638,7 @@ impl Actor for SessionSupervisor {
         let mut links = Vec::with_capacity(args.agents.len());
         let mut cells = Vec::with_capacity(args.agents.len());
         for (index, pending) in args.agents.into_iter().enumerate() {
-            let (id, backend, system_message, workflow) = match pending {
+            let (id, backend, system_message, tools, workflow) = match pending {
                 PendingAgent::Remote { id, commands } => {
                     links.push(AgentLink {
                         id: id.into(),
@@ -613,8 +650,9 @@ impl Actor for SessionSupervisor {
                     id,
                     backend,
                     system_message,
+                    tools,
                     workflow,
-                } => (id, backend, system_message, workflow),
+                } => (id, backend, system_message, tools, workflow),
             };
             let to_coordinator = coordinator.clone();
             let sink: ReportSink = Arc::new(move |envelope| {
@@ -629,6 +667,7 @@ impl Actor for SessionSupervisor {
                 system_message,
                 settings: args.settings.clone(),
                 workflow: WorkflowState::new(workflow),
+                tools,
             });
             let (agent, _) =
                 Actor::spawn_linked(None, AgentActor, AgentArgs { context }, myself.get_cell())

@@ -751,6 +751,8 @@ async fn an_agent_process_exports_its_spans_into_the_session_trace() {
     node.args(["--join", &join, "--name", "tnode", "--cookie-file"])
         .arg(&cookie)
         .args(["--reconnect-max-ms", "300"])
+        // The node's operator allows the simulated provider (agent nodes refuse other URLs).
+        .args(["--allow-base-url", &base_url])
         .current_dir(dir.path())
         .stdin(Stdio::null())
         .stdout(Stdio::null())

@@ -104,6 +104,8 @@ pub struct AgentSpec {
     /// How the agent states its decision: workflow tools, a marked line of text, or tools
     /// first and text once the model ignores them.
     pub workflow: WorkflowMode,
+    /// MCP servers and tool-loop bounds (started on the node that runs the agent).
+    pub tools: crate::tools::AgentTools,
 }
 
 /// How an agent states its decision (`workflow:` per agent or backend).

@@ -186,6 +186,33 @@ fn config_round_trips() {
             system_message: None,
             node: Some("gpu-1".into()),
             workflow: conclave_protocol::config::WorkflowMode::Text,
+            tools: conclave_protocol::tools::AgentTools {
+                mcp_servers: vec![
+                    conclave_protocol::tools::McpServerSpec {
+                        name: "files".into(),
+                        transport: conclave_protocol::tools::McpTransport::Stdio {
+                            command: "npx".into(),
+                            args: vec!["-y".into(), "server".into()],
+                            env: vec![("TOKEN".into(), "${TOKEN}".into())],
+                            cwd: None,
+                        },
+                        allowed_tools: Some(vec!["read".into()]),
+                        exclude_tools: Vec::new(),
+                        optional: true,
+                    },
+                    conclave_protocol::tools::McpServerSpec {
+                        name: "web".into(),
+                        transport: conclave_protocol::tools::McpTransport::StreamableHttp {
+                            url: "http://127.0.0.1:8000/mcp".into(),
+                            headers: vec![("Authorization".into(), "Bearer ${T}".into())],
+                        },
+                        allowed_tools: None,
+                        exclude_tools: vec!["drop".into()],
+                        optional: false,
+                    },
+                ],
+                limits: Default::default(),
+            },
         }],
         orchestrator: OrchestratorSettings::default(),
         timeouts: TimeoutSettings::default(),

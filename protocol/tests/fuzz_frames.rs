@@ -384,6 +384,7 @@ fn agent() -> impl Strategy<Value = AgentSpec> {
                 system_message,
                 node,
                 workflow: WorkflowMode::Auto,
+                tools: Default::default(),
             },
         )
 }

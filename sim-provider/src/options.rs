@@ -15,6 +15,10 @@
 //! Unknown keys are an error (a typo must not silently fall back to the default), reported as
 //! an OpenAI `invalid_request_error`.
 //!
+//! `policy=tools,tool=NAME` makes a model that uses tools (see `policy`): it calls the offered
+//! tool `NAME` (or `mcp__{server}__NAME`; default `lookup`) once, then answers quoting its
+//! result.
+//!
 //! New options are added as one field on [`ModelOptions`] and one arm in
 //! [`ModelOptions::apply`]; [`KNOWN_KEYS`] lists them for the error message.
 //!
@@ -95,6 +99,11 @@ pub enum Policy {
     /// Make the workflow call with arguments that are not valid JSON, until a corrective
     /// message says so; then call properly: a model with broken tool-call JSON.
     BrokenJson,
+    /// A model that uses tools: when a non-workflow tool matching the `tool` option is offered
+    /// and the conversation holds no tool result yet, call it (its first parameter set to the
+    /// question); once a result is there, decide as `default` does, quoting the result in the
+    /// answer, the vote's reason or the text.
+    Tools,
 }
 
 impl FromStr for Policy {
@@ -108,6 +117,7 @@ impl FromStr for Policy {
             "marked" => Ok(Policy::Marked),
             "wrong_label" => Ok(Policy::WrongLabel),
             "broken_json" => Ok(Policy::BrokenJson),
+            "tools" => Ok(Policy::Tools),
             _ => Err(()),
         }
     }
@@ -125,6 +135,7 @@ pub const KNOWN_KEYS: &[&str] = &[
     "retry_after",
     "retry_after_date",
     "stall_after",
+    "tool",
 ];
 
 /// Upper bound for `tokens`: a reply is held in memory while it streams, so a typo like
@@ -158,6 +169,9 @@ pub struct ModelOptions {
     pub retry_hint: RetryHint,
     /// Pieces delivered before a mid-stream fault; `None`: half of `tokens`.
     pub stall_after: Option<u32>,
+    /// The tool the `tools` policy calls: an offered tool whose name is this or ends with
+    /// `__` and this (MassGen's `mcp__{server}__{tool}`). Default `lookup`.
+    pub tool: String,
 }
 
 /// The retry headers a status fault carries, in the forms real providers use: OpenAI's
@@ -252,6 +266,7 @@ impl ModelOptions {
             fault_times: None,
             retry_hint: RetryHint::default(),
             stall_after: None,
+            tool: "lookup".to_owned(),
         };
         for item in options.unwrap_or("").split(',') {
             let item = item.trim();
@@ -322,7 +337,7 @@ impl ModelOptions {
                 self.policy = value.parse().map_err(|()| OptionError::BadValue {
                     key: key.to_owned(),
                     value: value.to_owned(),
-                    expected: "one of default, answer, text, marked, wrong_label, broken_json",
+                    expected: "one of default, answer, text, marked, wrong_label, broken_json, tools",
                 })?;
             }
             "fault" => {
@@ -362,6 +377,21 @@ impl ModelOptions {
             "stall_after" => {
                 let after = parse_number(key, value, 0, u64::from(MAX_TOKENS), STALL_AFTER_RANGE)?;
                 self.stall_after = Some(u32::try_from(after).unwrap_or(MAX_TOKENS));
+            }
+            "tool" => {
+                let valid = !value.is_empty()
+                    && value.len() <= 64
+                    && value
+                        .chars()
+                        .all(|c| c.is_ascii_alphanumeric() || c == '_' || c == '-');
+                if !valid {
+                    return Err(OptionError::BadValue {
+                        key: key.to_owned(),
+                        value: value.to_owned(),
+                        expected: "a tool name (letters, digits, `_`, `-`), e.g. lookup",
+                    });
+                }
+                self.tool = value.to_owned();
             }
             _ => {
                 return Err(OptionError::UnknownKey {

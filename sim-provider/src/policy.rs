@@ -10,7 +10,7 @@
 //!
 //! [`Policy::Answer`] swaps 1 and 2 (answer whenever allowed); [`Policy::Text`] always takes 3.
 //!
-//! The policies of models that handle tools badly:
+//! The policies of other kinds of models:
 //! - [`Policy::Marked`] never calls a tool and ends its text with a marked decision, as
 //!   conclave's text protocol asks: `VOTE: {label} — ...` for the first answer label in the
 //!   last user message (`<agent1.1>` tags or a label in a corrective message), otherwise
@@ -18,6 +18,13 @@
 //! - [`Policy::WrongLabel`] votes for a label that is not offered, and [`Policy::BrokenJson`]
 //!   sends workflow arguments that are not JSON; both behave once the last user message is a
 //!   corrective one ("... was not accepted ..."), the way a real model usually does.
+//! - [`Policy::Tools`] is a model that uses tools: while the conversation holds no tool
+//!   result, it calls the offered non-workflow tool named by the `tool` option (exactly, or as
+//!   the `{tool}` of MassGen's `mcp__{server}__{tool}`), its first required parameter set to
+//!   the question; once a result is there (Chat `tool` message, Responses
+//!   `function_call_output`, Anthropic `tool_result`, Gemini `functionResponse`), it decides as
+//!   the default policy does and quotes the result in the vote's reason, the answer or the
+//!   text. Without a matching tool it is the default policy.
 //!
 //! Voting for the first label makes a session converge on the earliest answer in one round,
 //! which is what the demo and the benches want to measure: the coordination overhead, not
@@ -48,6 +55,8 @@ pub enum DecisionKind {
     NewAnswer,
     /// Plain assistant text.
     Text,
+    /// A call of another offered tool (the `tools` policy).
+    Tool,
 }
 
 /// A reply, fully generated before the first byte is sent, and cut into the pieces that
@@ -55,6 +64,8 @@ pub enum DecisionKind {
 #[derive(Debug)]
 pub(crate) struct Reply {
     pub kind: DecisionKind,
+    /// The tool called, when `kind` is `Tool`.
+    pub tool: Option<String>,
     /// The label voted for, when `kind` is `Vote`.
     pub vote_target: Option<String>,
     /// What is streamed: the content for `Text`, the arguments JSON for a tool call.
@@ -74,6 +85,11 @@ impl Reply {
         let tokens = options.tokens.max(1) as usize;
         match options.policy {
             Policy::Marked => return Self::marked(options, request, tokens),
+            Policy::Tools => {
+                if let Some(reply) = Self::tool_use(options, request, tokens) {
+                    return reply;
+                }
+            }
             Policy::WrongLabel if !corrected && vote_label.is_some() => {
                 let label = "agent99.1";
                 let reason = format!("{} finds {label} correct and complete.", options.name);
@@ -122,6 +138,7 @@ impl Reply {
                 let bounds = even_bounds(&arguments, tokens);
                 Reply {
                     kind,
+                    tool: None,
                     vote_target: Some(label.to_owned()),
                     body: arguments,
                     bounds,
@@ -133,6 +150,7 @@ impl Reply {
                 let bounds = even_bounds(&arguments, tokens);
                 Reply {
                     kind,
+                    tool: None,
                     vote_target: None,
                     body: arguments,
                     bounds,
@@ -142,6 +160,7 @@ impl Reply {
                 let (text, bounds) = generate_answer(options, &request.last_user_text, tokens);
                 Reply {
                     kind: DecisionKind::Text,
+                    tool: None,
                     vote_target: None,
                     body: text,
                     bounds,
@@ -150,10 +169,70 @@ impl Reply {
         }
     }
 
+    /// The `tools` policy: call the matching tool while the conversation holds no tool result;
+    /// once it does, decide as `default` does with the result quoted. `None` when no offered
+    /// tool matches and there is no result (then the default rules apply unchanged).
+    fn tool_use(options: &ModelOptions, request: &SimRequest, tokens: usize) -> Option<Reply> {
+        if request.tool_results.is_empty() {
+            let suffix = format!("__{}", options.tool);
+            let index = request.tool_names.iter().position(|name| {
+                name != NEW_ANSWER
+                    && name != VOTE
+                    && (*name == options.tool || name.ends_with(&suffix))
+            })?;
+            let name = request.tool_names[index].clone();
+            let arguments = match request.tool_params.get(index).cloned().flatten() {
+                Some(param) => json!({ param: request.last_user_text }),
+                None => json!({}),
+            }
+            .to_string();
+            let mut reply = Reply::call(DecisionKind::Tool, None, arguments, tokens);
+            reply.tool = Some(name);
+            return Some(reply);
+        }
+        let quoted = request.tool_results.join("\n");
+        let vote_label = request.first_vote_label();
+        let (answer, _) = generate_answer(options, &request.last_user_text, tokens);
+        let reply = match vote_label {
+            Some(label) => {
+                let reason = format!("{} checked with a tool: {quoted}", options.name);
+                let arguments = json!({ "agent_id": label, "reason": reason }).to_string();
+                Reply::call(
+                    DecisionKind::Vote,
+                    Some(label.to_owned()),
+                    arguments,
+                    tokens,
+                )
+            }
+            None if request.offers(NEW_ANSWER) => {
+                let content = format!("{answer}\nTool result: {quoted}");
+                Reply::call(
+                    DecisionKind::NewAnswer,
+                    None,
+                    json!({ "content": content }).to_string(),
+                    tokens,
+                )
+            }
+            None => {
+                let body = format!("{answer}\nTool result: {quoted}");
+                let bounds = even_bounds(&body, tokens);
+                Reply {
+                    kind: DecisionKind::Text,
+                    tool: None,
+                    vote_target: None,
+                    body,
+                    bounds,
+                }
+            }
+        };
+        Some(reply)
+    }
+
     /// A tool call with these arguments, streamed in `tokens` pieces.
     fn call(kind: DecisionKind, target: Option<String>, arguments: String, tokens: usize) -> Reply {
         let bounds = even_bounds(&arguments, tokens);
         Reply {
+            tool: None,
             kind,
             vote_target: target,
             body: arguments,
@@ -175,6 +254,7 @@ impl Reply {
         let bounds = even_bounds(&body, tokens);
         Reply {
             kind: DecisionKind::Text,
+            tool: None,
             vote_target: label,
             body,
             bounds,
@@ -195,10 +275,11 @@ impl Reply {
     }
 
     /// The function called, or `None` for a text reply.
-    pub fn tool_name(&self) -> Option<&'static str> {
+    pub fn tool_name(&self) -> Option<&str> {
         match self.kind {
             DecisionKind::Vote => Some(VOTE),
             DecisionKind::NewAnswer => Some(NEW_ANSWER),
+            DecisionKind::Tool => self.tool.as_deref(),
             DecisionKind::Text => None,
         }
     }
@@ -424,5 +505,101 @@ mod tests {
             assert_eq!(bounds.last(), Some(&body.len()));
             assert!(bounds.iter().all(|&offset| body.is_char_boundary(offset)));
         }
+    }
+
+    /// The `tools` policy over every wire format: call the matching tool first, then decide
+    /// quoting the result, which each format carries in its own shape.
+    #[test]
+    fn tools_policy_calls_the_tool_then_answers_with_its_result() {
+        use crate::wire::Wire;
+        let options = ModelOptions::parse(
+            "m:policy=tools,tool=lookup",
+            &crate::options::SimConfig::default(),
+        )
+        .expect("options");
+        let lookup_schema = json!({"type": "object", "properties": {"key": {"type": "string"}}, "required": ["key"]});
+        let vote_schema = json!({"type": "object", "properties": {"agent_id": {"type": "string", "enum": ["agent1.1"]}}});
+        let question = "capital of france?";
+        let result = "The capital of France is Paris.";
+        // (wire, body without a result, body with one)
+        let cases: Vec<(Wire, Value, Value)> = vec![
+            (
+                Wire::OpenAiChat,
+                json!({"model": "m", "messages": [{"role": "user", "content": question}],
+                    "tools": [{"type": "function", "function": {"name": "mcp__demo__lookup", "parameters": lookup_schema}},
+                              {"type": "function", "function": {"name": "vote", "parameters": vote_schema}}]}),
+                json!({"model": "m", "messages": [{"role": "user", "content": question},
+                    {"role": "assistant", "content": null, "tool_calls": [{"id": "c1", "type": "function", "function": {"name": "mcp__demo__lookup", "arguments": "{}"}}]},
+                    {"role": "tool", "tool_call_id": "c1", "content": result}],
+                    "tools": [{"type": "function", "function": {"name": "mcp__demo__lookup", "parameters": lookup_schema}},
+                              {"type": "function", "function": {"name": "vote", "parameters": vote_schema}}]}),
+            ),
+            (
+                Wire::OpenAiResponses,
+                json!({"model": "m", "input": [{"role": "user", "content": question}],
+                    "tools": [{"type": "function", "name": "mcp__demo__lookup", "parameters": lookup_schema},
+                              {"type": "function", "name": "vote", "parameters": vote_schema}]}),
+                json!({"model": "m", "input": [{"role": "user", "content": question},
+                    {"type": "function_call", "call_id": "c1", "name": "mcp__demo__lookup", "arguments": "{}"},
+                    {"type": "function_call_output", "call_id": "c1", "output": result}],
+                    "tools": [{"type": "function", "name": "mcp__demo__lookup", "parameters": lookup_schema},
+                              {"type": "function", "name": "vote", "parameters": vote_schema}]}),
+            ),
+            (
+                Wire::Anthropic,
+                json!({"model": "m", "max_tokens": 10, "messages": [{"role": "user", "content": question}],
+                    "tools": [{"name": "mcp__demo__lookup", "input_schema": lookup_schema},
+                              {"name": "vote", "input_schema": vote_schema}]}),
+                json!({"model": "m", "max_tokens": 10, "messages": [{"role": "user", "content": question},
+                    {"role": "assistant", "content": [{"type": "tool_use", "id": "c1", "name": "mcp__demo__lookup", "input": {}}]},
+                    {"role": "user", "content": [{"type": "tool_result", "tool_use_id": "c1", "content": result}]}],
+                    "tools": [{"name": "mcp__demo__lookup", "input_schema": lookup_schema},
+                              {"name": "vote", "input_schema": vote_schema}]}),
+            ),
+            (
+                Wire::Gemini,
+                json!({"contents": [{"role": "user", "parts": [{"text": question}]}],
+                    "tools": [{"functionDeclarations": [{"name": "mcp__demo__lookup", "parameters": lookup_schema},
+                                                        {"name": "vote", "parameters": vote_schema}]}]}),
+                json!({"contents": [{"role": "user", "parts": [{"text": question}]},
+                    {"role": "model", "parts": [{"functionCall": {"name": "mcp__demo__lookup", "args": {}}}]},
+                    {"role": "user", "parts": [{"functionResponse": {"name": "mcp__demo__lookup", "response": {"content": result}}}]}],
+                    "tools": [{"functionDeclarations": [{"name": "mcp__demo__lookup", "parameters": lookup_schema},
+                                                        {"name": "vote", "parameters": vote_schema}]}]}),
+            ),
+        ];
+        for (wire, first, second) in cases {
+            let parse = |body: &Value| {
+                wire.parse(body.to_string().as_bytes(), Some("m"))
+                    .expect("parses")
+            };
+            let call = Reply::decide(&options, &parse(&first));
+            assert_eq!(call.kind, DecisionKind::Tool, "{wire:?}");
+            assert_eq!(call.tool_name(), Some("mcp__demo__lookup"));
+            assert_eq!(call.body, json!({"key": question}).to_string());
+            let request = parse(&second);
+            assert_eq!(request.tool_results, [result], "{wire:?}");
+            let answer = Reply::decide(&options, &request);
+            assert_eq!(answer.kind, DecisionKind::Vote, "{wire:?}");
+            assert!(answer.body.contains(result), "{wire:?}: {}", answer.body);
+        }
+        // Without a matching tool the policy is the default one.
+        let plain = request(json!([vote_tool(&["agent1.1"])]));
+        assert_eq!(Reply::decide(&options, &plain).kind, DecisionKind::Vote);
+        // A final presentation (no workflow tools) quotes the result in its text.
+        let final_turn = json!({"model": "m", "messages": [{"role": "user", "content": question},
+            {"role": "tool", "tool_call_id": "c1", "content": result}]});
+        let text = Reply::decide(
+            &options,
+            &crate::wire::Wire::OpenAiChat
+                .parse(final_turn.to_string().as_bytes(), None)
+                .expect("parses"),
+        );
+        assert_eq!(text.kind, DecisionKind::Text);
+        assert!(
+            text.body.ends_with(&format!("Tool result: {result}")),
+            "{}",
+            text.body
+        );
     }
 }

@@ -34,6 +34,13 @@ pub(crate) struct SimRequest {
     pub tool_names: Vec<String>,
     /// The first string of the `agent_id` enum of an offered `vote` tool.
     pub vote_label: Option<String>,
+    /// For each offered tool (same order as `tool_names`), the name of its first required
+    /// parameter (else its first declared one): what the `tools` policy fills in.
+    pub tool_params: Vec<Option<String>>,
+    /// The text of every tool result in the conversation, in order (Chat `tool` messages,
+    /// Responses `function_call_output` items, Anthropic `tool_result` blocks, Gemini
+    /// `functionResponse` parts).
+    pub tool_results: Vec<String>,
     /// See [`fingerprint`].
     pub fingerprint: String,
 }
@@ -51,13 +58,29 @@ impl SimRequest {
     }
 }
 
-/// Offered tools as `(name, parameters schema)` pairs → the names and the vote label.
+/// The tools of a request: names, the vote label and each tool's first parameter.
+pub(crate) type Offered = (Vec<String>, Option<String>, Vec<Option<String>>);
+
+/// Offered tools as `(name, parameters schema)` pairs → the names, the vote label and each
+/// tool's first parameter (see [`SimRequest::tool_params`]).
 pub(crate) fn offered_tools<'a>(
     tools: impl IntoIterator<Item = (&'a str, Option<&'a Value>)>,
-) -> (Vec<String>, Option<String>) {
+) -> Offered {
     let mut names = Vec::new();
     let mut vote_label = None;
+    let mut params = Vec::new();
     for (name, parameters) in tools {
+        let first_required = parameters
+            .and_then(|schema| schema.get("required"))
+            .and_then(Value::as_array)
+            .and_then(|required| required.first())
+            .and_then(Value::as_str);
+        let first_declared = parameters
+            .and_then(|schema| schema.get("properties"))
+            .and_then(Value::as_object)
+            .and_then(|properties| properties.keys().next())
+            .map(String::as_str);
+        params.push(first_required.or(first_declared).map(str::to_owned));
         if name == VOTE && vote_label.is_none() {
             vote_label = parameters
                 .and_then(|schema| schema.pointer("/properties/agent_id/enum"))
@@ -68,7 +91,30 @@ pub(crate) fn offered_tools<'a>(
         }
         names.push(name.to_owned());
     }
-    (names, vote_label)
+    (names, vote_label, params)
+}
+
+/// The text of a tool result's payload: a string as is, an array of text parts joined, an
+/// object's `content` / `result` / `output` (recursively), anything else as JSON.
+pub(crate) fn result_text(value: &Value) -> String {
+    match value {
+        Value::String(text) => text.clone(),
+        Value::Array(parts) => parts
+            .iter()
+            .map(|part| match part.get("text").and_then(Value::as_str) {
+                Some(text) => text.to_owned(),
+                None => result_text(part),
+            })
+            .collect::<Vec<_>>()
+            .join("\n"),
+        Value::Object(map) => ["content", "result", "output"]
+            .iter()
+            .find_map(|key| map.get(*key))
+            .map(result_text)
+            .unwrap_or_else(|| value.to_string()),
+        Value::Null => String::new(),
+        other => other.to_string(),
+    }
 }
 
 /// The text of a message content: a string, or the `text` of every part of an array joined
@@ -192,7 +238,8 @@ mod tests {
         let vote = json!({"type": "object", "properties": {
             "agent_id": {"type": "string", "enum": ["agent2.1", "agent1.1"]}}});
         let answer = json!({"type": "object"});
-        let (names, label) = offered_tools([("new_answer", Some(&answer)), ("vote", Some(&vote))]);
+        let (names, label, _) =
+            offered_tools([("new_answer", Some(&answer)), ("vote", Some(&vote))]);
         assert_eq!(names, ["new_answer", "vote"]);
         assert_eq!(label.as_deref(), Some("agent2.1"));
         let empty = json!({"properties": {"agent_id": {"enum": []}}});

@@ -324,6 +324,19 @@ impl AgentHost {
             Ok(backend) => Arc::new(backend),
             Err(error) => return Some(format!("on node `{}`: {error}", state.opts.name)),
         };
+        // The agent's MCP servers start here, on the node that runs it, with this node's
+        // environment for `${VAR}`; a required one that cannot start refuses the agent.
+        let lookup = |key: &str| env.get(key);
+        let tools = match crate::tools::ToolBox::start(
+            &request.spec.id,
+            &request.spec.tools,
+            &lookup,
+        )
+        .await
+        {
+            Ok(tools) => Arc::new(tools),
+            Err(error) => return Some(format!("on node `{}`: {error}", state.opts.name)),
+        };
         let (agent, incarnation) = (request.agent, request.incarnation);
         let to_host = myself.clone();
         let sink: ReportSink = Arc::new(move |envelope| {
@@ -346,6 +359,7 @@ impl AgentHost {
             system_message: request.spec.system_message.clone(),
             settings: settings_from_limits(&request.limits),
             workflow: WorkflowState::new(request.spec.workflow),
+            tools,
         });
         match Actor::spawn_linked(None, AgentActor, AgentArgs { context }, myself.get_cell()).await
         {

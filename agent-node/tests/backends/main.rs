@@ -19,3 +19,4 @@ mod openai_responses_fixtures;
 mod openai_responses_http;
 mod retry_faults;
 mod supervision;
+mod tool_results;

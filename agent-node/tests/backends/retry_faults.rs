@@ -367,6 +367,7 @@ async fn turn_worker_reports_each_retry_then_decides() {
             ..TurnSettings::default()
         },
         workflow: Default::default(),
+        tools: Arc::new(conclave_agent::tools::ToolBox::empty()),
     });
     let turn = TurnSpec {
         turn: TurnId(1),

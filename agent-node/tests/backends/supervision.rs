@@ -90,6 +90,7 @@ impl Agent {
             system_message: None,
             settings,
             workflow: Default::default(),
+            tools: Arc::new(conclave_agent::tools::ToolBox::empty()),
         });
         let (actor, handle) = Actor::spawn(None, AgentActor, AgentArgs { context })
             .await

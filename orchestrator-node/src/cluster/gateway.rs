@@ -1013,6 +1013,7 @@ mod tests {
             system_message: None,
             node: Some("node-a".into()),
             workflow: Default::default(),
+            tools: Default::default(),
         }
     }
 

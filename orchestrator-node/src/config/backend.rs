@@ -38,11 +38,13 @@
 
 use conclave_protocol::config::{BackendSpec, WireFormat};
 use conclave_protocol::presets::{self, PRESETS, Preset};
+use conclave_protocol::tools::AgentTools;
 use serde_json::{Map as JsonMap, Value as Json};
 
 use super::error::ConfigError;
 use super::massgen;
 use super::options;
+use super::tools;
 use super::tree::{Ctx, Field, Fields, Node, optional};
 
 /// How many times a failed provider call is retried when the config does not say (the
@@ -267,11 +269,13 @@ pub(crate) fn missing_base_url_hint(preset: &Preset, type_name: &str, key: &str)
 }
 
 /// Resolves the `backend:` mapping at `path`.
+/// Also returns the agent's tools, which MassGen configures inside `backend:` (module
+/// `tools`).
 pub(crate) fn resolve(
     node: &Node,
     path: &str,
     ctx: &mut Ctx<'_>,
-) -> Result<BackendSpec, ConfigError> {
+) -> Result<(BackendSpec, AgentTools), ConfigError> {
     let mut fields = Fields::new(node, path, "a mapping with `type` and `model`", ctx)?;
 
     let type_path = fields.child_path("type");
@@ -348,21 +352,26 @@ pub(crate) fn resolve(
 
     // Read with the agent (config/session.rs), which decides between its own and this one.
     let _ = fields.take("workflow");
+    let tools = tools::resolve(&mut fields, preset.wire, ctx)?;
+
     fields.finish(massgen::BACKEND, ctx);
 
-    Ok(BackendSpec {
-        wire: preset.wire,
-        provider: endpoint.provider,
-        model,
-        base_url: endpoint.base_url,
-        api_key_env: endpoint.api_key_env,
-        temperature,
-        top_p,
-        max_tokens,
-        extra_body,
-        max_retries,
-        options,
-    })
+    Ok((
+        BackendSpec {
+            wire: preset.wire,
+            provider: endpoint.provider,
+            model,
+            base_url: endpoint.base_url,
+            api_key_env: endpoint.api_key_env,
+            temperature,
+            top_p,
+            max_tokens,
+            extra_body,
+            max_retries,
+            options,
+        },
+        tools,
+    ))
 }
 
 /// `base_url`; for `azure_openai` also MassGen's `azure_endpoint` (both may be given only

@@ -38,31 +38,20 @@ pub(crate) const TOP: &[KnownKey] = &[
 /// `agents[i]` / `agent`.
 pub(crate) const AGENT: &[KnownKey] = &[not_yet("memory"), not_yet("append_system_prompt")];
 
-/// `agents[i].backend`: tools, file system, multimodal and framework options. (Built-in web
-/// search and code execution, reasoning and thinking keys and `api_version` are read; see
-/// module `options`.)
+/// `agents[i].backend`: options conclave does not act on that do not change what an agent can
+/// do. (Built-in web search and code execution, reasoning and thinking keys and `api_version`
+/// are read, see module `options`; MCP servers, tool filters and tool limits are read and the
+/// tool keys conclave cannot honour are refused, see module `tools`.)
 pub(crate) const BACKEND: &[KnownKey] = &[
-    not_yet("enable_mcp_command_line"),
-    not_yet("enable_image_generation"),
-    not_yet("enable_audio_generation"),
-    not_yet("enable_video_generation"),
-    not_yet("enable_file_generation"),
     not_yet("enable_rate_limit"),
-    not_yet("mcp_servers"),
-    not_yet("custom_tools"),
-    not_yet("allowed_tools"),
-    not_yet("exclude_tools"),
     not_yet("disallowed_tools"),
     not_yet("upload_files"),
-    not_yet("cwd"),
-    not_yet("context_paths"),
     not_yet("permission_mode"),
     not_yet("system_prompt"),
     not_yet("append_system_prompt"),
     not_yet("betas"),
     not_yet("agent_config"),
     not_yet("group_config"),
-    not_yet("command_line_*"),
 ];
 
 /// `orchestrator:`.

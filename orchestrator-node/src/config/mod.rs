@@ -6,7 +6,10 @@
 //! `max_workflow_retries`, `skip_final_presentation`, `max_turn_restarts`,
 //! `restart_window_seconds`; `timeout_settings.turn_timeout_seconds`,
 //! `stall_timeout_seconds`, `connect_timeout_seconds`; agent `node`; backend `api_key_env`,
-//! `max_retries`, `extra_body`, `thinking_budget`).
+//! `max_retries`, `extra_body`, `thinking_budget`, and the tool-loop bounds `max_tool_rounds`,
+//! `tool_timeout_seconds`, `max_tool_result_bytes`, `max_concurrent_tools`). MassGen's
+//! `mcp_servers`, `allowed_tools`, `exclude_tools` and `concurrent_tool_execution` are read
+//! (module `tools`).
 //!
 //! How a load goes, and why:
 //! 1. The `config` crate parses the YAML (module `tree`); the loader then walks the values itself,
@@ -14,8 +17,8 @@
 //!    read becomes a [`ConfigWarning`] (MassGen features conclave lacks are named as such).
 //! 2. `${VAR}` and `${VAR:-default}` are expanded in the string values the loader reads, from
 //!    the lookup function the caller passes ([`EnvLookup`]: process environment over `.env`).
-//!    Keys that are ignored are not expanded, so an MCP server's `${TOKEN}` in a MassGen config
-//!    does not stop a load. `$${` writes a literal `${`. A config someone else wrote (one
+//!    Keys that are ignored are not expanded; neither are MCP server values (module `tools`),
+//!    whose `${TOKEN}` is kept and expanded on the node that runs the agent. `$${` writes a literal `${`. A config someone else wrote (one
 //!    submitted to `conclave server`) loads with expansion off ([`load_str_untrusted`]): a
 //!    `${` reference is an error saying so, and nothing is read from the environment, so none
 //!    of the server's variables can reach the config, its journal, its event feed or an error.
@@ -36,6 +39,7 @@ mod error;
 mod massgen;
 mod options;
 mod session;
+mod tools;
 mod tree;
 
 #[cfg(test)]
@@ -294,6 +298,7 @@ pub fn single_agent(
             system_message: None,
             node: None,
             workflow: Default::default(),
+            tools: Default::default(),
         }],
         orchestrator: Default::default(),
         timeouts: Default::default(),

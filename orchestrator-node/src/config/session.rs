@@ -197,7 +197,7 @@ fn agent(
 
     let backend_path = fields.child_path("backend");
     let mut backend_workflow = None;
-    let backend = match fields.take("backend") {
+    let (backend, tools) = match fields.take("backend") {
         Some(node) => {
             // `workflow` may sit under `backend:` too (backend.rs marks it read).
             if let Node::Map(entries) = node
@@ -241,6 +241,7 @@ fn agent(
         system_message,
         node: node_name,
         workflow,
+        tools,
     })
 }
 

@@ -360,6 +360,15 @@ impl<'n> Fields<'n> {
         }
     }
 
+    /// The keys (read or not) that start with `prefix`.
+    pub(crate) fn keys_with_prefix(&self, prefix: &str) -> Vec<String> {
+        self.entries
+            .iter()
+            .filter(|(k, _)| k.starts_with(prefix))
+            .map(|(k, _)| k.clone())
+            .collect()
+    }
+
     /// Warns about every key that was not read: known-but-ignored keys with their note,
     /// everything else as unknown.
     pub(crate) fn finish(self, known: &[KnownKey], ctx: &mut Ctx<'_>) {

@@ -3,11 +3,12 @@
 //!
 //! | Route | What it does |
 //! |---|---|
+//! | `GET /`, `/app.js`, `/app.css` | the web page (see [`crate::web`]); needs no token (the page asks for it, and sends it with every API call) |
 //! | `GET /healthz` | `{"status": "ok", "running": N, "nodes": N}`; needs no token |
 //! | `POST /sessions` | body `{"question", "config"?, "config_yaml"?, "session_id"?}` (`config`: a file name inside `--config-dir`): validates (400 with the config error or the allow-list rule broken, 404 for a config name not in the config directory, 409 for a taken id, 429 when `--max-queued` sessions wait) and starts the session: 202 with its status and a `Location`. With `?wait=true` it answers 200 once the session has ended |
 //! | `GET /sessions` | every session this server remembers, oldest first |
 //! | `GET /sessions/{id}` | `{"session", "state": "queued"\|"running"\|"cancelling"\|"done", "question", "started_at_ms", "events", "result"?}`; `result` is the line printed on stdout. A session this process did not run is read from its journal: `done` with its result, or `unfinished` (resumable) |
-//! | `GET /sessions/{id}/events` | Server-Sent Events: each `data:` is one object of `--display json` (journal events, stream chunks, then `final`). A late watcher first gets the journal events so far (for an ended session, read from its journal, which also holds its start, usage and end); chunks are live only. `event: lagged` says how many items a slow watcher missed. The stream ends when the session does |
+//! | `GET /sessions/{id}/events` | Server-Sent Events: each `data:` is one object of `--display json` (journal events, stream chunks, then `final`). A late watcher first gets the journal events so far (for an ended session, read from its journal, which also holds its start, usage and end); chunks are live only. `event: lagged` says how many items a slow watcher missed. The stream ends when the session does. A session this process did not run is replayed from its journal (and its `final` rebuilt from it) |
 //! | `POST /sessions/{id}/resume` | continues a session whose orchestrator died before it ended, from its journal (no journaled decision is asked for again): 202 (or 200 with `?wait=true`); 409 when it is running or has ended, 404 when there is no such journal |
 //! | `POST /sessions/{id}/cancel` | interrupts the session: it presents its best answer so far (exit code 130); 202, or 409 when it has already ended |
 //! | `GET /nodes` | the joined agent nodes: name, address, version, provider keys held (names only) |
@@ -203,13 +204,17 @@ fn router(
         .route_layer(middleware::from_fn_with_state(api.clone(), authorize));
     Router::new()
         .route("/healthz", get(health))
+        .route("/", get(page))
+        .route("/index.html", get(page))
+        .route("/app.js", get(page))
+        .route("/app.css", get(page))
         .merge(guarded)
         // The OpenAI-compatible routes (`/v1/...`), with their own auth and error envelope.
         .merge(super::openai::routes(api.server.clone(), api.token.clone()))
         .fallback(|| async {
             error(
                 StatusCode::NOT_FOUND,
-                "no such route; see GET /healthz, /sessions, /nodes",
+                "no such route; see GET /, /healthz, /sessions, /nodes",
             )
         })
         .layer(middleware::from_fn_with_state(api.clone(), same_site))
@@ -351,6 +356,28 @@ async fn authorize(State(api): State<Api>, request: Request, next: Next) -> Resp
         }
     }
     next.run(request).await
+}
+
+/// The web page's assets (see [`crate::web`]): no token needed, they hold no secret; the
+/// API calls the page makes do need it.
+async fn page(uri: axum::http::Uri) -> Response {
+    let Some((content_type, body)) = crate::web::asset(uri.path()) else {
+        return error(StatusCode::NOT_FOUND, "no such page");
+    };
+    (
+        [
+            (header::CONTENT_TYPE, content_type),
+            (
+                header::CONTENT_SECURITY_POLICY,
+                crate::web::CONTENT_SECURITY_POLICY,
+            ),
+            (header::X_CONTENT_TYPE_OPTIONS, "nosniff"),
+            (header::REFERRER_POLICY, "no-referrer"),
+            (header::CACHE_CONTROL, "no-cache"),
+        ],
+        body,
+    )
+        .into_response()
 }
 
 async fn health(State(api): State<Api>) -> Response {
@@ -515,7 +542,23 @@ async fn cancel(State(api): State<Api>, Path(id): Path<String>) -> Response {
 
 async fn events(State(api): State<Api>, Path(id): Path<String>) -> Response {
     let Some(entry) = api.server.registry().get(&id) else {
-        return unknown(&id);
+        // Not run by this server process (or forgotten): replayed from its journal on disk.
+        let server = api.server.clone();
+        let lookup = id.clone();
+        let replay = tokio::task::spawn_blocking(move || {
+            server.journal_dir(&lookup).map(|dir| disk_replay(&dir))
+        })
+        .await;
+        return match replay {
+            Ok(Some(Ok(lines))) => Sse::new(futures::stream::iter(
+                lines
+                    .into_iter()
+                    .map(|line| Ok::<_, Infallible>(Event::default().data(&*line))),
+            ))
+            .into_response(),
+            Ok(Some(Err(message))) => error(StatusCode::INTERNAL_SERVER_ERROR, message),
+            _ => unknown(&id),
+        };
     };
     let mut watch = entry.watch();
     if let Some((dir, final_line)) = watch.ended.take() {
@@ -557,6 +600,38 @@ async fn events(State(api): State<Api>, Path(id): Path<String>) -> Response {
     Sse::new(kept.chain(live))
         .keep_alive(KeepAlive::default())
         .into_response()
+}
+
+/// The feed of a session known only from its journal: its events, then (when it ended) the
+/// `final` object the live feed ends with, rebuilt from the journal's final answer and end.
+fn disk_replay(dir: &std::path::Path) -> Result<Vec<Arc<str>>, String> {
+    use crate::journal::JournalEvent;
+    let path = dir.join(crate::journal::EVENTS_FILE);
+    let journal =
+        crate::journal::read_events(&path).map_err(|e| conclave_protocol::error_text(&e))?;
+    let mut lines: Vec<Arc<str>> = Vec::with_capacity(journal.lines.len() + 1);
+    let (mut answer, mut reason) = (None, None);
+    for line in &journal.lines {
+        match &line.event {
+            JournalEvent::FinalAnswer {
+                winner,
+                label,
+                content,
+                ..
+            } => answer = Some((winner.clone(), label.clone(), content.clone())),
+            JournalEvent::SessionEnded { reason: why, .. } => reason = Some(why.clone()),
+            _ => {}
+        }
+        if let Ok(text) = serde_json::to_string(&line.event) {
+            lines.push(Arc::from(text));
+        }
+    }
+    if let Some(reason) = reason {
+        let (winner, label, content) = answer.unwrap_or_default();
+        let last = json!({"type": "final", "winner": winner, "label": label, "reason": reason, "content": content});
+        lines.push(Arc::from(last.to_string()));
+    }
+    Ok(lines)
 }
 
 /// A journal's events as the `json` display shows them (without the journal's timestamps).

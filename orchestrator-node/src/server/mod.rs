@@ -61,6 +61,7 @@ pub mod http;
 pub mod openai;
 mod registry;
 
+use std::io::IsTerminal;
 use std::path::{Path, PathBuf};
 use std::sync::Arc;
 use std::time::Duration;
@@ -516,6 +517,16 @@ impl Server {
         Some(status)
     }
 
+    /// The directory of session `id` under `--session-dir` when it has a journal (an id that
+    /// is not a valid session id, and so could name a path, is never looked up).
+    pub fn journal_dir(&self, id: &str) -> Option<PathBuf> {
+        let session = SessionId::parse(id).ok()?;
+        let dir = session_dir(&self.args.common.session_dir, &session);
+        dir.join(crate::journal::EVENTS_FILE)
+            .is_file()
+            .then_some(dir)
+    }
+
     /// Resumes every session under the session directory that has a journal but no end.
     fn resume_unfinished(self: &Arc<Self>) {
         let root = &self.args.common.session_dir;
@@ -678,6 +689,41 @@ impl Server {
                 warn!("submitted config refused: agent `{}`: {refused}", agent.id);
                 return Err(SubmitError::Invalid(anyhow::anyhow!(message)));
             }
+            // MCP servers over HTTP must be under an allowed base URL, like providers (the
+            // loader already refuses stdio servers and `${VAR}` in submitted configs).
+            for server in &agent.tools.mcp_servers {
+                let url = match &server.transport {
+                    conclave_protocol::tools::McpTransport::StreamableHttp { url, .. } => url,
+                    conclave_protocol::tools::McpTransport::Stdio { .. } => {
+                        return Err(SubmitError::Invalid(anyhow::anyhow!(
+                            "agent `{}`, MCP server `{}`: a submitted config may not start programs",
+                            agent.id,
+                            server.name
+                        )));
+                    }
+                };
+                let allowed = self
+                    .allow
+                    .base_url_prefixes()
+                    .any(|prefix| conclave_protocol::trust::url_has_prefix(url, prefix));
+                if !allowed {
+                    warn!(
+                        "submitted config refused: agent `{}`: MCP server `{}` URL not allowed",
+                        agent.id, server.name
+                    );
+                    let shown = match file {
+                        None => format!(" (`{url}`)"),
+                        Some(_) => String::new(),
+                    };
+                    return Err(SubmitError::Invalid(anyhow::anyhow!(
+                        "agent `{}`, MCP server `{}`: its URL{shown} is not allowed: a submitted \
+                         config may only use MCP servers under a base URL of the operator's own \
+                         config or a prefix given with --allow-base-url",
+                        agent.id,
+                        server.name
+                    )));
+                }
+            }
         }
         Ok(())
     }
@@ -737,6 +783,7 @@ fn outcome_json(outcome: &SessionOutcome) -> Value {
         "exit_code": outcome.exit_code(),
         "reason": reason_name(outcome.reason),
         "winner": outcome.winner,
+        "label": outcome.label,
         "final_answer": outcome.final_answer,
         "answers": outcome.answers,
         "turns": outcome.turns,
@@ -951,6 +998,146 @@ pub async fn run(args: ServerArgs, env: EnvFn) -> Result<u8, Failure> {
         cluster.shutdown().await;
     }
     Ok(EXIT_OK)
+}
+
+/// `conclave --web [--web-port N] --config FILE "question"`: one session, watched on the web
+/// page. A server of one session on a loopback port (`--web-port`, default 0: any free port,
+/// printed): the same page, routes and checks as `conclave server --http` (a token from
+/// `CONCLAVE_HTTP_TOKEN` is honoured). The session's result line is printed on stdout as the
+/// server prints it; the exit code is the session's. When stderr is a terminal, the page stays
+/// served after the end until Ctrl-C (a person is reading it); otherwise the command ends with
+/// the session, so a script never waits.
+pub async fn run_web(
+    config: Option<PathBuf>,
+    question: Option<String>,
+    port: u16,
+    common: CommonArgs,
+    cluster: ClusterArgs,
+    env: EnvFn,
+) -> Result<u8, Failure> {
+    let Some(config) = config else {
+        return Err(usage(anyhow::anyhow!(
+            "--web needs --config FILE (the session runs in a one-session server that reads it)"
+        )));
+    };
+    let Some(question) = question.filter(|q| !q.trim().is_empty()) else {
+        return Err(usage(anyhow::anyhow!(
+            "--web needs the question as an argument"
+        )));
+    };
+    let session_id = common.session_id.clone();
+    let args = ServerArgs {
+        config: Some(config),
+        http: Some(std::net::SocketAddr::from(([127, 0, 0, 1], port))),
+        max_sessions: 1,
+        resume_unfinished: false,
+        http_token_file: None,
+        config_dir: None,
+        allow_key_env: Vec::new(),
+        allow_base_url: Vec::new(),
+        max_queued: 0,
+        max_connections: 64,
+        http_read_timeout: 30,
+        common,
+        cluster,
+    };
+    let token = http_token(&args, &env)?;
+    let cluster = args.cluster.start(&env).await?;
+    let addr = args
+        .http
+        .unwrap_or_else(|| std::net::SocketAddr::from(([127, 0, 0, 1], 0)));
+    let server = Server::new(args, env, cluster);
+    let listener = tokio::net::TcpListener::bind(addr)
+        .await
+        .with_context(|| format!("cannot serve the web page on {addr}"))
+        .map_err(execution)?;
+    let bound = listener
+        .local_addr()
+        .context("the HTTP listener has no address")
+        .map_err(execution)?;
+    let limits = http::Limits {
+        max_connections: server.args.max_connections as usize,
+        read_timeout: Duration::from_secs(server.args.http_read_timeout),
+    };
+    let http = tokio::spawn(http::serve(
+        listener,
+        server.clone(),
+        token,
+        server.stop.clone(),
+        limits,
+    ));
+    let job = Job {
+        question,
+        config: None,
+        config_yaml: None,
+        session_id,
+        history: Vec::new(),
+    };
+    let entry = match server.submit(job, Submitter::Operator) {
+        Ok(entry) => entry,
+        Err(refused) => {
+            server.stop_sessions(STOP_GRACE).await;
+            return Err(usage(anyhow::anyhow!("{refused}")));
+        }
+    };
+    eprintln!(
+        "conclave: watch session {} at http://{bound}/#/s/{}",
+        entry.id, entry.id
+    );
+    let mut sigterm = tokio::signal::unix::signal(tokio::signal::unix::SignalKind::terminate())
+        .context("cannot watch SIGTERM")
+        .map_err(execution)?;
+    let stopped = tokio::select! {
+        _ = entry.done.cancelled() => false,
+        _ = tokio::signal::ctrl_c() => true,
+        _ = sigterm.recv() => true,
+    };
+    if !stopped && std::io::stderr().is_terminal() {
+        eprintln!(
+            "conclave: the session has ended; the page stays at http://{bound}/ until Ctrl-C"
+        );
+        tokio::select! {
+            _ = tokio::signal::ctrl_c() => {}
+            _ = sigterm.recv() => {}
+        }
+    }
+    server.stop_sessions(STOP_GRACE).await;
+    if tokio::time::timeout(Duration::from_secs(5), http)
+        .await
+        .is_err()
+    {
+        warn!("the HTTP API did not close in time");
+    }
+    if let Some(cluster) = &server.cluster {
+        cluster.shutdown().await;
+    }
+    // Like any run, a `--web` session starts a conversation `--continue` can pick up.
+    if let Some(result) = entry.result()
+        && result.get("error").is_none()
+    {
+        let text = |key: &str| result[key].as_str().map(str::to_owned);
+        let tokens = |key: &str| result["usage"][key].as_u64().unwrap_or(0);
+        let turn = crate::conversation::Turn {
+            question: entry.question.clone(),
+            session: entry.id.clone(),
+            final_answer: text("final_answer"),
+            winner: text("winner"),
+            label: text("label"),
+            reason: text("reason").unwrap_or_default(),
+            input_tokens: tokens("input_tokens"),
+            output_tokens: tokens("output_tokens"),
+            cost_usd: result["cost_usd"].as_f64(),
+            unix_ms: crate::conversation::now_ms(),
+        };
+        crate::conversation::append(&server.args.common.session_dir, &entry.id, &turn)
+            .map_err(|e| execution(e.into()))?;
+    }
+    let code = entry
+        .result()
+        .and_then(|r| r["exit_code"].as_i64())
+        .and_then(|c| u8::try_from(c).ok())
+        .unwrap_or(crate::cli::EXIT_EXECUTION);
+    Ok(code)
 }
 
 #[cfg(test)]

@@ -971,14 +971,25 @@ fn unset_variable_is_an_error_naming_it_and_the_key() {
 }
 
 #[test]
-fn ignored_keys_are_not_expanded() {
-    // MassGen configs put `${TOKEN}` into MCP server env blocks conclave ignores.
+fn mcp_server_references_are_kept_for_the_agent_node() {
+    // MassGen configs put `${TOKEN}` into MCP server env blocks: the loader keeps the
+    // reference (the node that runs the agent expands it), so an unset variable is no error.
     let loaded = load(
-        "agent:\n  backend:\n    type: openai\n    model: gpt-4o\n    mcp_servers:\n      - env: {TOKEN: \"${UNSET_TOKEN}\"}\n",
+        "agent:\n  backend:\n    type: openai\n    model: gpt-4o\n    mcp_servers:\n      - {name: s, type: stdio, command: x, env: {TOKEN: \"${UNSET_TOKEN}\"}}\n",
+    );
+    assert!(
+        warning_texts(&loaded).is_empty(),
+        "{:?}",
+        warning_texts(&loaded)
     );
     assert_eq!(
-        warning_texts(&loaded),
-        vec!["agent.backend.mcp_servers: MassGen key not supported yet by conclave, ignored"]
+        loaded.config.agents[0].tools.mcp_servers[0].transport,
+        conclave_protocol::tools::McpTransport::Stdio {
+            command: "x".into(),
+            args: Vec::new(),
+            env: vec![("TOKEN".into(), "${UNSET_TOKEN}".into())],
+            cwd: None,
+        }
     );
 }
 

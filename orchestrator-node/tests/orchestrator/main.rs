@@ -5,6 +5,7 @@
 //! keeps its own docs; run one with `cargo test -p <crate> --test orchestrator <module>::`.
 
 mod config_loading;
+mod config_tools;
 mod consensus_props;
 mod massgen_configs;
 mod probe;

@@ -23,7 +23,7 @@ use serde_json::{Value, json};
 use super::{ResponseIds, Usage, fault_message, push_json_str, push_named_event};
 use crate::fault::Fault;
 use crate::policy::Reply;
-use crate::request::{SimRequest, fingerprint, last_user_text, offered_tools};
+use crate::request::{SimRequest, fingerprint, last_user_text, offered_tools, result_text};
 
 /// A `POST /v1/messages` body: `model`, `system`, `messages`, `tools` and `stream` are read.
 #[derive(Debug, Deserialize)]
@@ -43,11 +43,19 @@ struct MessagesRequest {
 pub(crate) fn parse(body: &[u8]) -> Result<SimRequest, String> {
     let request: MessagesRequest = serde_json::from_slice(body)
         .map_err(|err| format!("The request body is not valid JSON for the Messages API: {err}"))?;
-    let (tool_names, vote_label) =
+    let (tool_names, vote_label, tool_params) =
         offered_tools(request.tools.iter().flatten().filter_map(|tool| {
             let name = tool.get("name").and_then(Value::as_str)?;
             Some((name, tool.get("input_schema")))
         }));
+    let tool_results = request
+        .messages
+        .iter()
+        .filter_map(|message| message.get("content").and_then(Value::as_array))
+        .flatten()
+        .filter(|block| block.get("type").and_then(Value::as_str) == Some("tool_result"))
+        .map(|block| block.get("content").map(result_text).unwrap_or_default())
+        .collect();
     Ok(SimRequest {
         fingerprint: fingerprint(&[&request.system, &request.messages, &request.tools]),
         stream: request.stream.unwrap_or(false),
@@ -56,6 +64,8 @@ pub(crate) fn parse(body: &[u8]) -> Result<SimRequest, String> {
         model: request.model,
         tool_names,
         vote_label,
+        tool_params,
+        tool_results,
     })
 }
 

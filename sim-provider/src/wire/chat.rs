@@ -15,7 +15,7 @@ use serde_json::{Value, json};
 use super::{ResponseIds, Usage, fault_message, push_json, push_json_str};
 use crate::fault::Fault;
 use crate::policy::Reply;
-use crate::request::{SimRequest, content_text, fingerprint, offered_tools};
+use crate::request::{SimRequest, content_text, fingerprint, offered_tools, result_text};
 
 /// A `POST /v1/chat/completions` body: only `model`, `messages`, `tools`, `stream` and
 /// `stream_options` are read.
@@ -43,7 +43,7 @@ struct StreamOptions {
 pub(crate) fn parse(body: &[u8]) -> Result<SimRequest, String> {
     let request: ChatRequest = serde_json::from_slice(body)
         .map_err(|err| format!("We could not parse the JSON body of your request: {err}"))?;
-    let (tool_names, vote_label) =
+    let (tool_names, vote_label, tool_params) =
         offered_tools(request.tools.iter().flatten().filter_map(|tool| {
             let function = tool.get("function").unwrap_or(tool);
             let name = function.get("name").and_then(Value::as_str)?;
@@ -59,6 +59,12 @@ pub(crate) fn parse(body: &[u8]) -> Result<SimRequest, String> {
         .and_then(|message| message.get("content"))
         .map(content_text)
         .unwrap_or_default();
+    let tool_results = request
+        .messages
+        .iter()
+        .filter(|message| message.get("role").and_then(Value::as_str) == Some("tool"))
+        .map(|message| message.get("content").map(result_text).unwrap_or_default())
+        .collect();
     Ok(SimRequest {
         fingerprint: fingerprint(&[&request.messages, &request.tools]),
         stream: request.stream.unwrap_or(false),
@@ -70,6 +76,8 @@ pub(crate) fn parse(body: &[u8]) -> Result<SimRequest, String> {
         last_user_text,
         tool_names,
         vote_label,
+        tool_params,
+        tool_results,
     })
 }
 

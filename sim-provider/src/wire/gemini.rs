@@ -21,7 +21,7 @@ use serde_json::{Value, json};
 use super::{ResponseIds, Usage, fault_message, push_json, push_json_str};
 use crate::fault::Fault;
 use crate::policy::Reply;
-use crate::request::{SimRequest, fingerprint, last_user_text, offered_tools};
+use crate::request::{SimRequest, fingerprint, last_user_text, offered_tools, result_text};
 
 /// A `generateContent` body: `contents`, `systemInstruction` and `tools` are read.
 #[derive(Debug, Deserialize)]
@@ -45,17 +45,31 @@ pub(crate) fn parse(body: &[u8], model: &str) -> Result<SimRequest, String> {
             .into_iter()
             .flatten()
     });
-    let (tool_names, vote_label) = offered_tools(declarations.filter_map(|declaration| {
-        let name = declaration.get("name").and_then(Value::as_str)?;
-        let schema = [
-            "parameters",
-            "parametersJsonSchema",
-            "parameters_json_schema",
-        ]
+    let (tool_names, vote_label, tool_params) =
+        offered_tools(declarations.filter_map(|declaration| {
+            let name = declaration.get("name").and_then(Value::as_str)?;
+            let schema = [
+                "parameters",
+                "parametersJsonSchema",
+                "parameters_json_schema",
+            ]
+            .iter()
+            .find_map(|key| declaration.get(*key));
+            Some((name, schema))
+        }));
+    let tool_results = request
+        .contents
         .iter()
-        .find_map(|key| declaration.get(*key));
-        Some((name, schema))
-    }));
+        .filter_map(|content| content.get("parts").and_then(Value::as_array))
+        .flatten()
+        .filter_map(|part| part.get("functionResponse"))
+        .map(|response| {
+            response
+                .get("response")
+                .map(result_text)
+                .unwrap_or_default()
+        })
+        .collect();
     Ok(SimRequest {
         fingerprint: fingerprint(&[
             &request.system_instruction,
@@ -68,6 +82,8 @@ pub(crate) fn parse(body: &[u8], model: &str) -> Result<SimRequest, String> {
         last_user_text: last_user_text(&request.contents, "parts"),
         tool_names,
         vote_label,
+        tool_params,
+        tool_results,
     })
 }
 

@@ -25,7 +25,7 @@ use serde_json::{Value, json};
 use super::chat::call_id;
 use super::{ResponseIds, Usage, push_json_str, push_named_event};
 use crate::policy::Reply;
-use crate::request::{SimRequest, fingerprint, last_user_text, offered_tools};
+use crate::request::{SimRequest, fingerprint, last_user_text, offered_tools, result_text};
 
 /// A `POST /v1/responses` body: `model`, `instructions`, `input`, `tools` and `stream` are
 /// read.
@@ -47,7 +47,7 @@ struct ResponsesRequest {
 pub(crate) fn parse(body: &[u8]) -> Result<SimRequest, String> {
     let request: ResponsesRequest = serde_json::from_slice(body)
         .map_err(|err| format!("We could not parse the JSON body of your request: {err}"))?;
-    let (tool_names, vote_label) =
+    let (tool_names, vote_label, tool_params) =
         offered_tools(request.tools.iter().flatten().filter_map(|tool| {
             let function = tool.get("function").unwrap_or(tool);
             let name = function.get("name").and_then(Value::as_str)?;
@@ -58,6 +58,14 @@ pub(crate) fn parse(body: &[u8]) -> Result<SimRequest, String> {
         Value::Array(items) => last_user_text(items, "content"),
         _ => String::new(),
     };
+    let tool_results = match &request.input {
+        Value::Array(items) => items
+            .iter()
+            .filter(|item| item.get("type").and_then(Value::as_str) == Some("function_call_output"))
+            .map(|item| item.get("output").map(result_text).unwrap_or_default())
+            .collect(),
+        _ => Vec::new(),
+    };
     Ok(SimRequest {
         fingerprint: fingerprint(&[&request.instructions, &request.input, &request.tools]),
         stream: request.stream.unwrap_or(false),
@@ -66,6 +74,8 @@ pub(crate) fn parse(body: &[u8]) -> Result<SimRequest, String> {
         last_user_text,
         tool_names,
         vote_label,
+        tool_params,
+        tool_results,
     })
 }
 

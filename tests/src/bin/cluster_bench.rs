@@ -102,6 +102,7 @@ fn silent_agent(id: &str, node: &str, base_url: &str) -> AgentSpec {
         },
         system_message: None,
         node: Some(node.to_owned()),
+        tools: Default::default(),
     }
 }
 

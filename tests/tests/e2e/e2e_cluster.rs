@@ -750,3 +750,90 @@ async fn the_server_keeps_nodes_between_sessions_submitted_on_stdin() {
         set(&["alpha", "beta"])
     );
 }
+
+/// An agent on a node starts its MCP servers on that node, with that node's environment:
+/// the command is `${DEMO_MCP_BIN}`, set only on the node. A server that cannot start there
+/// fails the session at start, naming the node, the agent, the server and its stderr.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn mcp_servers_of_a_remote_agent_start_on_its_node() {
+    let demo = workspace_bin("conclave-mcp-demo").expect("demo server built");
+    let demo = demo.display().to_string();
+    for (session, args, works) in [
+        ("mcp-ok", "[]", true),
+        (
+            "mcp-fail",
+            "[\"--fail-start\", \"demo: the node lacks WEATHER_TOKEN\"]",
+            false,
+        ),
+    ] {
+        let setup = Setup::new().await;
+        let base = setup.sim.base_url();
+        let marker = format!("{session}-{}", std::process::id());
+        let yaml = sim_cluster_yaml(
+            &base,
+            &[NodeAgent {
+                id: "alpha",
+                model: "sim-a",
+                node: Some("node-a"),
+            }],
+            "",
+            60,
+            30,
+        )
+        .replace(
+            &format!("      base_url: \"{base}\"\n"),
+            &format!(
+                "      base_url: \"{base}\"\n      mcp_servers:\n        - name: demo\n          type: stdio\n          command: \"${{DEMO_MCP_BIN}}\"\n          args: {args}\n          env:\n            CONCLAVE_TEST_MARKER: \"{marker}\"\n"
+            ),
+        );
+        let config = setup.write_config(&yaml);
+        let orchestrator = setup.orchestrator(&config, session, &[]);
+        let node = start_agent_node(
+            &setup.join(),
+            "node-a",
+            &setup.cookie,
+            FAST_RECONNECT,
+            &[("CONCLAVE_SIM_API_KEY", SECRET), ("DEMO_MCP_BIN", &demo)],
+        )
+        .expect("agent node starts");
+        let run = wait(orchestrator, DEADLINE).await;
+        // The session is over but the node keeps running: its MCP server must be gone.
+        let gone = tokio::task::spawn_blocking({
+            let marker = marker.clone();
+            move || {
+                conclave_tests::poll_until(DEADLINE, || {
+                    super::e2e_tools::processes_with(&marker)
+                        .is_empty()
+                        .then_some(())
+                })
+            }
+        })
+        .await
+        .expect("poll thread");
+        let node_run = stop_node(node).await;
+        assert!(
+            gone.is_some(),
+            "the node kept the session's MCP server running"
+        );
+        if works {
+            assert_eq!(
+                run.code,
+                Some(0),
+                "{}\nnode:\n{}",
+                explain(&run),
+                explain(&node_run)
+            );
+        } else {
+            assert_ne!(run.code, Some(0), "{}", explain(&run));
+            let shown = strip_ansi(&format!("{}{}", run.stdout, run.stderr));
+            for fragment in [
+                "node `node-a`",
+                "agent `alpha`",
+                "MCP server `demo` could not start",
+                "demo: the node lacks WEATHER_TOKEN",
+            ] {
+                assert!(shown.contains(fragment), "no {fragment:?} in:\n{shown}");
+            }
+        }
+    }
+}

@@ -484,3 +484,65 @@ async fn connections_beyond_the_cap_get_503() {
     );
     assert_eq!(server.stop().0, Some(0));
 }
+
+/// MCP servers in a submitted config: no program may be started, `${VAR}` is refused, and
+/// an HTTP server must be under an allowed base URL, where it then works.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn submitted_mcp_servers_may_not_start_programs_and_need_an_allowed_url() {
+    let sim = sim().await;
+    let url = sim.base_url();
+    let listener = tokio::net::TcpListener::bind("127.0.0.1:0")
+        .await
+        .expect("bind");
+    let mcp_port = listener.local_addr().expect("addr").port();
+    let stop = tokio_util::sync::CancellationToken::new();
+    let mcp = tokio::spawn(conclave_mcp_demo::serve_http(listener, stop.clone()));
+    let dir = tempfile::tempdir().unwrap();
+    let config = dir.path().join("team.yaml");
+    write(dir.path(), "team.yaml", &one_agent(&url, ""));
+    let allow_sim = format!("--allow-base-url={url}");
+    let allow_mcp = format!("--allow-base-url=http://127.0.0.1:{mcp_port}/");
+    let server = Server::start_env(dir.path(), &config, &[&allow_sim, &allow_mcp], &[]).await;
+
+    let stdio = "mcp_servers: [{name: sh, type: stdio, command: /bin/sh}]";
+    let (code, reply) = server
+        .post("/sessions", &submit(&one_agent(&url, stdio), "prog"))
+        .await;
+    assert_eq!(code, 400, "{reply}");
+    let error = reply["error"].as_str().unwrap_or_default();
+    assert!(error.contains("may not start programs"), "{error}");
+
+    let far = "mcp_servers: [{name: far, type: streamable-http, url: \"http://127.0.0.1:9/mcp\"}]";
+    let (code, reply) = server
+        .post("/sessions", &submit(&one_agent(&url, far), "far"))
+        .await;
+    assert_eq!(code, 400, "{reply}");
+    let error = reply["error"].as_str().unwrap_or_default();
+    assert!(
+        error.contains("MCP server `far`") && error.contains("--allow-base-url"),
+        "{error}"
+    );
+
+    let secret = format!(
+        "mcp_servers: [{{name: web, type: streamable-http, url: \"http://127.0.0.1:{mcp_port}/mcp\", headers: {{A: \"${{{SECRET_VAR}}}\"}}}}]"
+    );
+    let (code, reply) = server
+        .post("/sessions", &submit(&one_agent(&url, &secret), "sec"))
+        .await;
+    assert_eq!(code, 400, "{reply}");
+
+    let allowed = format!(
+        "mcp_servers: [{{name: web, type: streamable-http, url: \"http://127.0.0.1:{mcp_port}/mcp\"}}]"
+    );
+    let (code, done) = server
+        .post(
+            "/sessions?wait=true",
+            &submit(&one_agent(&url, &allowed), "ok"),
+        )
+        .await;
+    assert_eq!(code, 200, "{done}");
+    assert_eq!(done["result"]["exit_code"], 0, "{done}");
+    assert_eq!(server.stop().0, Some(0));
+    stop.cancel();
+    let _ = tokio::time::timeout(DEADLINE, mcp).await;
+}

@@ -1,0 +1,616 @@
+//! The tool layer: the tools an agent may call besides the workflow tools (`new_answer`,
+//! `vote`), and how a call is run.
+//!
+//! A [`ToolKind`] is one source of tools (today: one MCP server, module [`mcp`]). A
+//! [`ToolBox`] aggregates an agent's kinds for the agent's whole life and is what the turn
+//! worker talks to: [`ToolBox::specs`] lists the tools as [`ToolSpec`]s to offer the model,
+//! [`ToolBox::call_batch`] runs the calls of one model reply and returns, in call order, one
+//! [`ToolCallRecord`] per call: the text to feed back ([`ToolCallRecord::message`]) and the
+//! facts for the journal.
+//!
+//! Choices, and why:
+//! - **Names follow MassGen**: an MCP tool `t` of server `s` is offered as `mcp__s__t`, so
+//!   `allowed_tools` / `exclude_tools` lists written for MassGen work unchanged.
+//! - **Bad tool use is the model's problem, not a crash**: an unknown tool, arguments that are
+//!   not a JSON object, arguments that miss the schema, a tool that fails, a call that exceeds
+//!   `tool_timeout_seconds` and a server that died all become an *error result* whose text
+//!   tells the model what went wrong and what to do; nothing here returns `Err` for a call.
+//! - **Arguments are checked before they leave the node** with a small schema check (object,
+//!   required properties, the JSON type of each declared property, `enum`): the part of JSON
+//!   Schema that catches what models actually get wrong, without a schema engine in every
+//!   agent node. The server still validates fully; its complaint reaches the model as a tool
+//!   error.
+//! - **Results are bounded**: a result longer than `max_tool_result_bytes` is cut at a
+//!   character boundary and ends with a note saying so and naming the key, so the model knows
+//!   it saw part of it and a runaway tool cannot blow the context window.
+//! - **Calls of one reply run concurrently**, at most `max_concurrent_tools` at a time, and the
+//!   results come back in call order (providers pair results with calls by position or id).
+//!
+//! How a turn worker uses it (`context.tools` is the agent's `Arc<ToolBox>`):
+//!
+//! ```text
+//! request.tools = workflow_specs ++ context.tools.specs();      // Vec<llm::ToolSpec>
+//! loop {
+//!     reply = stream(request)
+//!     let (workflow, others) = reply.tool_calls split by name (context.tools.has(name))
+//!     if others is empty { check workflow as today; break }
+//!     if rounds == context.tools.limits().max_tool_rounds { fail naming max_tool_rounds }
+//!     let records = context.tools.call_batch(&others).await;   // call order, never Err
+//!     request.messages.push(ChatMessage::Assistant { tool_calls: reply.tool_calls, .. });
+//!     request.messages.extend(records.iter().map(ToolCallRecord::message));
+//!     journal each record.report()  (protocol::tools::ToolCallReport)
+//! }
+//! ```
+//!
+//! Unknown names (neither workflow nor offered) can go through `call_batch` too: they come
+//! back as "there is no tool named ..." results listing the offered tools.
+
+pub mod mcp;
+
+use std::collections::HashMap;
+use std::sync::Arc;
+use std::time::{Duration, Instant};
+
+use conclave_protocol::ToolCall;
+use conclave_protocol::tools::{AgentTools, ToolCallReport, ToolLimits};
+use futures::StreamExt;
+use futures::future::BoxFuture;
+use serde_json::{Map as JsonMap, Value as Json};
+
+use crate::llm::{ChatMessage, ToolSpec};
+
+pub use mcp::{EnvFn, ServerStart, ToolStartError};
+
+/// One tool as its kind describes it (kind-local name).
+#[derive(Debug, Clone, PartialEq)]
+pub struct ToolDef {
+    /// The name the kind knows it by (the MCP server's tool name).
+    pub name: String,
+    pub description: String,
+    /// JSON schema of the arguments object.
+    pub schema: Json,
+}
+
+/// What a tool returned.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct ToolOutput {
+    /// The result as text (MCP content blocks joined).
+    pub text: String,
+    /// The tool itself reported an error (MCP `isError`).
+    pub is_error: bool,
+}
+
+/// Why a call did not produce a result.
+#[derive(Debug, Clone, PartialEq, Eq, thiserror::Error)]
+pub enum ToolError {
+    /// The server could not be reached, died, or answered with a protocol error.
+    #[error("{0}")]
+    Failed(String),
+}
+
+/// One source of tools. Implementations must be cheap to call concurrently.
+pub trait ToolKind: Send + Sync {
+    /// The kind's name: the `{server}` of `mcp__{server}__{tool}`.
+    fn name(&self) -> &str;
+    /// The tools it offers (fixed after start).
+    fn list(&self) -> Vec<ToolDef>;
+    /// Calls `tool` with `arguments` (already checked against its schema).
+    fn call(
+        &self,
+        tool: &str,
+        arguments: JsonMap<String, Json>,
+    ) -> BoxFuture<'_, Result<ToolOutput, ToolError>>;
+    /// Stops whatever the kind runs (child processes, connections). Idempotent.
+    fn shutdown(&self) -> BoxFuture<'_, ()>;
+}
+
+/// The MassGen name of tool `tool` of server `server`.
+pub fn mcp_tool_name(server: &str, tool: &str) -> String {
+    format!("mcp__{server}__{tool}")
+}
+
+/// One offered tool.
+struct Entry {
+    spec: ToolSpec,
+    kind: usize,
+    tool: String,
+}
+
+/// What happened to one tool call, for the model and for the journal.
+#[derive(Debug, Clone, PartialEq)]
+pub struct ToolCallRecord {
+    /// The provider's id of the call.
+    pub call_id: String,
+    /// The tool name the model called (as offered, e.g. `mcp__demo__lookup`).
+    pub tool: String,
+    /// The arguments as the model sent them (JSON text, possibly invalid).
+    pub arguments: String,
+    pub duration: Duration,
+    /// Size of the tool's own result text in bytes, before truncation (0 when there was none).
+    pub result_bytes: u64,
+    /// The result was cut to `max_tool_result_bytes`.
+    pub truncated: bool,
+    /// What went wrong, when something did (unknown tool, bad arguments, tool error,
+    /// timeout, dead server). The model reads the same text in [`Self::content`].
+    pub error: Option<String>,
+    /// The text fed back to the model as the call's result.
+    pub content: String,
+}
+
+impl ToolCallRecord {
+    /// The message that carries this result back to the model.
+    pub fn message(&self) -> ChatMessage {
+        ChatMessage::tool(self.call_id.clone(), self.content.clone())
+    }
+
+    /// The journal's view of the call (no result text).
+    pub fn report(&self) -> ToolCallReport {
+        ToolCallReport {
+            call_id: self.call_id.clone(),
+            tool: self.tool.clone(),
+            arguments: self.arguments.clone(),
+            duration_ms: u64::try_from(self.duration.as_millis()).unwrap_or(u64::MAX),
+            result_bytes: self.result_bytes,
+            truncated: self.truncated,
+            error: self.error.clone(),
+        }
+    }
+}
+
+/// An agent's tools for its whole life.
+pub struct ToolBox {
+    kinds: Vec<Arc<dyn ToolKind>>,
+    entries: Vec<Entry>,
+    by_name: HashMap<String, usize>,
+    limits: ToolLimits,
+    starts: Vec<ServerStart>,
+}
+
+impl std::fmt::Debug for ToolBox {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        f.debug_struct("ToolBox")
+            .field(
+                "tools",
+                &self
+                    .entries
+                    .iter()
+                    .map(|e| &e.spec.name)
+                    .collect::<Vec<_>>(),
+            )
+            .field("limits", &self.limits)
+            .finish()
+    }
+}
+
+/// Which tools of a kind are offered.
+#[derive(Debug, Clone, Default, PartialEq, Eq)]
+pub struct ToolFilter {
+    /// `Some`: only these (bare or full name). `None`: all.
+    pub allowed: Option<Vec<String>>,
+    /// Never these (bare or full name).
+    pub exclude: Vec<String>,
+}
+
+impl ToolFilter {
+    fn admits(&self, server: &str, tool: &str) -> bool {
+        let full = mcp_tool_name(server, tool);
+        let named = |list: &[String]| list.iter().any(|n| n == tool || *n == full);
+        self.allowed.as_deref().is_none_or(named) && !named(&self.exclude)
+    }
+}
+
+impl ToolBox {
+    /// A toolbox with no tools (an agent without `mcp_servers`).
+    pub fn empty() -> Self {
+        Self::from_kinds(Vec::new(), ToolLimits::default())
+    }
+
+    /// Starts every MCP server of `tools` concurrently (module [`mcp`]): fails with the first
+    /// required server that cannot start, naming the agent, the server and its stderr tail;
+    /// an optional one that cannot start is left out and reported in [`Self::starts`].
+    /// `env` resolves `${VAR}` in the servers' command, args, env, cwd, url and headers (the
+    /// environment of the node that runs the agent).
+    pub async fn start(
+        agent_id: &str,
+        tools: &AgentTools,
+        env: &EnvFn<'_>,
+    ) -> Result<ToolBox, ToolStartError> {
+        let started = mcp::start_all(agent_id, &tools.mcp_servers, env).await?;
+        let mut kinds: Vec<(Arc<dyn ToolKind>, ToolFilter)> = Vec::new();
+        let mut starts = Vec::new();
+        for (server, start) in started {
+            if let Some(server) = server {
+                kinds.push((server.clone(), server.filter()));
+            }
+            starts.push(start);
+        }
+        let mut toolbox = Self::from_filtered_kinds(kinds, tools.limits);
+        toolbox.starts = starts;
+        Ok(toolbox)
+    }
+
+    /// A toolbox over `kinds`, offering all their tools.
+    pub fn from_kinds(kinds: Vec<Arc<dyn ToolKind>>, limits: ToolLimits) -> Self {
+        Self::from_filtered_kinds(
+            kinds
+                .into_iter()
+                .map(|k| (k, ToolFilter::default()))
+                .collect(),
+            limits,
+        )
+    }
+
+    /// A toolbox over `kinds`, each with its filter.
+    pub fn from_filtered_kinds(
+        kinds: Vec<(Arc<dyn ToolKind>, ToolFilter)>,
+        limits: ToolLimits,
+    ) -> Self {
+        let mut entries = Vec::new();
+        let mut by_name = HashMap::new();
+        let mut kept = Vec::new();
+        for (index, (kind, filter)) in kinds.into_iter().enumerate() {
+            for def in kind.list() {
+                if !filter.admits(kind.name(), &def.name) {
+                    continue;
+                }
+                let name = mcp_tool_name(kind.name(), &def.name);
+                if by_name.contains_key(&name) {
+                    tracing::warn!(tool = %name, "two tools share a name; the first is offered");
+                    continue;
+                }
+                by_name.insert(name.clone(), entries.len());
+                entries.push(Entry {
+                    spec: ToolSpec {
+                        name,
+                        description: def.description,
+                        parameters: normalise_schema(def.schema),
+                    },
+                    kind: index,
+                    tool: def.name,
+                });
+            }
+            kept.push(kind);
+        }
+        ToolBox {
+            kinds: kept,
+            entries,
+            by_name,
+            limits,
+            starts: Vec::new(),
+        }
+    }
+
+    /// The tools to offer the model, in a stable order (server order, then the server's).
+    pub fn specs(&self) -> Vec<ToolSpec> {
+        self.entries.iter().map(|e| e.spec.clone()).collect()
+    }
+
+    /// Whether `name` is one of the offered tools.
+    pub fn has(&self, name: &str) -> bool {
+        self.by_name.contains_key(name)
+    }
+
+    /// Whether there is any tool at all.
+    pub fn is_empty(&self) -> bool {
+        self.entries.is_empty()
+    }
+
+    pub fn limits(&self) -> ToolLimits {
+        self.limits
+    }
+
+    /// How each MCP server's start went (for the journal: start-up time, tool count, the
+    /// error of an optional server that was left out).
+    pub fn starts(&self) -> &[ServerStart] {
+        &self.starts
+    }
+
+    /// Runs the calls of one model reply, at most `max_concurrent_tools` at a time; the
+    /// records come back in call order. Never fails: every problem is an error result.
+    pub async fn call_batch(&self, calls: &[ToolCall]) -> Vec<ToolCallRecord> {
+        let width = usize::try_from(self.limits.max_concurrent_tools.max(1)).unwrap_or(1);
+        futures::stream::iter(calls.iter().map(|call| self.call(call)))
+            .buffered(width)
+            .collect()
+            .await
+    }
+
+    /// Runs one call (see [`Self::call_batch`]).
+    pub async fn call(&self, call: &ToolCall) -> ToolCallRecord {
+        let started = Instant::now();
+        let mut record = ToolCallRecord {
+            call_id: call.id.clone(),
+            tool: call.name.clone(),
+            arguments: call.arguments.clone(),
+            duration: Duration::ZERO,
+            result_bytes: 0,
+            truncated: false,
+            error: None,
+            content: String::new(),
+        };
+        let outcome = self.run(call).await;
+        record.duration = started.elapsed();
+        match outcome {
+            Ok(output) => {
+                record.result_bytes = output.text.len() as u64;
+                let (text, truncated) = truncate(output.text, self.limits.max_tool_result_bytes);
+                record.truncated = truncated;
+                if output.is_error {
+                    let text = format!("error: tool `{}` failed: {text}", call.name);
+                    record.error = Some(text.clone());
+                    record.content = text;
+                } else {
+                    record.content = text;
+                }
+            }
+            Err(problem) => {
+                let text = format!("error: {problem}");
+                record.error = Some(text.clone());
+                record.content = text;
+            }
+        }
+        record
+    }
+
+    /// Looks the tool up, checks the arguments and calls it under the timeout. `Err` is the
+    /// problem told to the model.
+    async fn run(&self, call: &ToolCall) -> Result<ToolOutput, String> {
+        let Some(&index) = self.by_name.get(&call.name) else {
+            return Err(self.unknown_tool(&call.name));
+        };
+        let entry = &self.entries[index];
+        let arguments = parse_arguments(&call.name, &call.arguments)?;
+        check_arguments(&entry.spec.parameters, &arguments).map_err(|problem| {
+            format!(
+                "the arguments of `{}` do not match its schema: {problem}; call it again with \
+                 arguments that do",
+                call.name
+            )
+        })?;
+        let kind = &self.kinds[entry.kind];
+        let timeout = Duration::from_secs(self.limits.tool_timeout_seconds.max(1));
+        match tokio::time::timeout(timeout, kind.call(&entry.tool, arguments)).await {
+            Ok(Ok(output)) => Ok(output),
+            Ok(Err(ToolError::Failed(problem))) => {
+                Err(format!("tool `{}` could not run: {problem}", call.name))
+            }
+            Err(_) => Err(format!(
+                "tool `{}` did not answer within {} s (the agent's tool_timeout_seconds); \
+                 the call was abandoned",
+                call.name,
+                timeout.as_secs()
+            )),
+        }
+    }
+
+    fn unknown_tool(&self, name: &str) -> String {
+        let mut names: Vec<&str> = self.entries.iter().map(|e| e.spec.name.as_str()).collect();
+        names.truncate(50);
+        if names.is_empty() {
+            format!("there is no tool named `{name}`, and no tools besides the workflow ones")
+        } else {
+            format!(
+                "there is no tool named `{name}`; the tools you can call are: {}",
+                names.join(", ")
+            )
+        }
+    }
+
+    /// Stops every kind (servers, connections). Dropping the toolbox also stops them; this
+    /// waits for a graceful stop.
+    pub async fn shutdown(&self) {
+        futures::future::join_all(self.kinds.iter().map(|k| k.shutdown())).await;
+    }
+}
+
+/// Parses a call's arguments: a JSON object; empty text counts as `{}` (models send it for
+/// tools without parameters).
+fn parse_arguments(tool: &str, text: &str) -> Result<JsonMap<String, Json>, String> {
+    if text.trim().is_empty() {
+        return Ok(JsonMap::new());
+    }
+    match serde_json::from_str::<Json>(text) {
+        Ok(Json::Object(map)) => Ok(map),
+        Ok(other) => Err(format!(
+            "the arguments of `{tool}` must be a JSON object, not {}; call it again with an \
+             object such as {{\"name\": value}}",
+            json_type(&other)
+        )),
+        Err(error) => Err(format!(
+            "the arguments of `{tool}` are not valid JSON ({error}); call it again with one \
+             JSON object"
+        )),
+    }
+}
+
+/// An arguments schema every provider accepts: an object schema with `properties`.
+fn normalise_schema(schema: Json) -> Json {
+    match schema {
+        Json::Object(mut map) => {
+            map.entry("type").or_insert_with(|| Json::from("object"));
+            map.entry("properties")
+                .or_insert_with(|| Json::Object(JsonMap::new()));
+            Json::Object(map)
+        }
+        _ => serde_json::json!({"type": "object", "properties": {}}),
+    }
+}
+
+fn json_type(value: &Json) -> &'static str {
+    match value {
+        Json::Null => "null",
+        Json::Bool(_) => "a boolean",
+        Json::Number(_) => "a number",
+        Json::String(_) => "a string",
+        Json::Array(_) => "an array",
+        Json::Object(_) => "an object",
+    }
+}
+
+/// Whether `value` has the JSON Schema type `wanted`.
+fn has_type(value: &Json, wanted: &str) -> bool {
+    match wanted {
+        "string" => value.is_string(),
+        "number" => value.is_number(),
+        "integer" => {
+            value.is_i64() || value.is_u64() || value.as_f64().is_some_and(|x| x.fract() == 0.0)
+        }
+        "boolean" => value.is_boolean(),
+        "array" => value.is_array(),
+        "object" => value.is_object(),
+        "null" => value.is_null(),
+        // A type this check does not know: the server decides.
+        _ => true,
+    }
+}
+
+/// The small schema check (see the module docs): required properties, each declared
+/// property's `type` (a name or a list of names) and `enum`.
+pub fn check_arguments(schema: &Json, arguments: &JsonMap<String, Json>) -> Result<(), String> {
+    let Some(schema) = schema.as_object() else {
+        return Ok(());
+    };
+    if let Some(required) = schema.get("required").and_then(Json::as_array) {
+        let missing: Vec<&str> = required
+            .iter()
+            .filter_map(Json::as_str)
+            .filter(|name| !arguments.contains_key(*name))
+            .collect();
+        if !missing.is_empty() {
+            return Err(format!(
+                "missing required {} {}",
+                if missing.len() == 1 {
+                    "property"
+                } else {
+                    "properties"
+                },
+                missing
+                    .iter()
+                    .map(|n| format!("`{n}`"))
+                    .collect::<Vec<_>>()
+                    .join(", ")
+            ));
+        }
+    }
+    let properties = schema.get("properties").and_then(Json::as_object);
+    if let Some(properties) = properties {
+        for (name, value) in arguments {
+            let Some(property) = properties.get(name).and_then(Json::as_object) else {
+                continue;
+            };
+            let types: Vec<&str> = match property.get("type") {
+                Some(Json::String(t)) => vec![t.as_str()],
+                Some(Json::Array(list)) => list.iter().filter_map(Json::as_str).collect(),
+                _ => Vec::new(),
+            };
+            if !types.is_empty() && !types.iter().any(|t| has_type(value, t)) {
+                return Err(format!(
+                    "property `{name}` must be {}, not {}",
+                    types.join(" or "),
+                    json_type(value)
+                ));
+            }
+            if let Some(allowed) = property.get("enum").and_then(Json::as_array)
+                && !allowed.contains(value)
+            {
+                return Err(format!(
+                    "property `{name}` must be one of {}",
+                    Json::Array(allowed.clone())
+                ));
+            }
+        }
+    }
+    if schema.get("additionalProperties") == Some(&Json::Bool(false)) {
+        let known = |name: &String| properties.is_some_and(|p| p.contains_key(name));
+        if let Some(extra) = arguments.keys().find(|name| !known(name)) {
+            return Err(format!("property `{extra}` is not one the tool takes"));
+        }
+    }
+    Ok(())
+}
+
+/// Cuts `text` to at most `max` bytes (at a character boundary) and appends a note saying
+/// so. Returns the text and whether it was cut.
+pub fn truncate(text: String, max: u64) -> (String, bool) {
+    let max = usize::try_from(max).unwrap_or(usize::MAX);
+    if text.len() <= max {
+        return (text, false);
+    }
+    let mut end = max;
+    while end > 0 && !text.is_char_boundary(end) {
+        end -= 1;
+    }
+    let total = text.len();
+    let mut cut = text;
+    cut.truncate(end);
+    cut.push_str(&format!(
+        "\n[conclave: result truncated: showing the first {end} of {total} bytes \
+         (max_tool_result_bytes)]"
+    ));
+    (cut, true)
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use serde_json::json;
+
+    #[test]
+    fn schema_check_names_missing_and_mistyped_properties() {
+        let schema = json!({"type": "object", "properties": {"key": {"type": "string"},
+            "n": {"type": ["integer", "null"]}, "mode": {"enum": ["a", "b"]}}, "required": ["key"]});
+        let args = |v: Json| v.as_object().cloned().unwrap_or_default();
+        assert!(check_arguments(&schema, &args(json!({"key": "x"}))).is_ok());
+        assert!(check_arguments(&schema, &args(json!({"key": "x", "n": 2.0}))).is_ok());
+        let missing = check_arguments(&schema, &args(json!({}))).unwrap_err();
+        assert!(missing.contains("`key`"), "{missing}");
+        let typed = check_arguments(&schema, &args(json!({"key": 3}))).unwrap_err();
+        assert!(typed.contains("must be string, not a number"), "{typed}");
+        let typed = check_arguments(&schema, &args(json!({"key": "x", "n": "1"}))).unwrap_err();
+        assert!(typed.contains("integer or null"), "{typed}");
+        let enumed = check_arguments(&schema, &args(json!({"key": "x", "mode": "c"}))).unwrap_err();
+        assert!(enumed.contains("one of"), "{enumed}");
+    }
+
+    #[test]
+    fn truncation_keeps_a_char_boundary_and_says_so() {
+        let (text, cut) = truncate("héllo".to_owned(), 2);
+        assert!(cut);
+        assert!(text.starts_with("h\n"), "{text}");
+        assert!(text.contains("max_tool_result_bytes"));
+        assert!(text.contains("of 6 bytes"));
+        assert_eq!(truncate("abc".to_owned(), 3), ("abc".to_owned(), false));
+    }
+
+    #[test]
+    fn filters_take_bare_and_full_names() {
+        let filter = ToolFilter {
+            allowed: Some(vec!["lookup".into(), "mcp__s__add".into()]),
+            exclude: vec!["mcp__s__add".into()],
+        };
+        assert!(filter.admits("s", "lookup"));
+        assert!(!filter.admits("s", "add"));
+        assert!(!filter.admits("s", "big"));
+        assert!(ToolFilter::default().admits("s", "big"));
+        let none = ToolFilter {
+            allowed: Some(Vec::new()),
+            exclude: Vec::new(),
+        };
+        assert!(!none.admits("s", "lookup"));
+    }
+
+    #[test]
+    fn arguments_that_are_not_an_object_are_explained() {
+        assert!(parse_arguments("t", "").unwrap().is_empty());
+        assert!(
+            parse_arguments("t", "[1]")
+                .unwrap_err()
+                .contains("not an array")
+        );
+        assert!(
+            parse_arguments("t", "{\"a\":")
+                .unwrap_err()
+                .contains("not valid JSON")
+        );
+    }
+}
