@@ -8,6 +8,11 @@
 //! be written or synced, agent nodes that never joined within `node_join_timeout_seconds`),
 //! 3 timeout or budget cap reached, 130 interrupted.
 //!
+//! One agent (`--model`, or a one-agent config with `ui.use_orchestrator_for_single_agent:
+//! false`) answers in one streamed provider call, journaled like any session (start, the
+//! turn, usage, the final answer, end; `resume` re-runs a call cut by a crash); `--orchestrate`
+//! asks for the full answer / vote / presentation path instead.
+//!
 //! Cluster flags (`--listen`, `--cookie-file`, `--tls-*`, heartbeat timing) are shared by the
 //! main command, `resume` and `server`; see [`crate::cluster`] and [`crate::server`].
 
@@ -60,6 +65,8 @@ pub enum Command {
     Resume(ResumeArgs),
     /// Keep a cluster listener up for agent nodes and run the sessions submitted on stdin, one per line (a question, or JSON {"question", "config", "session_id"}).
     Server(crate::server::ServerArgs),
+    /// Run many questions (JSON lines or CSV), each its own session, N at a time; crash-safe: running it again resumes.
+    Batch(crate::batch::BatchArgs),
     /// List the conversations under --session-dir: id, date, turns, winner, tokens, cost, first question.
     Sessions(SessionsArgs),
 }
@@ -169,6 +176,11 @@ pub struct RunArgs {
     /// Override the provider's base URL for --model (e.g. http://localhost:8000/v1).
     #[arg(long, value_name = "URL", requires = "model")]
     pub base_url: Option<String>,
+    /// Run the full answer / vote / presentation path even with one agent (by default
+    /// --model, and a one-agent config with `ui.use_orchestrator_for_single_agent: false`,
+    /// answer in one streamed call).
+    #[arg(long)]
+    pub orchestrate: bool,
     /// Continue the last conversation under --session-dir (or the one --session-id names): the agents get its earlier questions and final answers.
     #[arg(long = "continue")]
     pub continue_conversation: bool,
@@ -313,6 +325,7 @@ pub fn main() -> std::process::ExitCode {
         Some(Command::Probe(probe)) => probe.verbose,
         Some(Command::Resume(resume)) => resume.common.verbose,
         Some(Command::Server(server)) => server.common.verbose,
+        Some(Command::Batch(batch)) => batch.verbose,
         Some(Command::Sessions(_)) => 0,
         None => cli.run.common.verbose,
     };
@@ -378,6 +391,7 @@ async fn run(cli: Cli) -> Result<u8, Failure> {
         Some(Command::Probe(args)) => Ok(crate::probe::main(&args, &|key| env(key)).await),
         Some(Command::Resume(args)) => run_resume(args, env).await,
         Some(Command::Server(args)) => crate::server::run(args, env).await,
+        Some(Command::Batch(args)) => crate::batch::run(args, env).await,
         Some(Command::Sessions(args)) => list_conversations(&args),
         None => run_configured(cli.run, env).await,
     }
@@ -453,6 +467,12 @@ async fn run_configured(args: RunArgs, env: EnvFn) -> Result<u8, Failure> {
             "nothing to run: give --config FILE (several agents) or --model MODEL (one agent); try `conclave demo` to see it work without API keys"
         )));
     };
+    if args.model.is_some() {
+        // The quick check: one streamed call unless asked for the whole consensus path.
+        config.orchestrator.single_call = !args.orchestrate;
+    } else if args.orchestrate {
+        config.orchestrator.single_call = false;
+    }
     apply_common(&mut config, &args.common, &env)?;
     check_placement(&config, &args.cluster)?;
     let missing = config::missing_api_keys(&config, &|key| env(key));

@@ -13,11 +13,13 @@
 //! * [`config`]: YAML configs (MassGen's keys included) resolved into the protocol schema.
 //! * [`display`]: plain, JSON and quiet live output.
 //! * [`server`]: `conclave server`, a long-lived orchestrator for agent nodes.
+//! * [`batch`]: `conclave batch`, many questions with a crash-safe batch journal.
 //! * [`cli`]: the `conclave` command line; [`demo`]: the no-keys demonstration; [`probe`]:
 //!   one raw call to one backend, for checking a provider.
 //! * [`telemetry`]: OTLP trace export and the session span (off unless
 //!   `OTEL_EXPORTER_OTLP_ENDPOINT` is set).
 
+pub mod batch;
 pub mod cli;
 pub mod cluster;
 pub mod config;

@@ -191,6 +191,11 @@ pub struct OrchestratorSettings {
     /// apart are forgiven. At least 1.
     #[serde(default = "default_restart_window_seconds")]
     pub restart_window_seconds: u64,
+    /// A one-agent session answers in one streamed call (no self-vote, no separate
+    /// presentation): MassGen's `ui.use_orchestrator_for_single_agent: false`, and
+    /// `conclave --model` without `--orchestrate`. Ignored with several agents.
+    #[serde(default)]
+    pub single_call: bool,
 }
 
 /// The default of [`OrchestratorSettings::max_turn_restarts`]; also what a journal written
@@ -231,6 +236,7 @@ impl Default for OrchestratorSettings {
             node_join_timeout_seconds: 30,
             max_turn_restarts: DEFAULT_MAX_TURN_RESTARTS,
             restart_window_seconds: DEFAULT_RESTART_WINDOW_SECONDS,
+            single_call: false,
         }
     }
 }

@@ -180,6 +180,20 @@ fn coordination(
 
 /// The messages of the final presentation turn (no tools).
 pub fn presentation_messages(spec: &TurnSpec, own_system: Option<&str>) -> Vec<ChatMessage> {
+    if spec.answers.is_empty() {
+        // A one-call session (no coordination before): the question, answered directly.
+        let mut messages = Vec::new();
+        if let Some(own) = own_system.filter(|s| !s.trim().is_empty()) {
+            messages.push(ChatMessage::System {
+                content: own.to_owned(),
+            });
+        }
+        history_messages(&spec.task, &mut messages);
+        messages.push(ChatMessage::User {
+            content: spec.task.question.clone(),
+        });
+        return messages;
+    }
     let mut messages = vec![system_message(own_system, PRESENTATION_RULES)];
     history_messages(&spec.task, &mut messages);
     let mut user = String::with_capacity(spec.task.question.len() + 512);

@@ -69,11 +69,7 @@ pub(crate) const ORCHESTRATOR: &[KnownKey] = &[
 ];
 
 /// `ui:`.
-pub(crate) const UI: &[KnownKey] = &[
-    not_yet("use_orchestrator_for_single_agent"),
-    not_yet("automation_mode"),
-    not_yet("debug"),
-];
+pub(crate) const UI: &[KnownKey] = &[not_yet("automation_mode"), not_yet("debug")];
 
 /// `timeout_settings:` has no MassGen keys beyond the ones conclave reads.
 pub(crate) const TIMEOUTS: &[KnownKey] = &[];

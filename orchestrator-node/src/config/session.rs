@@ -30,6 +30,9 @@
 //!   to quiet; `json` to one JSON event per line. `ui.type`, used by some MassGen example
 //!   configs, is read when `display_type` is absent. `logging_enabled: false` has no effect:
 //!   the session journal is always written (resume depends on it), so it gets a warning.
+//! - `ui.use_orchestrator_for_single_agent` (MassGen's, default true): `false` lets a config
+//!   with exactly one agent answer in one streamed call instead of answer, self-vote and
+//!   presentation (three calls); read into `orchestrator.single_call`.
 //! - `workflow: tools | text | auto` (conclave's own key, per agent or under its `backend:`;
 //!   the agent's wins): how the agent states its decision. `auto` (default) starts with the
 //!   workflow tools and switches the agent to the text protocol after the first turn in which
@@ -98,10 +101,12 @@ pub(crate) fn resolve(root: &Node, ctx: &mut Ctx<'_>) -> Result<SessionConfig, C
         }
     }
 
-    let display = match top.take("ui") {
+    let (display, use_orchestrator) = match top.take("ui") {
         Some(node) => ui(node, ctx)?,
-        None => DisplayKind::default(),
+        None => (DisplayKind::default(), None),
     };
+    // MassGen's default is true: a lone agent still answers, votes and presents.
+    orchestrator.single_call = use_orchestrator == Some(false);
 
     top.finish(massgen::TOP, ctx);
 
@@ -412,8 +417,8 @@ fn timeout_settings(
     Ok(orchestrator.is_some())
 }
 
-/// `ui:` → the display kind.
-fn ui(node: &Node, ctx: &mut Ctx<'_>) -> Result<DisplayKind, ConfigError> {
+/// `ui:` → the display kind and `use_orchestrator_for_single_agent`.
+fn ui(node: &Node, ctx: &mut Ctx<'_>) -> Result<(DisplayKind, Option<bool>), ConfigError> {
     let mut fields = Fields::new(node, "ui", "a mapping", ctx)?;
     let read_display = |f: Field<'_, '_>| {
         let text = f.string(ctx)?;
@@ -438,8 +443,14 @@ fn ui(node: &Node, ctx: &mut Ctx<'_>) -> Result<DisplayKind, ConfigError> {
             "the session journal is always written (resume needs it); `false` has no effect",
         );
     }
+    let use_orchestrator = optional(&mut fields, "use_orchestrator_for_single_agent", |f| {
+        f.bool(ctx)
+    })?;
     fields.finish(massgen::UI, ctx);
-    Ok(from_display_type.or(from_type).unwrap_or_default())
+    Ok((
+        from_display_type.or(from_type).unwrap_or_default(),
+        use_orchestrator,
+    ))
 }
 
 /// MassGen and conclave display names → [`DisplayKind`].

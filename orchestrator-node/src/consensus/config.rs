@@ -28,6 +28,10 @@ pub struct ConsensusConfig {
     pub max_rejected_decisions: u32,
     /// Finish with the winning answer as it stands instead of asking its author to present it.
     pub skip_final_presentation: bool,
+    /// One agent, one call: the session starts with the agent's presentation of its own
+    /// answer to the question (no coordination turn, no vote) and ends with it. Only with
+    /// exactly one agent.
+    pub single_call: bool,
 }
 
 impl ConsensusConfig {
@@ -45,6 +49,7 @@ impl ConsensusConfig {
             restart_policy: settings.restart_policy,
             max_rejected_decisions: DEFAULT_MAX_REJECTED_DECISIONS,
             skip_final_presentation: settings.skip_final_presentation,
+            single_call: settings.single_call && agents == 1,
         }
     }
 

@@ -280,6 +280,32 @@ impl Consensus {
             ignore(out, None, None, "the session has already started");
             return;
         }
+        if self.config.single_call && self.config.agents == 1 && !self.agents[0].failed {
+            // One call: the agent's answer is presented at once (see ConsensusConfig).
+            let turn = self.allocate_turn();
+            self.agents[0].in_flight = Some(InFlight {
+                turn,
+                mode: TurnMode::Present,
+                revision: self.revision,
+            });
+            self.phase = Phase::Presenting {
+                presenter: 0,
+                turn,
+                winner: AnswerLabel::new(1, 1),
+            };
+            out.push(Action::StartTurn {
+                agent: 0,
+                spec_parts: TurnPlan {
+                    turn,
+                    mode: TurnMode::Present,
+                    answers: self.current_answers(),
+                    revision: self.revision,
+                    may_answer: false,
+                    votes: Arc::from(self.cast_votes()),
+                },
+            });
+            return;
+        }
         self.phase = Phase::Coordinating;
         for agent in 0..self.config.agents {
             if !self.agents[agent as usize].failed {
@@ -674,6 +700,12 @@ impl Consensus {
             turn,
             reason,
         }));
+        if self.config.single_call {
+            // The one call was the only answer there could be.
+            out.push(Action::Record(Event::AllAgentsFailed));
+            self.finish(EndReason::AllAgentsFailed, None, None, None, out);
+            return;
+        }
         let content = self.agents[presenter as usize].answers.last().cloned();
         self.finish(
             EndReason::Consensus,
@@ -688,6 +720,8 @@ impl Consensus {
     /// plurality of counted votes, else the earliest accepted current answer.
     fn finish_with_best(&mut self, reason: EndReason, out: &mut Vec<Action>) {
         let winner = match self.phase {
+            // A one-call session has no answer before its call returns.
+            Phase::Presenting { .. } if self.config.single_call => None,
             Phase::Presenting {
                 presenter, winner, ..
             } => Some((presenter, winner)),

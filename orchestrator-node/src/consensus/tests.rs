@@ -662,3 +662,39 @@ fn a_stale_abstention_restarts_and_a_new_answer_clears_abstentions() {
     let r2 = m.handle(answer(1, &t1, "two"));
     assert_eq!(started(&r2, 2).revision, 2);
 }
+
+#[test]
+fn single_call_presents_at_once_and_ends_with_that_answer() {
+    let mut machine = machine_with(1, |c| c.single_call = true);
+    let actions = machine.handle(Input::Start);
+    let plan = started(&actions, 0);
+    assert_eq!(plan.mode, TurnMode::Present);
+    assert!(plan.answers.is_empty(), "no coordination came before");
+    let actions = machine.handle(Input::Presented {
+        agent: 0,
+        turn: plan.turn,
+        content: "42".into(),
+    });
+    let outcome = finished(&actions).expect("the one call ends the session");
+    assert_eq!(outcome.reason, EndReason::Consensus);
+    assert_eq!(outcome.final_answer.as_deref(), Some("42"));
+    assert_eq!(outcome.presented_by, Some(0));
+
+    // The call failing leaves no answer at all.
+    let mut machine = machine_with(1, |c| c.single_call = true);
+    let plan = started(&machine.handle(Input::Start), 0);
+    let actions = machine.handle(Input::TurnFailed {
+        agent: 0,
+        turn: plan.turn,
+        reason: "quota".into(),
+    });
+    let outcome = finished(&actions).expect("ends");
+    assert_eq!(outcome.reason, EndReason::AllAgentsFailed);
+    assert_eq!(outcome.final_answer, None);
+
+    // With several agents the flag does nothing: everyone coordinates.
+    let mut machine = machine_with(2, |c| c.single_call = true);
+    let actions = machine.handle(Input::Start);
+    assert_eq!(started(&actions, 0).mode, TurnMode::Coordinate);
+    assert_eq!(started(&actions, 1).mode, TurnMode::Coordinate);
+}

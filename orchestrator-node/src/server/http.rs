@@ -209,6 +209,8 @@ fn router(
         .route("/app.js", get(page))
         .route("/app.css", get(page))
         .merge(guarded)
+        // The OpenAI-compatible routes (`/v1/...`), with their own auth and error envelope.
+        .merge(super::openai::routes(api.server.clone(), api.token.clone()))
         .fallback(|| async {
             error(
                 StatusCode::NOT_FOUND,

@@ -10,7 +10,9 @@
 //!   object `{"question": "...", "config": "other.yaml", "session_id": "name"}` (`config` and
 //!   `session_id` optional; `config_yaml` gives the YAML inline instead of a path).
 //! * **HTTP** (`--http IP:PORT`): the API of [`http`]: submit, list, inspect, watch live (SSE)
-//!   and cancel sessions, list the joined agent nodes.
+//!   and cancel sessions, list the joined agent nodes; and an OpenAI-compatible
+//!   `POST /v1/chat/completions` / `GET /v1/models` ([`openai`]), whose `model` names a config
+//!   (`conclave`, or `conclave/NAME` for `NAME.yaml` in the config directory, untrusted).
 //!
 //! **Trust.** stdin is the operator's own channel: its configs are trusted like `conclave
 //! run`'s (`${VAR}` expanded, `config` any path). An HTTP client is someone else, and the
@@ -56,6 +58,7 @@
 //! its lifetime, up to [`MAX_FINISHED_KEPT`] finished ones; older ones are still on disk.
 
 pub mod http;
+pub mod openai;
 mod registry;
 
 use std::io::IsTerminal;
@@ -160,6 +163,10 @@ pub struct Job {
     pub config_yaml: Option<String>,
     #[serde(default)]
     pub session_id: Option<String>,
+    /// Earlier (question, answer) exchanges: set by the OpenAI-compatible endpoint from a
+    /// request's messages ([`openai`]); not a field of `POST /sessions` or of a stdin line.
+    #[serde(default, skip_deserializing)]
+    pub history: Vec<(String, String)>,
 }
 
 fn parse_job(line: &str) -> Result<Job, String> {
@@ -171,6 +178,7 @@ fn parse_job(line: &str) -> Result<Job, String> {
             config: None,
             config_yaml: None,
             session_id: None,
+            history: Vec::new(),
         })
     }
 }
@@ -631,7 +639,7 @@ impl Server {
             config,
             task: TaskSpec {
                 question: job.question,
-                history: Vec::new(),
+                history: job.history,
             },
             env: self.env.clone(),
             http: Some(http),
@@ -1063,6 +1071,7 @@ pub async fn run_web(
         config: None,
         config_yaml: None,
         session_id,
+        history: Vec::new(),
     };
     let entry = match server.submit(job, Submitter::Operator) {
         Ok(entry) => entry,

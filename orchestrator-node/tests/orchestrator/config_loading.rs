@@ -499,6 +499,7 @@ ui:
             node_join_timeout_seconds: 30,
             max_turn_restarts: 5,
             restart_window_seconds: 120,
+            single_call: false,
         }
     );
     assert_eq!(

@@ -80,6 +80,7 @@ fn config() -> impl Strategy<Value = ConsensusConfig> {
                 restart_policy,
                 max_rejected_decisions: max_rejected,
                 skip_final_presentation: skip,
+                single_call: false,
             },
         )
 }

@@ -5,6 +5,7 @@
 //! keeps its own docs; run one with `cargo test -p <crate> --test e2e <module>::`.
 
 mod e2e_any_model;
+mod e2e_batch;
 mod e2e_budget;
 mod e2e_cluster;
 mod e2e_cluster_hardening;
@@ -14,6 +15,8 @@ mod e2e_interactive;
 mod e2e_interrupt;
 mod e2e_journal;
 mod e2e_mixed;
+mod e2e_openai;
+mod e2e_quick;
 mod e2e_resume;
 mod e2e_server;
 mod e2e_server_trust;
