@@ -25,8 +25,9 @@
 //!   beside the other limits (a restart count is not a timeout) and reach agent nodes in each
 //!   agent's `TurnLimits`. `0` restarts is allowed (the first crash fails the turn); a zero
 //!   window is not, since no crash could then ever count.
-//! - `ui.display_type`: MassGen's terminal displays (`rich_terminal`, `textual_terminal`,
-//!   `terminal`, `simple`) all map to the plain live display; `silent`, `quiet` and `none`
+//! - `ui.display_type`: MassGen's full-screen displays (`rich_terminal`, `textual_terminal`,
+//!   and `tui`) map to the terminal UI (which falls back to plain lines when stdout is not a
+//!   terminal); `terminal`, `simple` and `plain` to the plain live display; `silent`, `quiet` and `none`
 //!   to quiet; `json` to one JSON event per line. `ui.type`, used by some MassGen example
 //!   configs, is read when `display_type` is absent. `logging_enabled: false` has no effect:
 //!   the session journal is always written (resume depends on it), so it gets a warning.
@@ -426,7 +427,8 @@ fn ui(node: &Node, ctx: &mut Ctx<'_>) -> Result<(DisplayKind, Option<bool>), Con
             ctx.invalid_value(
                 f.path,
                 text.clone(),
-                "rich_terminal, textual_terminal, terminal, simple, plain (live display); \
+                "rich_terminal, textual_terminal, tui (terminal UI); terminal, simple, plain \
+                 (live lines); \
                  json (JSON lines); silent, quiet, none (final answer only)",
             )
         })
@@ -456,9 +458,8 @@ fn ui(node: &Node, ctx: &mut Ctx<'_>) -> Result<(DisplayKind, Option<bool>), Con
 /// MassGen and conclave display names → [`DisplayKind`].
 fn display_kind(name: &str) -> Option<DisplayKind> {
     match name.trim().to_ascii_lowercase().replace('-', "_").as_str() {
-        "rich_terminal" | "textual_terminal" | "terminal" | "simple" | "plain" => {
-            Some(DisplayKind::Plain)
-        }
+        "rich_terminal" | "textual_terminal" | "tui" => Some(DisplayKind::Tui),
+        "terminal" | "simple" | "plain" => Some(DisplayKind::Plain),
         "json" => Some(DisplayKind::Json),
         "silent" | "quiet" | "none" => Some(DisplayKind::Quiet),
         _ => None,

@@ -385,7 +385,7 @@ fn massgen_style_config_resolves_to_the_expected_session() {
             ..TimeoutSettings::default()
         }
     );
-    assert_eq!(config.display, DisplayKind::Plain);
+    assert_eq!(config.display, DisplayKind::Tui);
 
     let warnings = warning_texts(&loaded);
     for path in [
@@ -517,8 +517,9 @@ ui:
 #[test]
 fn display_types_map_to_display_kinds() {
     for (value, expected) in [
-        ("rich_terminal", DisplayKind::Plain),
-        ("textual_terminal", DisplayKind::Plain),
+        ("rich_terminal", DisplayKind::Tui),
+        ("textual_terminal", DisplayKind::Tui),
+        ("tui", DisplayKind::Tui),
         ("simple", DisplayKind::Plain),
         ("terminal", DisplayKind::Plain),
         ("json", DisplayKind::Json),
