@@ -466,14 +466,15 @@ pub fn text_correction(
 }
 
 #[cfg(test)]
-mod tests {
+pub(crate) mod tests {
     use std::sync::Arc;
 
     use conclave_protocol::{LabeledAnswer, TurnId, TurnMode};
 
     use super::*;
 
-    fn spec(answers: &[(u32, u32)], may_answer: bool) -> TurnSpec {
+    /// A coordination turn of agent 2 over `answers` (`(agent, answer)` labels).
+    pub(crate) fn spec(answers: &[(u32, u32)], may_answer: bool) -> TurnSpec {
         TurnSpec {
             turn: TurnId(1),
             mode: TurnMode::Coordinate,

@@ -329,34 +329,9 @@ pub(crate) fn rules(spec: &TurnSpec) -> String {
 
 #[cfg(test)]
 mod tests {
-    use std::sync::Arc;
-
-    use conclave_protocol::{LabeledAnswer, TaskSpec, TurnId, TurnMode};
-
     use super::*;
 
-    fn spec(answers: &[(u32, u32)], may_answer: bool) -> TurnSpec {
-        TurnSpec {
-            turn: TurnId(1),
-            mode: TurnMode::Coordinate,
-            task: Arc::new(TaskSpec {
-                question: "q?".into(),
-                history: vec![],
-            }),
-            answers: answers
-                .iter()
-                .map(|&(a, m)| LabeledAnswer {
-                    label: AnswerLabel::new(a, m),
-                    content: format!("answer {a}.{m}").into(),
-                })
-                .collect::<Vec<_>>()
-                .into(),
-            revision: 1,
-            may_answer,
-            votes: Vec::new().into(),
-            self_number: 2,
-        }
-    }
+    use crate::workflow::tests::spec;
 
     fn vote(agent: u32, answer: u32, reason: &str) -> Decision {
         Decision::Vote {
