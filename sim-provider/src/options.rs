@@ -136,6 +136,7 @@ pub const KNOWN_KEYS: &[&str] = &[
     "retry_after_date",
     "stall_after",
     "tool",
+    "tool_calls",
 ];
 
 /// Upper bound for `tokens`: a reply is held in memory while it streams, so a typo like
@@ -172,6 +173,9 @@ pub struct ModelOptions {
     /// The tool the `tools` policy calls: an offered tool whose name is this or ends with
     /// `__` and this (MassGen's `mcp__{server}__{tool}`). Default `lookup`.
     pub tool: String,
+    /// How many times the `tools` policy calls its tool in one turn (one call per reply,
+    /// counted by the tool results in the conversation) before it decides. Default 1.
+    pub tool_calls: u32,
 }
 
 /// The retry headers a status fault carries, in the forms real providers use: OpenAI's
@@ -267,6 +271,7 @@ impl ModelOptions {
             retry_hint: RetryHint::default(),
             stall_after: None,
             tool: "lookup".to_owned(),
+            tool_calls: 1,
         };
         for item in options.unwrap_or("").split(',') {
             let item = item.trim();
@@ -393,6 +398,10 @@ impl ModelOptions {
                 }
                 self.tool = value.to_owned();
             }
+            "tool_calls" => {
+                let calls = parse_number(key, value, 1, MAX_TOOL_CALLS, TOOL_CALLS_RANGE)?;
+                self.tool_calls = u32::try_from(calls).unwrap_or(1);
+            }
             _ => {
                 return Err(OptionError::UnknownKey {
                     key: key.to_owned(),
@@ -408,6 +417,9 @@ const TOKENS_RANGE: &str = "an integer from 1 to 100000";
 const MILLIS_RANGE: &str = "an integer from 0 to 3600000 (milliseconds)";
 const SECONDS_RANGE: &str = "an integer from 0 to 86400 (seconds)";
 const FAULT_TIMES_RANGE: &str = "an integer from 0 to 1000000";
+const TOOL_CALLS_RANGE: &str = "an integer from 1 to 1000";
+/// Upper bound for `tool_calls`: a turn is bounded by conclave's own tool rounds long before.
+const MAX_TOOL_CALLS: u64 = 1000;
 const STALL_AFTER_RANGE: &str = "an integer from 0 to 100000 (pieces)";
 const FAULT_KINDS: &str = "one of 429, 500, 503, 529, quota, stream_error, stall, truncate, \
      malformed, reset, slow_first_byte";

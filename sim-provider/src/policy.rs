@@ -18,10 +18,10 @@
 //! - [`Policy::WrongLabel`] votes for a label that is not offered, and [`Policy::BrokenJson`]
 //!   sends workflow arguments that are not JSON; both behave once the last user message is a
 //!   corrective one ("... was not accepted ..."), the way a real model usually does.
-//! - [`Policy::Tools`] is a model that uses tools: while the conversation holds no tool
-//!   result, it calls the offered non-workflow tool named by the `tool` option (exactly, or as
+//! - [`Policy::Tools`] is a model that uses tools: while the conversation holds fewer tool
+//!   results than its `tool_calls` option (default 1), it calls the offered non-workflow tool named by the `tool` option (exactly, or as
 //!   the `{tool}` of MassGen's `mcp__{server}__{tool}`), its first required parameter set to
-//!   the question; once a result is there (Chat `tool` message, Responses
+//!   the question; once enough results are there (Chat `tool` message, Responses
 //!   `function_call_output`, Anthropic `tool_result`, Gemini `functionResponse`), it decides as
 //!   the default policy does and quotes the result in the vote's reason, the answer or the
 //!   text. Without a matching tool it is the default policy.
@@ -169,11 +169,12 @@ impl Reply {
         }
     }
 
-    /// The `tools` policy: call the matching tool while the conversation holds no tool result;
+    /// The `tools` policy: call the matching tool while the conversation holds fewer than
+    /// `tool_calls` tool results;
     /// once it does, decide as `default` does with the result quoted. `None` when no offered
     /// tool matches and there is no result (then the default rules apply unchanged).
     fn tool_use(options: &ModelOptions, request: &SimRequest, tokens: usize) -> Option<Reply> {
-        if request.tool_results.is_empty() {
+        if request.tool_results.len() < options.tool_calls as usize {
             let suffix = format!("__{}", options.tool);
             let index = request.tool_names.iter().position(|name| {
                 name != NEW_ANSWER
