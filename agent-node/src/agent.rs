@@ -9,6 +9,10 @@
 //! outlives `turn_timeout` is killed and reported as a timeout. `Cancel` kills the worker at
 //! once, which drops its provider stream mid-flight.
 //!
+//! `Inject` (restart policy `inject`) keeps newer answers for the active turn; its worker takes
+//! them at its next tool boundary, and a worker restarted after a crash starts from the last
+//! answers it took (see [`Injections`]).
+//!
 //! Commands are deduplicated by their sequence number, so a command re-sent after a reconnect
 //! is never applied twice.
 
@@ -22,7 +26,7 @@ use conclave_protocol::{
 use ractor::{Actor, ActorCell, ActorProcessingErr, ActorRef, SupervisionEvent};
 use tracing::{debug, warn};
 
-use crate::turn::{AgentContext, TurnWorker, WorkerArgs};
+use crate::turn::{AgentContext, Injections, TurnWorker, WorkerArgs};
 
 /// The agent actor.
 pub struct AgentActor;
@@ -60,6 +64,8 @@ struct ActiveTurn {
     /// The worker stopped normally: its final report is on the way as `TurnDone`. ractor
     /// delivers supervision events before ordinary messages, so the exit can be seen first.
     reported: bool,
+    /// Newer answers for this turn (restart policy `inject`), shared with its workers.
+    injections: Arc<Injections>,
 }
 
 pub struct AgentState {
@@ -94,11 +100,12 @@ impl AgentActor {
             return Ok(());
         };
         let args = WorkerArgs {
-            spec: active.spec.clone(),
+            spec: active.injections.starting_spec(&active.spec),
             context: state.context.clone(),
             session: active.session.clone(),
             trace: active.trace.clone(),
             agent: Some(myself.clone()),
+            injections: active.injections.clone(),
         };
         let (worker, _) = Actor::spawn_linked(None, TurnWorker, args, myself.get_cell()).await?;
         active.worker = Some(worker.get_cell());
@@ -168,6 +175,7 @@ impl Actor for AgentActor {
                             crashes: Vec::new(),
                             last_crash: None,
                             reported: false,
+                            injections: Arc::default(),
                         });
                         Self::start_worker(&myself, state).await?;
                         let timeout = state.context.settings.turn_timeout;
@@ -181,6 +189,15 @@ impl Actor for AgentActor {
                             Self::kill_worker(state);
                         }
                     }
+                    CoordinatorCommand::Inject(spec) => match state.active.as_ref() {
+                        Some(active) if active.spec.turn == spec.turn => {
+                            debug!(agent = %state.context.agent_id, turn = %spec.turn, revision = spec.revision, "newer answers kept for the next tool boundary");
+                            active.injections.offer(spec);
+                        }
+                        _ => {
+                            debug!(agent = %state.context.agent_id, turn = %spec.turn, "injection for a turn no longer active dropped")
+                        }
+                    },
                     CoordinatorCommand::Stop => {
                         Self::kill_worker(state);
                         myself.stop(Some("session ended".into()));

@@ -22,8 +22,8 @@
 //! call, one `execute_tool new_answer|vote` span. Prompts and completions are recorded only
 //! when `OTEL_INSTRUMENTATION_GENAI_CAPTURE_MESSAGE_CONTENT=true`. API keys never reach a span.
 
-use std::sync::Arc;
 use std::sync::atomic::{AtomicBool, Ordering};
+use std::sync::{Arc, Mutex};
 use std::time::Duration;
 
 use conclave_protocol::config::WorkflowMode;
@@ -138,6 +138,66 @@ impl WorkflowState {
 /// apology, not work worth keeping.
 pub const MIN_IMPLICIT_ANSWER_CHARS: usize = 10;
 
+/// Newer answers for a running coordination turn (restart policy `inject`). The agent actor
+/// stores what the coordinator sends ([`Injections::offer`]); the turn's worker takes it at its
+/// next tool boundary ([`Injections::take`]). What was delivered is remembered, so a worker
+/// restarted after a crash starts from the revision the coordinator now expects.
+#[derive(Debug, Default)]
+pub struct Injections {
+    slot: Mutex<InjectionSlot>,
+}
+
+#[derive(Debug, Default)]
+struct InjectionSlot {
+    pending: Option<TurnSpec>,
+    delivered: Option<TurnSpec>,
+    count: u32,
+}
+
+impl Injections {
+    fn lock(&self) -> std::sync::MutexGuard<'_, InjectionSlot> {
+        // A worker that panicked while holding the lock left a consistent slot behind (every
+        // update is a single assignment), so a poisoned lock is still good.
+        self.slot
+            .lock()
+            .unwrap_or_else(|poisoned| poisoned.into_inner())
+    }
+
+    /// Keeps newer answers for the turn's next tool boundary; a newer offer replaces an older
+    /// one that was not taken yet.
+    pub fn offer(&self, spec: TurnSpec) {
+        let mut slot = self.lock();
+        let newer = slot
+            .pending
+            .as_ref()
+            .or(slot.delivered.as_ref())
+            .is_none_or(|known| spec.revision > known.revision);
+        if newer {
+            slot.pending = Some(spec);
+        }
+    }
+
+    /// The pending answers, if newer than `current`, and the injection's number in the turn.
+    fn take(&self, current: &TurnSpec) -> Option<(TurnSpec, u32)> {
+        let mut slot = self.lock();
+        let spec = slot.pending.take()?;
+        if spec.turn != current.turn || spec.revision <= current.revision {
+            return None;
+        }
+        slot.count += 1;
+        slot.delivered = Some(spec.clone());
+        Some((spec, slot.count))
+    }
+
+    /// The spec a (re)started worker begins with: the last delivered one, else `original`.
+    pub fn starting_spec(&self, original: &TurnSpec) -> TurnSpec {
+        self.lock()
+            .delivered
+            .clone()
+            .unwrap_or_else(|| original.clone())
+    }
+}
+
 /// The turn worker actor.
 pub struct TurnWorker;
 
@@ -153,6 +213,8 @@ pub struct WorkerArgs {
     /// deadline and cancellation (a turn that timed out never also reports a result). `None`
     /// sends it straight to the outbox (a worker run on its own, in tests).
     pub agent: Option<ActorRef<AgentMsg>>,
+    /// Newer answers the coordinator sends while the turn runs (restart policy `inject`).
+    pub injections: Arc<Injections>,
 }
 
 /// The worker's only message: run the turn (sent to itself once it has started, so the
@@ -169,6 +231,7 @@ pub struct WorkerState {
     session: SessionId,
     trace: TraceContext,
     agent: Option<ActorRef<AgentMsg>>,
+    injections: Arc<Injections>,
 }
 
 impl WorkerState {
@@ -212,6 +275,7 @@ impl Actor for TurnWorker {
             session: args.session,
             trace: args.trace,
             agent: args.agent,
+            injections: args.injections,
         })
     }
 
@@ -224,9 +288,14 @@ impl Actor for TurnWorker {
         match message {
             WorkerMsg::Run => {
                 let span = turn_span(state);
-                let result = run_turn(&state.spec, &state.context, &state.session)
-                    .instrument(span.clone())
-                    .await;
+                let result = run_turn(
+                    &state.spec,
+                    &state.context,
+                    &state.session,
+                    &state.injections,
+                )
+                .instrument(span.clone())
+                .await;
                 match result {
                     Ok(report) => {
                         if let AgentReport::TurnFailed { error, .. } = &report {
@@ -308,6 +377,7 @@ async fn run_turn(
     spec: &TurnSpec,
     context: &AgentContext,
     session: &SessionId,
+    injections: &Injections,
 ) -> Result<AgentReport, CallError> {
     let own_system = context.system_message.as_deref();
     match spec.mode {
@@ -324,13 +394,16 @@ async fn run_turn(
                 tools,
             };
             let mut rounds = 0;
-            let output = call_with_tools(spec, context, session, &mut request, &mut rounds).await?;
+            let mut spec = spec.clone();
+            let output =
+                call_with_tools(&mut spec, context, session, &mut request, &mut rounds, None)
+                    .await?;
             Ok(AgentReport::Presented {
                 turn: spec.turn,
                 content: output.text,
             })
         }
-        TurnMode::Coordinate => coordinate(spec, context, session).await,
+        TurnMode::Coordinate => coordinate(spec.clone(), context, session, injections).await,
     }
 }
 
@@ -349,26 +422,31 @@ async fn run_turn(
 ///   and answering again on every turn would restart the others forever. An agent that has
 ///   answers to vote for but made no decision abstains; only an agent with nothing to vote
 ///   for and nothing written fails the turn.
+///
+/// Under the restart policy `inject`, newer answers offered while the turn runs are handed to
+/// the model at its next tool boundary (see [`call_with_tools`]); `spec` then becomes the turn
+/// as updated, so the decision is read and reported against the new answers and revision.
 async fn coordinate(
-    spec: &TurnSpec,
+    mut spec: TurnSpec,
     context: &AgentContext,
     session: &SessionId,
+    injections: &Injections,
 ) -> Result<AgentReport, CallError> {
     let own_system = context.system_message.as_deref();
     let mut text_mode = context.workflow.uses_text();
     let mut request = if text_mode {
-        text_request(spec, own_system)
+        text_request(&spec, own_system)
     } else {
-        let mut tools = workflow::workflow_tools(spec);
+        let mut tools = workflow::workflow_tools(&spec);
         tools.extend(context.tools.specs());
         ChatRequest {
-            messages: workflow::coordination_messages(spec, own_system),
+            messages: workflow::coordination_messages(&spec, own_system),
             tools,
             tool_choice: ToolChoice::Auto,
         }
     };
     let mut tool_rounds = 0;
-    let decided = |decision: Decision, how: DecisionHow| AgentReport::Decided {
+    let decided = |spec: &TurnSpec, decision: Decision, how: DecisionHow| AgentReport::Decided {
         turn: spec.turn,
         decision,
         seen_revision: spec.revision,
@@ -378,8 +456,16 @@ async fn coordinate(
     // The longest text the model wrote; kept as an implicit answer if nothing else comes.
     let mut longest_text = String::new();
     for attempt in 0..=context.settings.max_workflow_retries {
-        let output =
-            call_with_tools(spec, context, session, &mut request, &mut tool_rounds).await?;
+        let output = call_with_tools(
+            &mut spec,
+            context,
+            session,
+            &mut request,
+            &mut tool_rounds,
+            Some(injections),
+        )
+        .await?;
+        let spec = &spec;
         if output.text.trim().len() > longest_text.trim().len() {
             longest_text = output.text.clone();
         }
@@ -393,14 +479,14 @@ async fn coordinate(
             workflow::DecisionProblem::ToolRoundsExhausted { limit }
         } else if text_mode {
             match workflow::text::parse_text_decision(spec, &output.text) {
-                Ok(decision) => return Ok(decided(decision, DecisionHow::Text)),
+                Ok(decision) => return Ok(decided(spec, decision, DecisionHow::Text)),
                 Err(problem) => problem,
             }
         } else {
             match workflow::parse_decision(spec, &output.tool_calls) {
                 Ok(decision) => {
                     record_tool_call(&output, &decision);
-                    return Ok(decided(decision, DecisionHow::Tool));
+                    return Ok(decided(spec, decision, DecisionHow::Tool));
                 }
                 Err(problem) => problem,
             }
@@ -420,7 +506,7 @@ async fn coordinate(
                 },
             });
             let problem = match workflow::text::parse_text_decision(spec, &output.text) {
-                Ok(decision) => return Ok(decided(decision, DecisionHow::Text)),
+                Ok(decision) => return Ok(decided(spec, decision, DecisionHow::Text)),
                 Err(problem) => problem,
             };
             request = text_request(spec, own_system);
@@ -451,6 +537,7 @@ async fn coordinate(
         written.chars().filter(|c| !c.is_whitespace()).count() >= MIN_IMPLICIT_ANSWER_CHARS;
     if spec.may_answer && !has_own_answer && substantial {
         return Ok(decided(
+            &spec,
             Decision::NewAnswer {
                 content: written.to_owned(),
             },
@@ -459,6 +546,7 @@ async fn coordinate(
     }
     if !spec.answers.is_empty() {
         return Ok(decided(
+            &spec,
             Decision::Abstain {
                 reason: format!(
                     "no valid decision after {} corrective retries: {problem}",
@@ -497,12 +585,17 @@ fn has_tool_calls(context: &AgentContext, output: &TurnOutput) -> bool {
 /// coordinator as a [`TurnEvent::ToolCalled`] (journal, displays) with a `ToolCall` and a
 /// `ToolResult` chunk (live feed). A workflow call made in the same reply as tool calls is
 /// answered "decide after reading the results": a decision must see what the tools said.
+///
+/// `injections` (coordination turns only): after a round's results, newer answers waiting
+/// there are appended to the round's last tool result and become the turn's answers (`spec`
+/// and the offered workflow tools are updated, and the coordinator told).
 async fn call_with_tools(
-    spec: &TurnSpec,
+    spec: &mut TurnSpec,
     context: &AgentContext,
     session: &SessionId,
     request: &mut ChatRequest,
     rounds: &mut u32,
+    injections: Option<&Injections>,
 ) -> Result<TurnOutput, CallError> {
     loop {
         let output = call_with_retries(spec, context, session, request).await?;
@@ -532,7 +625,60 @@ async fn call_with_tools(
                  their results, then decide",
             ));
         }
+        if let Some((newer, injection)) = injections.and_then(|i| i.take(spec)) {
+            inject(spec, newer, injection, context, request);
+        }
     }
+}
+
+/// Hands newer answers to the model at a tool boundary: appended to the last tool result (as
+/// MassGen does), the vote tool's labels and `new_answer` follow the new state, and the
+/// coordinator learns that the turn now decides on the new revision.
+fn inject(
+    spec: &mut TurnSpec,
+    newer: TurnSpec,
+    injection: u32,
+    context: &AgentContext,
+    request: &mut ChatRequest,
+) {
+    let text = workflow::injection_text(spec, &newer);
+    let labels = newer
+        .answers
+        .iter()
+        .filter(|answer| !spec.answers.iter().any(|old| old.label == answer.label))
+        .map(|answer| answer.label.to_string())
+        .collect();
+    match request
+        .messages
+        .iter_mut()
+        .rev()
+        .find_map(|message| match message {
+            ChatMessage::Tool { content, .. } => Some(content),
+            _ => None,
+        }) {
+        Some(content) => content.push_str(&text),
+        None => request.messages.push(ChatMessage::User {
+            content: text.trim_start().to_owned(),
+        }),
+    }
+    let mut tools = workflow::workflow_tools(&newer);
+    tools.extend(
+        request
+            .tools
+            .drain(..)
+            .filter(|tool| !workflow::is_workflow_tool(&tool.name)),
+    );
+    request.tools = tools;
+    debug!(agent = %context.agent_id, turn = %spec.turn, from = spec.revision, to = newer.revision, "answers injected at a tool boundary");
+    *spec = newer;
+    context.outbox.send(AgentReport::TurnEvent {
+        turn: spec.turn,
+        event: TurnEvent::AnswersInjected {
+            revision: spec.revision,
+            injection,
+            labels,
+        },
+    });
 }
 
 /// Tells the coordinator about one tool call: the live feed gets the call and its result as

@@ -37,7 +37,7 @@ use std::time::{Duration, Instant};
 
 use conclave_protocol::{
     AgentReport, CoordinatorCommand, Decision, DecisionHow, Envelope, SequenceTracker, SessionId,
-    StreamChunk, TaskSpec, Usage,
+    StreamChunk, TaskSpec, TurnEvent, Usage,
 };
 use ractor::{Actor, ActorProcessingErr, ActorRef};
 use tokio::sync::oneshot;
@@ -484,6 +484,16 @@ impl CoordinatorState {
                     });
                     self.send(agent, CoordinatorCommand::Cancel { turn });
                 }
+                Action::InjectAnswers { agent, spec_parts } => {
+                    let spec = spec_parts.into_spec(self.task.clone(), agent);
+                    self.record(JournalEvent::InjectionSent {
+                        agent: self.agent_name(agent),
+                        turn: spec.turn.0,
+                        revision: spec.revision,
+                        answers: spec.answers.iter().map(|a| a.label.to_string()).collect(),
+                    });
+                    self.send(agent, CoordinatorCommand::Inject(spec));
+                }
                 Action::Record(event) => self.record_event(event),
                 Action::Finish(outcome) => self.finish(outcome),
             }
@@ -597,6 +607,20 @@ impl CoordinatorState {
             Event::AgentRejoined { agent } => JournalEvent::AgentRejoined {
                 agent: self.agent_name(agent),
             },
+            Event::AnswersInjected {
+                agent,
+                turn,
+                from_revision,
+                revision,
+            } => {
+                info!(agent = %self.agent_name(agent), %turn, from_revision, revision, "answers injected");
+                JournalEvent::AnswersInjected {
+                    agent: self.agent_name(agent),
+                    turn: turn.0,
+                    from_revision,
+                    revision,
+                }
+            }
             Event::InputIgnored { agent, turn, why } => {
                 debug!(?agent, ?turn, %why, "input ignored");
                 JournalEvent::InputIgnored {
@@ -819,11 +843,22 @@ impl CoordinatorState {
                 });
             }
             AgentReport::TurnEvent { turn, event } => {
+                let injected = match &event {
+                    TurnEvent::AnswersInjected { revision, .. } => Some(*revision),
+                    _ => None,
+                };
                 self.record(JournalEvent::TurnProgress {
                     agent: name.to_string(),
                     turn: turn.0,
                     event,
                 });
+                if let Some(revision) = injected {
+                    self.apply(Input::Injected {
+                        agent,
+                        turn,
+                        revision,
+                    });
+                }
             }
         }
     }

@@ -522,6 +522,17 @@ pub(crate) fn describe_progress(event: &TurnEvent) -> String {
                 report.tool, report.duration_ms
             )
         }
+        TurnEvent::AnswersInjected {
+            revision, labels, ..
+        } if labels.is_empty() => {
+            format!("took the current answers (revision {revision}) at a tool boundary")
+        }
+        TurnEvent::AnswersInjected {
+            revision, labels, ..
+        } => format!(
+            "read the new answers {} at a tool boundary and decides on revision {revision}",
+            labels.join(", ")
+        ),
     }
 }
 

@@ -128,6 +128,21 @@ pub enum JournalEvent {
         agent: String,
         turn: u64,
     },
+    /// Restart policy `inject`: newer answers were sent to a turn in flight, for its next tool
+    /// boundary. Whether they arrived is the agent's `TurnProgress` (`AnswersInjected`).
+    InjectionSent {
+        agent: String,
+        turn: u64,
+        revision: u64,
+        answers: Vec<String>,
+    },
+    /// The machine took an injection the agent reported: the turn now decides on `revision`.
+    AnswersInjected {
+        agent: String,
+        turn: u64,
+        from_revision: u64,
+        revision: u64,
+    },
     DecisionReceived {
         agent: String,
         turn: u64,

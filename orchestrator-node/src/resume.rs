@@ -22,7 +22,7 @@
 use std::path::{Path, PathBuf};
 
 use conclave_protocol::config::SessionConfig;
-use conclave_protocol::{SessionId, TaskSpec, Usage};
+use conclave_protocol::{SessionId, TaskSpec, TurnEvent, Usage};
 
 use crate::consensus::{
     Action, AgentIndex, Consensus, ConsensusConfig, ConsensusConfigError, Event, Input, TurnPlan,
@@ -137,22 +137,46 @@ pub fn load(dir: &Path) -> Result<ResumePlan, ResumeError> {
     let mut ended = None;
     let mut final_answer: Option<(Option<String>, Option<String>, String)> = None;
 
-    let mut feed =
-        |machine: &mut Consensus, input: Input, last_start: &mut Vec<Option<TurnPlan>>| {
-            replayed += 1;
-            for action in machine.handle(input) {
-                match action {
-                    Action::StartTurn { agent, spec_parts } => {
-                        turns += 1;
-                        if let Some(slot) = last_start.get_mut(agent as usize) {
-                            *slot = Some(spec_parts);
-                        }
+    // Newer answers sent to a turn in flight (restart policy `inject`), per agent: once the
+    // agent took them, a re-sent turn must carry them (the machine expects that revision).
+    let mut offered: Vec<Option<TurnPlan>> = vec![None; agents];
+    let mut feed = |machine: &mut Consensus,
+                    input: Input,
+                    last_start: &mut Vec<Option<TurnPlan>>| {
+        replayed += 1;
+        for action in machine.handle(input) {
+            match action {
+                Action::StartTurn { agent, spec_parts } => {
+                    turns += 1;
+                    if let Some(slot) = last_start.get_mut(agent as usize) {
+                        *slot = Some(spec_parts);
                     }
-                    Action::Record(Event::AnswerAccepted { .. }) => answers += 1,
-                    _ => {}
                 }
+                Action::InjectAnswers { agent, spec_parts } => {
+                    if let Some(slot) = offered.get_mut(agent as usize) {
+                        *slot = Some(spec_parts);
+                    }
+                }
+                Action::Record(Event::AnswersInjected {
+                    agent,
+                    turn,
+                    revision,
+                    ..
+                }) => {
+                    let taken = offered
+                        .get(agent as usize)
+                        .cloned()
+                        .flatten()
+                        .filter(|plan| plan.turn == turn && plan.revision == revision);
+                    if let (Some(plan), Some(slot)) = (taken, last_start.get_mut(agent as usize)) {
+                        *slot = Some(plan);
+                    }
+                }
+                Action::Record(Event::AnswerAccepted { .. }) => answers += 1,
+                _ => {}
             }
-        };
+        }
+    };
     feed(&mut machine, Input::Start, &mut last_start);
     for event in lines {
         let input = match event {
@@ -207,6 +231,16 @@ pub fn load(dir: &Path) -> Result<ResumePlan, ResumeError> {
             // Only `Input::AgentRejoined` produces this event, so it stands for that input.
             JournalEvent::AgentRejoined { agent } => Some(Input::AgentRejoined {
                 agent: index_of(&agent)?,
+            }),
+            // The agent's report that it took injected answers is the `Injected` input.
+            JournalEvent::TurnProgress {
+                agent,
+                turn,
+                event: TurnEvent::AnswersInjected { revision, .. },
+            } => Some(Input::Injected {
+                agent: index_of(&agent)?,
+                turn: conclave_protocol::TurnId(turn),
+                revision,
             }),
             JournalEvent::TimedOut { .. } => Some(Input::Timeout),
             JournalEvent::Interrupted => Some(Input::Interrupted),

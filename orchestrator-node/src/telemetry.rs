@@ -303,6 +303,20 @@ pub fn session_event(span: &Span, event: &JournalEvent) {
                     }
                     ("conclave.tool.called", attributes)
                 }
+                conclave_protocol::TurnEvent::AnswersInjected {
+                    revision,
+                    injection,
+                    labels,
+                } => (
+                    "conclave.answers.injected",
+                    vec![
+                        agent(a),
+                        turn,
+                        KeyValue::new("conclave.revision", *revision as i64),
+                        KeyValue::new("conclave.injection", i64::from(*injection)),
+                        text("conclave.answers", &labels.join(",")),
+                    ],
+                ),
                 conclave_protocol::TurnEvent::WorkflowSwitched { to, reason } => (
                     "conclave.workflow.switched",
                     vec![

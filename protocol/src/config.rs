@@ -151,6 +151,24 @@ pub enum RestartPolicy {
     Cancel,
     /// Let them finish; a stale vote is then discarded and its agent restarted.
     Finish,
+    /// Let them run and deliver the new answers at the agent's next tool boundary (appended to
+    /// its next tool result, at most [`OrchestratorSettings::max_midstream_injections_per_round`]
+    /// times per turn): the agent then decides on the new revision. A turn that reaches no tool
+    /// boundary first (no tool call in flight, or the injections of its turn spent) goes on as
+    /// under `Finish`: a vote decided on the old revision is discarded and restarts the agent.
+    /// MassGen 0.1.97's midstream injection.
+    Inject,
+}
+
+impl RestartPolicy {
+    /// The name used in configs and journals.
+    pub fn as_str(self) -> &'static str {
+        match self {
+            RestartPolicy::Cancel => "cancel",
+            RestartPolicy::Finish => "finish",
+            RestartPolicy::Inject => "inject",
+        }
+    }
 }
 
 /// Consensus and limit settings (`orchestrator:` in YAML).
@@ -196,6 +214,17 @@ pub struct OrchestratorSettings {
     /// `conclave --model` without `--orchestrate`. Ignored with several agents.
     #[serde(default)]
     pub single_call: bool,
+    /// Under [`RestartPolicy::Inject`], how many times one turn may be handed newer answers
+    /// at its tool boundaries (MassGen's `max_midstream_injections_per_round`, default 2).
+    #[serde(default = "default_max_injections")]
+    pub max_midstream_injections_per_round: u32,
+}
+
+/// The default of [`OrchestratorSettings::max_midstream_injections_per_round`] (MassGen's).
+pub const DEFAULT_MAX_INJECTIONS: u32 = 2;
+
+fn default_max_injections() -> u32 {
+    DEFAULT_MAX_INJECTIONS
 }
 
 /// The default of [`OrchestratorSettings::max_turn_restarts`]; also what a journal written
@@ -237,6 +266,7 @@ impl Default for OrchestratorSettings {
             max_turn_restarts: DEFAULT_MAX_TURN_RESTARTS,
             restart_window_seconds: DEFAULT_RESTART_WINDOW_SECONDS,
             single_call: false,
+            max_midstream_injections_per_round: DEFAULT_MAX_INJECTIONS,
         }
     }
 }

@@ -90,6 +90,11 @@ pub enum CoordinatorCommand {
     },
     /// The session is over; stop all work and exit.
     Stop,
+    /// Newer answers for a turn in flight (restart policy `inject`): the same turn id with the
+    /// current answers, revision and `may_answer`. The agent hands them to the model at its
+    /// next tool boundary and reports [`TurnEvent::AnswersInjected`]; from then on the turn
+    /// decides on the new revision. A turn that reaches no tool boundary ignores it.
+    Inject(TurnSpec),
 }
 
 /// What went wrong with a turn, coarse enough to keep telemetry cardinality bounded.
@@ -153,6 +158,14 @@ pub enum TurnEvent {
     ToolCalled {
         report: crate::tools::ToolCallReport,
         result: String,
+    },
+    /// Newer answers (sent with [`CoordinatorCommand::Inject`]) reached the model at a tool
+    /// boundary: the turn now decides on `revision`. `injection` counts the turn's injections
+    /// (1, 2, ...); `labels` are the answers that were new to the model.
+    AnswersInjected {
+        revision: u64,
+        injection: u32,
+        labels: Vec<String>,
     },
 }
 

@@ -178,6 +178,55 @@ fn coordination(
     messages
 }
 
+/// What the model reads, appended to a tool result, when newer answers reach its turn at a
+/// tool boundary (restart policy `inject`): the answers it has not seen yet in full, the labels
+/// that are current now, and what that means for its decision. `before` is the turn as the
+/// model knew it, `now` the turn with the newer answers.
+pub fn injection_text(before: &TurnSpec, now: &TurnSpec) -> String {
+    let mut text = String::with_capacity(256);
+    text.push_str("\n\n<UPDATE>\nWhile you worked, the current answers changed. ");
+    let fresh: Vec<_> = now
+        .answers
+        .iter()
+        .filter(|answer| !before.answers.iter().any(|old| old.label == answer.label))
+        .collect();
+    if !fresh.is_empty() {
+        text.push_str("New answers:\n");
+        for answer in fresh {
+            let mine = if answer.label.agent == now.self_number {
+                " (your own)"
+            } else {
+                ""
+            };
+            let _ = writeln!(
+                text,
+                "<{label}{mine}>\n{}\n</{label}>",
+                answer.content,
+                label = answer.label
+            );
+        }
+    }
+    let labels: Vec<String> = now.answers.iter().map(|a| a.label.to_string()).collect();
+    let _ = write!(
+        text,
+        "The current answers are now: {}. Answers not listed are superseded. ",
+        labels.join(", ")
+    );
+    if now.may_answer {
+        text.push_str(
+            "Take them into account: when you decide, `vote` for one of the current answers, \
+             or `new_answer` if you can do clearly better.",
+        );
+    } else {
+        text.push_str(
+            "You may no longer submit answers: when you decide, `vote` for one of the current \
+             answers.",
+        );
+    }
+    text.push_str("\n</UPDATE>");
+    text
+}
+
 /// The messages of the final presentation turn (no tools).
 pub fn presentation_messages(spec: &TurnSpec, own_system: Option<&str>) -> Vec<ChatMessage> {
     if spec.answers.is_empty() {

@@ -386,6 +386,7 @@ async fn turn_worker_reports_each_retry_then_decides() {
         None,
         TurnWorker,
         WorkerArgs {
+            injections: Default::default(),
             spec: turn,
             context,
             session: SessionId::parse("retry-test").expect("session id"),

@@ -303,6 +303,52 @@ pub(crate) fn pricing_table(
     Ok(prices)
 }
 
+/// The most injections per turn `max_midstream_injections_per_round` accepts.
+const MAX_INJECTIONS: u64 = 100;
+
+/// The restart policy from `orchestrator.restart_policy` and MassGen's midstream-injection keys:
+/// - `defer_peer_updates_until_restart: true` or `max_midstream_injections_per_round: 0`
+///   (MassGen: no midstream updates, the agent sees them when it restarts) is `finish`;
+/// - otherwise `max_midstream_injections_per_round: N` (N > 0) or
+///   `defer_peer_updates_until_restart: false` is `inject`;
+/// - an explicit `restart_policy` that says otherwise is a contradiction, refused;
+/// - none of them: the default.
+fn restart_policy(
+    policy: Option<RestartPolicy>,
+    injections: Option<u32>,
+    defer: Option<bool>,
+    ctx: &Ctx<'_>,
+) -> Result<RestartPolicy, ConfigError> {
+    let implied = match (defer, injections) {
+        (Some(true), _) | (_, Some(0)) => Some((
+            RestartPolicy::Finish,
+            "defer_peer_updates_until_restart: true / max_midstream_injections_per_round: 0",
+        )),
+        (_, Some(_)) => Some((
+            RestartPolicy::Inject,
+            "max_midstream_injections_per_round above 0",
+        )),
+        (Some(false), None) => Some((
+            RestartPolicy::Inject,
+            "defer_peer_updates_until_restart: false",
+        )),
+        (None, None) => None,
+    };
+    match (policy, implied) {
+        (Some(policy), Some((implied, because))) if policy != implied => Err(ctx.invalid(
+            "orchestrator.restart_policy",
+            format!(
+                "`{}` contradicts {because}, which means `{}`; remove one of them",
+                policy.as_str(),
+                implied.as_str()
+            ),
+        )),
+        (Some(policy), _) => Ok(policy),
+        (None, Some((implied, _))) => Ok(implied),
+        (None, None) => Ok(RestartPolicy::default()),
+    }
+}
+
 /// `orchestrator:`; also returns MassGen's `orchestrator.timeout.orchestrator_timeout_seconds`.
 fn orchestrator_settings(
     node: &Node,
@@ -319,19 +365,31 @@ fn orchestrator_settings(
         optional(&mut fields, "max_new_answers_per_agent", answer_limit)?;
     settings.max_total_answers = optional(&mut fields, "max_total_answers", answer_limit)?;
 
-    if let Some(policy) = optional(&mut fields, "restart_policy", |f| {
+    let policy = optional(&mut fields, "restart_policy", |f| {
         let text = f.string(ctx)?;
         match text.trim().to_ascii_lowercase().as_str() {
             "cancel" => Ok(RestartPolicy::Cancel),
             "finish" => Ok(RestartPolicy::Finish),
+            "inject" => Ok(RestartPolicy::Inject),
             _ => Err(ctx.invalid_value(
                 f.path,
                 text,
-                "`cancel` (stop stale turns at once) or `finish` (let them complete)",
+                "`cancel` (stop stale turns at once), `finish` (let them complete) or `inject` \
+                 (hand them the new answers at their next tool call)",
             )),
         }
-    })? {
-        settings.restart_policy = policy;
+    })?;
+    // MassGen's midstream-injection keys map onto the restart policy (see `restart_policy`).
+    let injections = optional(&mut fields, "max_midstream_injections_per_round", |f| {
+        f.integer_in(ctx, 0, MAX_INJECTIONS, "a whole number from 0 to 100")
+            .map(|n| u32::try_from(n).unwrap_or(0))
+    })?;
+    let defer = optional(&mut fields, "defer_peer_updates_until_restart", |f| {
+        f.bool(ctx)
+    })?;
+    settings.restart_policy = restart_policy(policy, injections, defer, ctx)?;
+    if let Some(injections) = injections.filter(|n| *n > 0) {
+        settings.max_midstream_injections_per_round = injections;
     }
 
     if let Some(retries) = optional(&mut fields, "max_workflow_retries", |f| {

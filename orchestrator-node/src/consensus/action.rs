@@ -20,6 +20,12 @@ pub enum Action {
     },
     /// Abandon this turn: drop its provider stream. Anything it reports later is ignored.
     CancelTurn { agent: AgentIndex, turn: TurnId },
+    /// Restart policy `inject`: hand the turn in flight (`spec_parts.turn`) newer answers for
+    /// its next tool boundary. The turn keeps running; the agent reports whether they arrived.
+    InjectAnswers {
+        agent: AgentIndex,
+        spec_parts: TurnPlan,
+    },
     /// Something worth journaling, logging and showing.
     Record(Event),
     /// The session is over. Emitted exactly once, always as the last action of its batch.
@@ -99,6 +105,14 @@ pub enum Event {
         turn: TurnId,
         revision: u64,
         reason: String,
+    },
+    /// Restart policy `inject`: the agent's turn in flight took newer answers at a tool
+    /// boundary and now decides on `revision` instead of `from_revision`.
+    AnswersInjected {
+        agent: AgentIndex,
+        turn: TurnId,
+        from_revision: u64,
+        revision: u64,
     },
     /// A vote decided on an older revision; not the agent's fault, it simply re-decides.
     VoteDiscarded {

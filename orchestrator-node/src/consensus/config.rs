@@ -23,6 +23,9 @@ pub struct ConsensusConfig {
     pub max_total_answers: Option<u32>,
     /// What happens to in-flight turns that a newly accepted answer makes stale.
     pub restart_policy: RestartPolicy,
+    /// Under [`RestartPolicy::Inject`], how many injections one turn may be sent.
+    #[serde(default = "default_max_injections")]
+    pub max_injections: u32,
     /// An agent whose rejected decisions exceed this number is failed, so a confused model
     /// cannot keep a session busy forever.
     pub max_rejected_decisions: u32,
@@ -47,6 +50,7 @@ impl ConsensusConfig {
             max_new_answers_per_agent: settings.max_new_answers_per_agent,
             max_total_answers: settings.max_total_answers,
             restart_policy: settings.restart_policy,
+            max_injections: settings.max_midstream_injections_per_round,
             max_rejected_decisions: DEFAULT_MAX_REJECTED_DECISIONS,
             skip_final_presentation: settings.skip_final_presentation,
             single_call: settings.single_call && agents == 1,
@@ -70,6 +74,10 @@ impl ConsensusConfig {
         }
         Ok(())
     }
+}
+
+fn default_max_injections() -> u32 {
+    conclave_protocol::config::DEFAULT_MAX_INJECTIONS
 }
 
 /// Why [`ConsensusConfig::validate`] refused a configuration.

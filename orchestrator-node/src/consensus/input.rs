@@ -38,6 +38,13 @@ pub enum Input {
         turn: TurnId,
         reason: String,
     },
+    /// Under the `inject` restart policy, the agent handed the answers of `revision` to its
+    /// model at a tool boundary: its turn now decides on that revision.
+    Injected {
+        agent: AgentIndex,
+        turn: TurnId,
+        revision: u64,
+    },
     /// The agent is gone (node lost, heartbeats missed, actor dead); it is failed.
     AgentLost { agent: AgentIndex, reason: String },
     /// A failed agent is reachable again; it is live and starts fresh with the current answers.

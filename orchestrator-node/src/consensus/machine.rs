@@ -31,8 +31,10 @@ pub enum Phase {
 struct InFlight {
     turn: TurnId,
     mode: TurnMode,
-    /// The revision whose answers the turn was given.
+    /// The revision whose answers the turn was given, or was last injected with.
     revision: u64,
+    /// Injections sent to this turn (restart policy `inject`).
+    injections: u32,
 }
 
 /// A counted vote. Votes are cleared whenever the revision changes, so a stored vote always
@@ -143,6 +145,11 @@ impl Consensus {
                 turn,
                 reason,
             } => self.on_turn_failed(agent, turn, reason, &mut out),
+            Input::Injected {
+                agent,
+                turn,
+                revision,
+            } => self.on_injected(agent, turn, revision, &mut out),
             Input::AgentLost { agent, reason } => self.on_agent_lost(agent, reason, &mut out),
             Input::AgentRejoined { agent } => self.on_agent_rejoined(agent, &mut out),
             Input::Timeout => {
@@ -287,6 +294,7 @@ impl Consensus {
                 turn,
                 mode: TurnMode::Present,
                 revision: self.revision,
+                injections: 0,
             });
             self.phase = Phase::Presenting {
                 presenter: 0,
@@ -453,8 +461,71 @@ impl Consensus {
                 }
                 // Left to finish: its vote will be discarded, its answer accepted.
                 (Some(_), RestartPolicy::Finish) => {}
+                // Left to run, and handed the new answers for its next tool boundary.
+                (Some(running), RestartPolicy::Inject) => {
+                    if running.injections < self.config.max_injections {
+                        let may_answer = self.answer_refusal(other).is_none();
+                        if let Some(in_flight) = self.agents[other as usize].in_flight.as_mut() {
+                            in_flight.injections += 1;
+                        }
+                        out.push(Action::InjectAnswers {
+                            agent: other,
+                            spec_parts: TurnPlan {
+                                turn: running.turn,
+                                mode: TurnMode::Coordinate,
+                                answers: self.current_answers(),
+                                revision: self.revision,
+                                may_answer,
+                                votes: Arc::clone(&self.no_votes),
+                            },
+                        });
+                    }
+                }
             }
         }
+    }
+
+    /// The agent handed the answers of `revision` to its model mid-turn: the turn now decides
+    /// on that revision. Only a newer revision that exists is taken; anything else (a turn no
+    /// longer in flight, a revision from the future or the past) is ignored.
+    fn on_injected(
+        &mut self,
+        agent: AgentIndex,
+        turn: TurnId,
+        revision: u64,
+        out: &mut Vec<Action>,
+    ) {
+        if self.phase != Phase::Coordinating {
+            ignore(out, Some(agent), Some(turn), "no coordination is under way");
+            return;
+        }
+        let current = self.revision;
+        let Some(in_flight) = self
+            .agents
+            .get_mut(agent as usize)
+            .filter(|state| !state.failed)
+            .and_then(|state| state.in_flight.as_mut())
+            .filter(|in_flight| in_flight.turn == turn && in_flight.mode == TurnMode::Coordinate)
+        else {
+            ignore(out, Some(agent), Some(turn), "not the agent's current turn");
+            return;
+        };
+        if revision <= in_flight.revision || revision > current {
+            let why = format!(
+                "injected revision {revision} is not newer than {} or not yet accepted (current {current})",
+                in_flight.revision
+            );
+            ignore(out, Some(agent), Some(turn), &why);
+            return;
+        }
+        let from = in_flight.revision;
+        in_flight.revision = revision;
+        out.push(Action::Record(Event::AnswersInjected {
+            agent,
+            turn,
+            from_revision: from,
+            revision,
+        }));
     }
 
     fn on_vote(
@@ -662,6 +733,7 @@ impl Consensus {
             turn,
             mode: TurnMode::Present,
             revision: self.revision,
+            injections: 0,
         });
         self.phase = Phase::Presenting {
             presenter: winner,
@@ -805,6 +877,7 @@ impl Consensus {
             turn,
             mode: TurnMode::Coordinate,
             revision: self.revision,
+            injections: 0,
         });
         out.push(Action::StartTurn {
             agent,

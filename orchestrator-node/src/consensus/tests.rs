@@ -698,3 +698,109 @@ fn single_call_presents_at_once_and_ends_with_that_answer() {
     assert_eq!(started(&actions, 0).mode, TurnMode::Coordinate);
     assert_eq!(started(&actions, 1).mode, TurnMode::Coordinate);
 }
+
+/// The injections sent in this batch of actions, as (agent, plan).
+fn injected(actions: &[Action]) -> Vec<(AgentIndex, TurnPlan)> {
+    actions
+        .iter()
+        .filter_map(|action| match action {
+            Action::InjectAnswers { agent, spec_parts } => Some((*agent, spec_parts.clone())),
+            _ => None,
+        })
+        .collect()
+}
+
+#[test]
+fn inject_policy_hands_new_answers_to_running_turns_and_counts_their_votes() {
+    let mut machine = machine_with(3, |config| config.restart_policy = RestartPolicy::Inject);
+    let start = machine.handle(Input::Start);
+    let running = started(&start, 1);
+    let actions = machine.handle(answer(0, &started(&start, 0), "a"));
+    assert!(cancelled(&actions).is_empty(), "nothing is cancelled");
+    let sent = injected(&actions);
+    assert_eq!(
+        sent.iter().map(|(agent, _)| *agent).collect::<Vec<_>>(),
+        vec![1, 2],
+        "both running turns get the new answer"
+    );
+    let plan = &sent[0].1;
+    assert_eq!(plan.turn, running.turn, "the same turn, not a new one");
+    assert_eq!(plan.revision, 1);
+    assert_eq!(plan.answers.len(), 1);
+    assert_eq!(machine.in_flight_turn(1), Some(running.turn));
+
+    // Agent 1 took them at a tool boundary: its vote on revision 1 counts.
+    let actions = machine.handle(Input::Injected {
+        agent: 1,
+        turn: running.turn,
+        revision: 1,
+    });
+    assert!(matches!(
+        events(&actions)[..],
+        [Event::AnswersInjected {
+            agent: 1,
+            from_revision: 0,
+            revision: 1,
+            ..
+        }]
+    ));
+    let actions = machine.handle(vote(1, plan, label_11()));
+    assert!(
+        matches!(events(&actions)[0], Event::VoteAccepted { agent: 1, .. }),
+        "{actions:#?}"
+    );
+
+    // Agent 2 never reached a tool boundary: its vote on revision 0 is stale, as under finish.
+    let actions = machine.handle(vote(2, &started(&start, 2), label_11()));
+    assert!(matches!(
+        events(&actions)[0],
+        Event::VoteDiscarded { agent: 2, .. }
+    ));
+    assert_eq!(machine.rejections(2), 0);
+    assert_eq!(started(&actions, 2).revision, 1);
+}
+
+#[test]
+fn inject_policy_stops_at_the_injection_cap_and_ignores_bogus_reports() {
+    let mut machine = machine_with(3, |config| {
+        config.restart_policy = RestartPolicy::Inject;
+        config.max_injections = 1;
+        config.max_new_answers_per_agent = Some(5);
+    });
+    let start = machine.handle(Input::Start);
+    let running = started(&start, 2);
+    let actions = machine.handle(answer(0, &started(&start, 0), "a"));
+    assert_eq!(injected(&actions).len(), 2);
+    let actions = machine.handle(answer(1, &started(&start, 1), "b"));
+    let sent = injected(&actions);
+    assert!(
+        sent.iter().all(|(agent, _)| *agent != 2),
+        "agent 2's turn already had its one injection: {sent:#?}"
+    );
+
+    // A report of a revision that does not exist yet, of an older one, or of another turn
+    // changes nothing.
+    for (turn, revision) in [(running.turn, 9), (running.turn, 0), (TurnId(999), 1)] {
+        let before = machine.clone();
+        let actions = machine.handle(Input::Injected {
+            agent: 2,
+            turn,
+            revision,
+        });
+        assert!(
+            matches!(events(&actions)[..], [Event::InputIgnored { .. }]),
+            "{actions:#?}"
+        );
+        assert_eq!(machine, before);
+    }
+    // The real one (revision 2 = both answers) is taken.
+    let actions = machine.handle(Input::Injected {
+        agent: 2,
+        turn: running.turn,
+        revision: 2,
+    });
+    assert!(matches!(
+        events(&actions)[..],
+        [Event::AnswersInjected { revision: 2, .. }]
+    ));
+}

@@ -500,6 +500,7 @@ ui:
             max_turn_restarts: 5,
             restart_window_seconds: 120,
             single_call: false,
+            max_midstream_injections_per_round: 2,
         }
     );
     assert_eq!(
@@ -1981,4 +1982,53 @@ fn an_error_about_an_expanded_value_names_the_variable_not_the_value() {
     .unwrap_err()
     .to_string();
     assert!(err.contains("hot"), "{err}");
+}
+
+/// `restart_policy: inject`, and MassGen's midstream-injection keys mapped onto the policy;
+/// a contradiction between them is refused with both named.
+#[test]
+fn midstream_injection_keys_map_onto_the_restart_policy() {
+    let policy_of = |orchestrator: &str| {
+        let yaml = format!("agent: {{backend: {{model: gpt-4o}}}}\norchestrator: {orchestrator}\n");
+        let config = load(&yaml).config.orchestrator;
+        (
+            config.restart_policy,
+            config.max_midstream_injections_per_round,
+        )
+    };
+    assert_eq!(policy_of("{}"), (RestartPolicy::Cancel, 2));
+    assert_eq!(
+        policy_of("{restart_policy: inject}"),
+        (RestartPolicy::Inject, 2)
+    );
+    assert_eq!(
+        policy_of("{max_midstream_injections_per_round: 3}"),
+        (RestartPolicy::Inject, 3)
+    );
+    assert_eq!(
+        policy_of("{defer_peer_updates_until_restart: false}"),
+        (RestartPolicy::Inject, 2)
+    );
+    assert_eq!(
+        policy_of("{defer_peer_updates_until_restart: true}"),
+        (RestartPolicy::Finish, 2)
+    );
+    assert_eq!(
+        policy_of("{max_midstream_injections_per_round: 0}"),
+        (RestartPolicy::Finish, 2)
+    );
+    assert_eq!(
+        policy_of("{restart_policy: inject, max_midstream_injections_per_round: 1}"),
+        (RestartPolicy::Inject, 1)
+    );
+    let message = load_err(
+        "agent: {backend: {model: gpt-4o}}\norchestrator: {restart_policy: cancel, defer_peer_updates_until_restart: true}\n",
+    )
+    .to_string();
+    assert!(
+        message.contains("orchestrator.restart_policy")
+            && message.contains("defer_peer_updates_until_restart")
+            && message.contains("finish"),
+        "{message}"
+    );
 }

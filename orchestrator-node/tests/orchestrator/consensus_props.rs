@@ -47,6 +47,12 @@ enum Step {
     Interrupt,
     /// A budget cap is reached.
     Budget,
+    /// An in-flight turn that was sent newer answers (policy `inject`) takes them at a tool
+    /// boundary; `bogus` reports a revision it was never sent instead.
+    TakeInjection {
+        pick: usize,
+        bogus: bool,
+    },
 }
 
 fn step() -> impl Strategy<Value = Step> {
@@ -57,6 +63,8 @@ fn step() -> impl Strategy<Value = Step> {
         6 => (0u32..6).prop_map(|agent| Step::Lose { agent }),
         8 => (0u32..6).prop_map(|agent| Step::Rejoin { agent }),
         20 => (any::<usize>(), 0u8..4).prop_map(|(pick, kind)| Step::Late { pick, kind }),
+        30 => (any::<usize>(), prop::bool::weighted(0.2))
+            .prop_map(|(pick, bogus)| Step::TakeInjection { pick, bogus }),
         1 => Just(Step::Timeout),
         1 => Just(Step::Interrupt),
         1 => Just(Step::Budget),
@@ -68,19 +76,27 @@ fn config() -> impl Strategy<Value = ConsensusConfig> {
         1u32..=5,
         proptest::option::of(1u32..=3),
         proptest::option::of(1u32..=6),
-        prop_oneof![Just(RestartPolicy::Cancel), Just(RestartPolicy::Finish)],
+        prop_oneof![
+            Just(RestartPolicy::Cancel),
+            Just(RestartPolicy::Finish),
+            Just(RestartPolicy::Inject)
+        ],
         0u32..=3,
         any::<bool>(),
+        0u32..=3,
     )
         .prop_map(
-            |(agents, per_agent, total, restart_policy, max_rejected, skip)| ConsensusConfig {
-                agents,
-                max_new_answers_per_agent: per_agent,
-                max_total_answers: total,
-                restart_policy,
-                max_rejected_decisions: max_rejected,
-                skip_final_presentation: skip,
-                single_call: false,
+            |(agents, per_agent, total, restart_policy, max_rejected, skip, injections)| {
+                ConsensusConfig {
+                    agents,
+                    max_new_answers_per_agent: per_agent,
+                    max_total_answers: total,
+                    restart_policy,
+                    max_injections: injections,
+                    max_rejected_decisions: max_rejected,
+                    skip_final_presentation: skip,
+                    single_call: false,
+                }
             },
         )
 }
@@ -96,8 +112,12 @@ struct Sim {
     in_flight: BTreeMap<TurnId, (AgentIndex, TurnPlan)>,
     /// Turns that were cancelled or have reported: anything they send now is late.
     retired: Vec<(AgentIndex, TurnPlan)>,
-    /// The revision each turn was started at.
+    /// The revision each turn was started at, or took by injection.
     turn_revision: BTreeMap<TurnId, u64>,
+    /// Newer answers sent to in-flight turns and not taken yet (policy `inject`), by turn.
+    offered: BTreeMap<TurnId, TurnPlan>,
+    /// Injections sent per turn.
+    injections_sent: BTreeMap<TurnId, u32>,
     last_turn: Option<TurnId>,
     failed: BTreeSet<AgentIndex>,
     /// Accepted answers per agent, and the session total.
@@ -130,6 +150,8 @@ impl Sim {
             in_flight: BTreeMap::new(),
             retired: Vec::new(),
             turn_revision: BTreeMap::new(),
+            offered: BTreeMap::new(),
+            injections_sent: BTreeMap::new(),
             last_turn: None,
             failed: BTreeSet::new(),
             accepted: vec![0; agents],
@@ -204,6 +226,30 @@ impl Sim {
                     assert_eq!(owner, *agent, "cancel sent to the wrong agent");
                     self.retired.push((owner, plan));
                 }
+                Action::InjectAnswers { agent, spec_parts } => {
+                    assert_eq!(
+                        self.config.restart_policy,
+                        RestartPolicy::Inject,
+                        "an injection under another policy"
+                    );
+                    let (owner, running) =
+                        self.in_flight.get(&spec_parts.turn).unwrap_or_else(|| {
+                            panic!("injection into {}, not in flight", spec_parts.turn)
+                        });
+                    assert_eq!(owner, agent, "injection sent to the wrong agent");
+                    assert_eq!(running.mode, TurnMode::Coordinate);
+                    assert_eq!(spec_parts.revision, self.machine.revision());
+                    assert_eq!(spec_parts.answers, self.machine.current_answers());
+                    assert_eq!(spec_parts.may_answer, self.may_answer(*agent));
+                    let sent = self.injections_sent.entry(spec_parts.turn).or_default();
+                    *sent += 1;
+                    assert!(
+                        *sent <= self.config.max_injections,
+                        "more injections than max_injections into {}",
+                        spec_parts.turn
+                    );
+                    self.offered.insert(spec_parts.turn, spec_parts.clone());
+                }
                 Action::Record(event) => {
                     if matches!(event, Event::AnswerAccepted { .. }) {
                         accepted_an_answer = true;
@@ -230,11 +276,12 @@ impl Sim {
                         .all(|(_, plan)| plan.revision == self.machine.revision()),
                     "policy Cancel left a stale turn running"
                 ),
-                RestartPolicy::Finish => assert!(
+                RestartPolicy::Finish | RestartPolicy::Inject => assert!(
                     !actions
                         .iter()
                         .any(|action| matches!(action, Action::CancelTurn { .. })),
-                    "policy Finish cancelled a turn"
+                    "policy {:?} cancelled a turn",
+                    self.config.restart_policy
                 ),
             }
         }
@@ -610,6 +657,7 @@ impl Sim {
                 let actions = self.feed(Input::Interrupted);
                 assert!(finish_of(&actions).is_some_and(|o| o.reason == EndReason::Interrupted));
             }
+            Step::TakeInjection { pick, bogus } => self.take_injection(pick, bogus),
             Step::Budget => {
                 let actions = self.feed(Input::BudgetExhausted {
                     reason: "max_total_tokens".into(),
@@ -618,6 +666,48 @@ impl Sim {
                     finish_of(&actions).is_some_and(|o| o.reason == EndReason::BudgetExhausted)
                 );
             }
+        }
+    }
+
+    /// An in-flight turn with an offer takes it: from then on it decides on the offered
+    /// revision (the machine must count its vote). A bogus report changes nothing.
+    fn take_injection(&mut self, pick: usize, bogus: bool) {
+        let Some((turn, agent, _)) = self.pick_in_flight(pick) else {
+            return;
+        };
+        if bogus {
+            let before = self.machine.clone();
+            let actions = self.feed(Input::Injected {
+                agent,
+                turn,
+                revision: self.machine.revision() + 1,
+            });
+            assert!(
+                only_ignored(&actions),
+                "bogus injection acted on: {actions:?}"
+            );
+            assert!(
+                self.machine == before,
+                "a bogus injection changed the state"
+            );
+            return;
+        }
+        let Some(offer) = self.offered.remove(&turn) else {
+            return;
+        };
+        let actions = self.feed(Input::Injected {
+            agent,
+            turn,
+            revision: offer.revision,
+        });
+        let taken = has_event(
+            &actions,
+            |event| matches!(event, Event::AnswersInjected { turn: t, revision, .. } if *t == turn && *revision == offer.revision),
+        );
+        assert!(taken, "an offered injection was not taken: {actions:?}");
+        self.turn_revision.insert(turn, offer.revision);
+        if let Some((_, plan)) = self.in_flight.get_mut(&turn) {
+            *plan = offer;
         }
     }
 
