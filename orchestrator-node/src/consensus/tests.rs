@@ -804,3 +804,25 @@ fn inject_policy_stops_at_the_injection_cap_and_ignores_bogus_reports() {
         [Event::AnswersInjected { revision: 2, .. }]
     ));
 }
+
+#[test]
+fn inject_policy_counts_votes_after_the_author_voted_first() {
+    let mut machine = machine_with(3, |config| config.restart_policy = RestartPolicy::Inject);
+    let start = machine.handle(Input::Start);
+    let actions = machine.handle(answer(0, &started(&start, 0), "a"));
+    let sent = injected(&actions);
+    let own = started(&actions, 0);
+    machine.handle(vote(0, &own, label_11()));
+    for (agent, plan) in &sent {
+        let actions = machine.handle(Input::Injected {
+            agent: *agent,
+            turn: plan.turn,
+            revision: plan.revision,
+        });
+        assert!(matches!(events(&actions)[..], [Event::AnswersInjected { .. }]), "{actions:#?}");
+    }
+    for (agent, plan) in &sent {
+        let actions = machine.handle(vote(*agent, plan, label_11()));
+        assert!(matches!(events(&actions)[0], Event::VoteAccepted { .. }), "{actions:#?}");
+    }
+}

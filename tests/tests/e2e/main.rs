@@ -11,6 +11,7 @@ mod e2e_cluster;
 mod e2e_cluster_hardening;
 mod e2e_continue;
 mod e2e_faults;
+mod e2e_inject;
 mod e2e_interactive;
 mod e2e_interrupt;
 mod e2e_journal;
