@@ -197,7 +197,7 @@ pub struct ToolFilter {
 }
 
 impl ToolFilter {
-    fn admits(&self, server: &str, tool: &str) -> bool {
+    pub(crate) fn admits(&self, server: &str, tool: &str) -> bool {
         let full = mcp_tool_name(server, tool);
         let named = |list: &[String]| list.iter().any(|n| n == tool || *n == full);
         self.allowed.as_deref().is_none_or(named) && !named(&self.exclude)

@@ -111,6 +111,30 @@ async fn mcp_servers_start_with_the_session_and_leave_no_process_behind() {
         "MCP server processes survived the session: {:?}",
         processes_with(&marker)
     );
+    // The start is journaled: one line per server and agent (beta has none).
+    let journal = conclave_tests::read_journal(&only_session(dir.path())).expect("journal");
+    let starts = conclave_tests::events_of(&journal, "tool_server_started");
+    assert_eq!(starts.len(), 1, "{starts:#?}");
+    let start = &starts[0];
+    assert_eq!(start["agent"], "alpha");
+    assert!(start["node"].is_null(), "a local agent: {start}");
+    assert_eq!(start["server"], "demo");
+    assert_eq!(start["transport"], "stdio");
+    assert_eq!(start["optional"], false);
+    assert!(start["error"].is_null(), "{start}");
+    assert!(start["duration_ms"].is_u64(), "{start}");
+    // The demo server has several tools; the config filters none.
+    assert!(start["tools"].as_u64().unwrap_or(0) >= 2, "{start}");
+}
+
+/// The one session directory under `dir/sessions`.
+fn only_session(dir: &Path) -> PathBuf {
+    std::fs::read_dir(dir.join("sessions"))
+        .expect("sessions dir")
+        .flatten()
+        .next()
+        .expect("one session")
+        .path()
 }
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
@@ -300,13 +324,7 @@ async fn a_tool_result_reaches_the_final_answer() {
         finished.stdout,
         finished.stderr
     );
-    let session = std::fs::read_dir(dir.path().join("sessions"))
-        .expect("sessions dir")
-        .flatten()
-        .next()
-        .expect("one session")
-        .path();
-    let journal = conclave_tests::read_journal(&session).expect("journal");
+    let journal = conclave_tests::read_journal(&only_session(dir.path())).expect("journal");
     let calls: Vec<&serde_json::Value> = conclave_tests::events_of(&journal, "turn_progress")
         .into_iter()
         .filter(|e| e["event"]["ToolCalled"].is_object())
