@@ -209,6 +209,9 @@ pub struct DemoArgs {
     /// Milliseconds between simulated tokens.
     #[arg(long, default_value_t = 10)]
     pub token_delay_ms: u64,
+    /// Give every agent the demo MCP server (conclave-mcp-demo, installed beside conclave): each turn calls its lookup tool, then answers with what it returned.
+    #[arg(long)]
+    pub tools: bool,
     #[command(flatten)]
     pub common: CommonArgs,
 }
@@ -803,6 +806,23 @@ async fn interactive(
 }
 
 async fn run_demo(args: DemoArgs, env: EnvFn) -> Result<u8, Failure> {
+    let mcp_server = if args.tools {
+        let found = demo::demo_mcp_server().ok_or_else(|| {
+            usage(anyhow::anyhow!(
+                "`conclave demo --tools` needs the demo MCP server `{}` in the same directory as \
+                 conclave ({}); build it with `cargo build -p conclave-mcp-demo` (same profile) \
+                 or install it beside conclave",
+                demo::DEMO_MCP_BIN,
+                std::env::current_exe()
+                    .ok()
+                    .and_then(|exe| exe.parent().map(|dir| dir.display().to_string()))
+                    .unwrap_or_else(|| "unknown".to_owned())
+            ))
+        })?;
+        Some(found)
+    } else {
+        None
+    };
     let sim = SimServer::start(
         SimConfig {
             tokens: args.tokens,
@@ -820,6 +840,9 @@ async fn run_demo(args: DemoArgs, env: EnvFn) -> Result<u8, Failure> {
         .map(DisplayKind::from)
         .unwrap_or_default();
     let mut config = demo::demo_config(&sim.base_url(), args.agents, display);
+    if let Some(server) = &mcp_server {
+        config = demo::with_demo_tools(config, server);
+    }
     apply_common(&mut config, &args.common, &env)?;
     if config.display != DisplayKind::Json {
         eprintln!(
@@ -827,6 +850,12 @@ async fn run_demo(args: DemoArgs, env: EnvFn) -> Result<u8, Failure> {
             args.agents,
             sim.base_url()
         );
+        if let Some(server) = &mcp_server {
+            eprintln!(
+                "demo: every agent calls the MCP server {} (stdio) before it answers",
+                server.display()
+            );
+        }
     }
     let question = args
         .question

@@ -110,6 +110,22 @@ pub enum JournalEvent {
         agents: Vec<AgentInfo>,
         config: SessionConfig,
     },
+    /// One MCP server of an agent started (or, `optional`, was left out with `error`) when
+    /// the agent started, on the orchestrator (`node: None`) or on the agent's node.
+    ToolServerStarted {
+        agent: String,
+        #[serde(default)]
+        node: Option<String>,
+        server: String,
+        /// `stdio` or `streamable-http`.
+        transport: String,
+        duration_ms: u64,
+        /// Tools offered after `allowed_tools` / `exclude_tools`.
+        tools: u32,
+        optional: bool,
+        #[serde(default)]
+        error: Option<String>,
+    },
     /// The session continues from its journal after the orchestrator died.
     SessionResumed {
         replayed_inputs: usize,

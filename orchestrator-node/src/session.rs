@@ -39,7 +39,7 @@ use tokio::sync::oneshot;
 use tokio_util::sync::CancellationToken;
 use tracing::{error, info, warn};
 
-use crate::cluster::{Cluster, PlaceError, Placement};
+use crate::cluster::{Cluster, PlaceError, PlacedTools, Placement};
 use crate::consensus::{Consensus, ConsensusConfig, ConsensusConfigError};
 use crate::coordinator::{
     AgentLink, Budget, CommandSink, Coordinator, CoordinatorArgs, CoordinatorMsg, Resumed,
@@ -293,6 +293,8 @@ fn placements(config: &SessionConfig) -> Vec<Placement> {
 struct RemotePart {
     cluster: Option<Cluster>,
     session: SessionId,
+    /// How the remote agents' MCP servers started on their nodes.
+    tools: PlacedTools,
 }
 
 impl Drop for RemotePart {
@@ -310,17 +312,54 @@ async fn place_remote(
     config: &SessionConfig,
     cluster: Option<&Cluster>,
 ) -> Result<RemotePart, SessionError> {
-    let part = RemotePart {
+    let mut part = RemotePart {
         cluster: cluster.cloned(),
         session: session.clone(),
+        tools: Vec::new(),
     };
     if let Some(cluster) = cluster {
         let placements = placements(config);
         if !placements.is_empty() {
-            cluster.place(session, placements).await?;
+            part.tools = cluster.place(session, placements).await?;
         }
     }
     Ok(part)
+}
+
+/// Journals how every agent's MCP servers started, one `tool_server_started` per server and
+/// agent: the local agents' from their toolboxes, the remote ones' as their nodes reported.
+fn journal_tool_starts(
+    journal: &Journal,
+    config: &SessionConfig,
+    local: &[Arc<ToolBox>],
+    remote: &PlacedTools,
+) -> Result<(), SessionError> {
+    let local = local
+        .iter()
+        .enumerate()
+        .map(|(agent, tools)| (agent, tools.starts().iter().map(|s| s.report()).collect()))
+        .collect::<Vec<(usize, Vec<_>)>>();
+    let remote = remote
+        .iter()
+        .map(|(agent, reports)| (*agent as usize, reports.clone()));
+    for (agent, reports) in local.into_iter().chain(remote) {
+        let Some(spec) = config.agents.get(agent) else {
+            continue;
+        };
+        for report in reports {
+            journal.record(JournalEvent::ToolServerStarted {
+                agent: spec.id.clone(),
+                node: spec.node.clone(),
+                server: report.server,
+                transport: report.transport,
+                duration_ms: report.duration_ms,
+                tools: report.tools,
+                optional: report.optional,
+                error: report.error,
+            })?;
+        }
+    }
+    Ok(())
 }
 
 /// Runs a session to its end. `interrupt` ends it early with the best available answer.
@@ -356,7 +395,7 @@ pub async fn run_session(
     let machine = Consensus::new(consensus_config)?;
     wait_for_nodes(&config, cluster.as_ref()).await?;
     // Remote agents start before the journal: their nodes may refuse them (a missing key).
-    let _remote = place_remote(&session, &config, cluster.as_ref()).await?;
+    let remote = place_remote(&session, &config, cluster.as_ref()).await?;
 
     let journal = Journal::create(&dir)?;
     journal.record(JournalEvent::SessionStarted {
@@ -378,6 +417,7 @@ pub async fn run_session(
             .collect(),
         config: config.clone(),
     })?;
+    journal_tool_starts(&journal, &config, &tools, &remote.tools)?;
     info!(session = %session, dir = %dir.display(), agents = config.agents.len(), "session started");
 
     drive(
@@ -434,13 +474,14 @@ pub async fn resume_session(
     let backends = build_backends(&plan.config, &env, http, cluster.as_ref())?;
     let tools = start_tools(&plan.config, &env).await?;
     wait_for_nodes(&plan.config, cluster.as_ref()).await?;
-    let _remote = place_remote(&plan.session, &plan.config, cluster.as_ref()).await?;
+    let remote = place_remote(&plan.session, &plan.config, cluster.as_ref()).await?;
     let journal = Journal::reopen(&plan.dir, plan.valid_len, Some(lock))?;
     journal.record(JournalEvent::SessionResumed {
         replayed_inputs: plan.replayed_inputs,
         resent_turns: plan.resend.iter().map(|(_, p)| p.turn.0).collect(),
         torn_lines_skipped: plan.torn_lines,
     })?;
+    journal_tool_starts(&journal, &plan.config, &tools, &remote.tools)?;
     info!(
         session = %plan.session,
         replayed = plan.replayed_inputs,

@@ -51,7 +51,7 @@ pub fn host_group(instance: u64) -> String {
 }
 
 /// The version of this cluster protocol; a node with another version is refused.
-pub const CLUSTER_PROTOCOL_VERSION: u32 = 2;
+pub const CLUSTER_PROTOCOL_VERSION: u32 = 3;
 
 /// What ractor_cluster adds around one of our frames (node message, target pid, variant
 /// name, length prefix). Generous: the real overhead is a few dozen bytes.
@@ -153,13 +153,16 @@ pub enum ToOrchestrator {
         link: u64,
     },
     /// The answer to [`ToHost::Spawn`]: `error` says why the agent could not start (a missing
-    /// API key on this node, a provider the node's operator does not allow).
+    /// API key on this node, a provider the node's operator does not allow, a required MCP
+    /// server that did not start); `tools` says how each of its MCP servers started on the
+    /// node (for the journal), in config order.
     Spawned {
         link: u64,
         session: SessionId,
         agent: u32,
         incarnation: u64,
         error: Option<String>,
+        tools: Vec<crate::tools::ServerStartReport>,
     },
     /// An agent's report; the envelope names the session and the sender.
     Report {

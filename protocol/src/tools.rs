@@ -134,6 +134,8 @@ pub struct ServerStartReport {
     pub duration_ms: u64,
     /// Tools offered after filtering (0 when it did not start).
     pub tools: u32,
+    /// The server is marked `optional: true` (it may be left out when it cannot start).
+    pub optional: bool,
     /// Why an optional server was left out.
     pub error: Option<String>,
 }

@@ -29,6 +29,14 @@
 //!   (see `conclave_protocol::cluster`).
 //! - **Agents that die on their own** (a crash past the agent's own supervision) are reported
 //!   as `AgentExited`; agents stopped by the session (`Stop`, `EndSession`) are not.
+//! - **MCP servers start off the actor.** Starting an agent's MCP servers can take seconds
+//!   (`npx` fetching a package), and the host's handler must keep answering heartbeats and
+//!   spawning other agents meanwhile. So a `Spawn` does the quick checks (allow-list, backend)
+//!   in the handler, then starts the servers in a task that sends [`HostMsg::ToolsStarted`]
+//!   back; only then is the agent spawned and `Spawned` answered, with how each server
+//!   started (for the orchestrator's journal) or why a required one did not. A start whose
+//!   agent was replaced, whose session ended or whose link was lost meanwhile is stopped and
+//!   not answered.
 
 use std::collections::HashMap;
 use std::sync::Arc;
@@ -38,6 +46,7 @@ use conclave_protocol::cluster::{
     CLUSTER_PROTOCOL_VERSION, HOST_GROUP, NodeHello, ORCHESTRATOR_GROUP, SCOPE, SpawnAgent, ToHost,
     ToOrchestrator, host_group,
 };
+use conclave_protocol::tools::ServerStartReport;
 use conclave_protocol::trust::ProviderAllowList;
 use conclave_protocol::{AgentReport, Envelope, SessionId};
 use ractor::pg::GroupChangeMessage;
@@ -55,6 +64,7 @@ use super::{NodeEnv, settings_from_limits};
 use crate::agent::{AgentActor, AgentArgs, AgentMsg};
 use crate::outbox::{Outbox, ReportSink};
 use crate::providers::{Backend, http_client};
+use crate::tools::{ServerStart, ToolBox, ToolStartError};
 use crate::turn::AgentContext;
 use crate::turn::WorkflowState;
 
@@ -93,6 +103,8 @@ pub enum HostMsg {
     },
     Node(NodeEvent),
     Tick,
+    /// An agent's MCP servers finished starting (see the module docs).
+    ToolsStarted(Box<ToolsStarted>),
     /// A hosted agent's report, to forward.
     Report {
         agent: u32,
@@ -119,6 +131,15 @@ struct Hosted {
     actor: ActorRef<AgentMsg>,
 }
 
+/// The outcome of starting an agent's MCP servers, sent back to the host by the start task.
+pub struct ToolsStarted {
+    request: SpawnAgent,
+    backend: Arc<Backend>,
+    /// The link key when the `Spawn` arrived: a start that outlived its link is dropped.
+    link: u64,
+    result: Result<ToolBox, ToolStartError>,
+}
+
 pub struct HostState {
     opts: Arc<HostOptions>,
     node: NodeHandle,
@@ -135,6 +156,8 @@ pub struct HostState {
     liveness: Liveness,
     agents: HashMap<(SessionId, u32), Hosted>,
     by_actor: HashMap<ActorId, (SessionId, u32)>,
+    /// Agents whose MCP servers are starting: their incarnation.
+    starting: HashMap<(SessionId, u32), u64>,
     http: HashMap<u64, reqwest::Client>,
 }
 
@@ -154,6 +177,7 @@ impl AgentHost {
 
     fn stop_agents(state: &mut HostState, reason: &str) {
         state.by_actor.clear();
+        state.starting.clear();
         for ((session, agent), hosted) in state.agents.drain() {
             debug!(%session, agent, %reason, "stopping hosted agent");
             hosted.actor.kill();
@@ -292,18 +316,17 @@ impl AgentHost {
         }
     }
 
-    async fn spawn_agent(
-        myself: &ActorRef<HostMsg>,
-        state: &mut HostState,
-        request: SpawnAgent,
-    ) -> Option<String> {
+    /// The quick part of a `Spawn`, in the handler: replaces an older incarnation, checks the
+    /// allow-list and builds the backend. `Err` is the spawn error to answer.
+    fn prepare_spawn(state: &mut HostState, request: &SpawnAgent) -> Result<Arc<Backend>, String> {
         let key = (request.session.clone(), request.agent);
+        state.starting.remove(&key);
         if let Some(old) = state.agents.remove(&key) {
             state.by_actor.remove(&old.actor.get_id());
             old.actor.kill();
         }
         if let Err(refusal) = state.opts.allow.check(&request.spec.backend) {
-            return Some(format!(
+            return Err(format!(
                 "node `{}` does not allow this provider: {refusal}",
                 state.opts.name
             ));
@@ -316,27 +339,111 @@ impl AgentHost {
                     state.http.insert(connect_ms, client.clone());
                     client
                 }
-                Err(error) => return Some(format!("cannot build an HTTP client: {error}")),
+                Err(error) => return Err(format!("cannot build an HTTP client: {error}")),
             },
         };
         let env = state.opts.env.clone();
-        let backend = match Backend::new(&request.spec.backend, http, &|key| env.get(key)) {
-            Ok(backend) => Arc::new(backend),
-            Err(error) => return Some(format!("on node `{}`: {error}", state.opts.name)),
+        Backend::new(&request.spec.backend, http, &|key| env.get(key))
+            .map(Arc::new)
+            .map_err(|error| format!("on node `{}`: {error}", state.opts.name))
+    }
+
+    /// A `Spawn`: the quick checks here, then the agent's MCP servers start in a task, on this
+    /// node with this node's environment for `${VAR}` (see the module docs).
+    fn on_spawn(myself: &ActorRef<HostMsg>, state: &mut HostState, request: SpawnAgent) {
+        let backend = match Self::prepare_spawn(state, &request) {
+            Ok(backend) => backend,
+            Err(error) => return Self::answer_spawn(state, &request, Some(error), Vec::new()),
         };
-        // The agent's MCP servers start here, on the node that runs it, with this node's
-        // environment for `${VAR}`; a required one that cannot start refuses the agent.
-        let lookup = |key: &str| env.get(key);
-        let tools = match crate::tools::ToolBox::start(
-            &request.spec.id,
-            &request.spec.tools,
-            &lookup,
-        )
-        .await
-        {
-            Ok(tools) => Arc::new(tools),
-            Err(error) => return Some(format!("on node `{}`: {error}", state.opts.name)),
+        state.starting.insert(
+            (request.session.clone(), request.agent),
+            request.incarnation,
+        );
+        let env = state.opts.env.clone();
+        let reply = myself.clone();
+        let link = state.link;
+        tokio::spawn(async move {
+            let lookup = |key: &str| env.get(key);
+            let result = ToolBox::start(&request.spec.id, &request.spec.tools, &lookup).await;
+            // A host that is gone drops the message, and with it the servers.
+            let _ = reply.send_message(HostMsg::ToolsStarted(Box::new(ToolsStarted {
+                request,
+                backend,
+                link,
+                result,
+            })));
+        });
+    }
+
+    /// The agent's MCP servers started (or did not): spawn the agent and answer the `Spawn`,
+    /// unless the start is stale (see the module docs).
+    async fn on_tools_started(
+        myself: &ActorRef<HostMsg>,
+        state: &mut HostState,
+        started: ToolsStarted,
+    ) {
+        let ToolsStarted {
+            request,
+            backend,
+            link,
+            result,
+        } = started;
+        let key = (request.session.clone(), request.agent);
+        if link != state.link || state.starting.get(&key) != Some(&request.incarnation) {
+            debug!(session = %request.session, agent = request.agent, "MCP servers of a replaced or ended agent stopped");
+            if let Ok(tools) = result {
+                tools.shutdown().await;
+            }
+            return;
+        }
+        state.starting.remove(&key);
+        let (error, reports) = match result {
+            Ok(tools) => {
+                let reports = tools.starts().iter().map(ServerStart::report).collect();
+                let error =
+                    Self::launch_agent(myself, state, &request, backend, Arc::new(tools)).await;
+                (error, reports)
+            }
+            Err(error) => (
+                Some(format!("on node `{}`: {error}", state.opts.name)),
+                Vec::new(),
+            ),
         };
+        Self::answer_spawn(state, &request, error, reports);
+    }
+
+    /// Answers a `Spawn` with `Spawned`.
+    fn answer_spawn(
+        state: &HostState,
+        request: &SpawnAgent,
+        error: Option<String>,
+        tools: Vec<ServerStartReport>,
+    ) {
+        if let Some(error) = &error {
+            warn!(session = %request.session, agent = request.agent, %error, "agent could not start");
+        }
+        Self::send(
+            state,
+            ToOrchestrator::Spawned {
+                link: state.link,
+                session: request.session.clone(),
+                agent: request.agent,
+                incarnation: request.incarnation,
+                error,
+                tools,
+            },
+        );
+    }
+
+    /// Spawns the agent actor with its backend and tools. `Some` is the spawn error.
+    async fn launch_agent(
+        myself: &ActorRef<HostMsg>,
+        state: &mut HostState,
+        request: &SpawnAgent,
+        backend: Arc<Backend>,
+        tools: Arc<ToolBox>,
+    ) -> Option<String> {
+        let key = (request.session.clone(), request.agent);
         let (agent, incarnation) = (request.agent, request.incarnation);
         let to_host = myself.clone();
         let sink: ReportSink = Arc::new(move |envelope| {
@@ -400,24 +507,7 @@ impl AgentHost {
                 Self::teardown(myself, state, "refused by the orchestrator");
             }
             ToHost::Heartbeat => state.liveness.saw(Instant::now()),
-            ToHost::Spawn(request) => {
-                let (session, agent, incarnation) =
-                    (request.session.clone(), request.agent, request.incarnation);
-                let error = Self::spawn_agent(myself, state, *request).await;
-                if let Some(error) = &error {
-                    warn!(%session, agent, %error, "agent could not start");
-                }
-                Self::send(
-                    state,
-                    ToOrchestrator::Spawned {
-                        link: state.link,
-                        session,
-                        agent,
-                        incarnation,
-                        error,
-                    },
-                );
-            }
+            ToHost::Spawn(request) => Self::on_spawn(myself, state, *request),
             ToHost::Command {
                 agent,
                 incarnation,
@@ -437,6 +527,7 @@ impl AgentHost {
                 }
             }
             ToHost::EndSession { session } => {
+                state.starting.retain(|(s, _), _| *s != session);
                 let ended: Vec<_> = state
                     .agents
                     .keys()
@@ -533,6 +624,7 @@ impl Actor for AgentHost {
             liveness: Liveness::new(Instant::now(), deadline),
             agents: HashMap::new(),
             by_actor: HashMap::new(),
+            starting: HashMap::new(),
             http: HashMap::new(),
         })
     }
@@ -585,6 +677,9 @@ impl Actor for AgentHost {
             }
             HostMsg::Node(event) => Self::on_node_event(&myself, state, event),
             HostMsg::Frame(frame) => Self::on_frame(&myself, state, frame).await,
+            HostMsg::ToolsStarted(started) => {
+                Self::on_tools_started(&myself, state, *started).await;
+            }
             HostMsg::Tick => match state.phase {
                 Phase::Joined => {
                     let now = Instant::now();

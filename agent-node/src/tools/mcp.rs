@@ -61,6 +61,8 @@ pub struct ServerStart {
     pub duration: Duration,
     /// Tools offered after filtering (0 when it did not start).
     pub tools: usize,
+    /// The server is marked `optional: true`.
+    pub optional: bool,
     /// Why an optional server was left out.
     pub error: Option<String>,
 }
@@ -73,6 +75,7 @@ impl ServerStart {
             transport: self.transport.to_owned(),
             duration_ms: u64::try_from(self.duration.as_millis()).unwrap_or(u64::MAX),
             tools: u32::try_from(self.tools).unwrap_or(u32::MAX),
+            optional: self.optional,
             error: self.error.clone(),
         }
     }
@@ -115,7 +118,12 @@ pub(crate) async fn start_all(
         let spec = &server.spec;
         match outcome {
             Ok(()) => {
-                let tools = server.list().len();
+                let filter = server.filter();
+                let tools = server
+                    .list()
+                    .iter()
+                    .filter(|t| filter.admits(&spec.name, &t.name))
+                    .count();
                 info!(agent, server = %spec.name, tools, ms = duration.as_millis() as u64, "MCP server started");
                 out.push((
                     Some(server.clone()),
@@ -124,6 +132,7 @@ pub(crate) async fn start_all(
                         transport: spec.transport.kind(),
                         duration,
                         tools,
+                        optional: spec.optional,
                         error: None,
                     },
                 ));
@@ -137,6 +146,7 @@ pub(crate) async fn start_all(
                         transport: spec.transport.kind(),
                         duration,
                         tools: 0,
+                        optional: true,
                         error: Some(problem),
                     },
                 ));

@@ -56,6 +56,7 @@ use conclave_protocol::tools::{AgentTools, ToolCallReport, ToolLimits};
 use futures::StreamExt;
 use futures::future::BoxFuture;
 use serde_json::{Map as JsonMap, Value as Json};
+use tracing::Instrument;
 
 use crate::llm::{ChatMessage, ToolSpec};
 
@@ -133,6 +134,10 @@ pub struct ToolCallRecord {
     /// What went wrong, when something did (unknown tool, bad arguments, tool error,
     /// timeout, dead server). The model reads the same text in [`Self::content`].
     pub error: Option<String>,
+    /// The kind of [`Self::error`], for traces (`error.type`): `tool_error` (the tool ran and
+    /// reported an error), `unknown_tool`, `invalid_arguments`, `tool_unavailable` (the server
+    /// could not run the call) or `timeout`.
+    pub error_type: Option<&'static str>,
     /// The text fed back to the model as the call's result.
     pub content: String,
 }
@@ -192,7 +197,7 @@ pub struct ToolFilter {
 }
 
 impl ToolFilter {
-    fn admits(&self, server: &str, tool: &str) -> bool {
+    pub(crate) fn admits(&self, server: &str, tool: &str) -> bool {
         let full = mcp_tool_name(server, tool);
         let named = |list: &[String]| list.iter().any(|n| n == tool || *n == full);
         self.allowed.as_deref().is_none_or(named) && !named(&self.exclude)
@@ -318,8 +323,16 @@ impl ToolBox {
             .await
     }
 
-    /// Runs one call (see [`Self::call_batch`]).
+    /// Runs one call (see [`Self::call_batch`]) inside its `execute_tool {name}` span
+    /// ([`tool_span`]), a child of whatever span is current (the turn's `invoke_agent`).
     pub async fn call(&self, call: &ToolCall) -> ToolCallRecord {
+        let span = tool_span(call);
+        let record = self.call_untraced(call).instrument(span.clone()).await;
+        finish_tool_span(&span, &record);
+        record
+    }
+
+    async fn call_untraced(&self, call: &ToolCall) -> ToolCallRecord {
         let started = Instant::now();
         let mut record = ToolCallRecord {
             call_id: call.id.clone(),
@@ -329,6 +342,7 @@ impl ToolBox {
             result_bytes: 0,
             truncated: false,
             error: None,
+            error_type: None,
             content: String::new(),
         };
         let outcome = self.run(call).await;
@@ -341,14 +355,16 @@ impl ToolBox {
                 if output.is_error {
                     let text = format!("error: tool `{}` failed: {text}", call.name);
                     record.error = Some(text.clone());
+                    record.error_type = Some("tool_error");
                     record.content = text;
                 } else {
                     record.content = text;
                 }
             }
-            Err(problem) => {
+            Err((kind, problem)) => {
                 let text = format!("error: {problem}");
                 record.error = Some(text.clone());
+                record.error_type = Some(kind);
                 record.content = text;
             }
         }
@@ -356,32 +372,37 @@ impl ToolBox {
     }
 
     /// Looks the tool up, checks the arguments and calls it under the timeout. `Err` is the
-    /// problem told to the model.
-    async fn run(&self, call: &ToolCall) -> Result<ToolOutput, String> {
+    /// kind of problem (see [`ToolCallRecord::error_type`]) and the text told to the model.
+    async fn run(&self, call: &ToolCall) -> Result<ToolOutput, (&'static str, String)> {
         let Some(&index) = self.by_name.get(&call.name) else {
-            return Err(self.unknown_tool(&call.name));
+            return Err(("unknown_tool", self.unknown_tool(&call.name)));
         };
         let entry = &self.entries[index];
-        let arguments = parse_arguments(&call.name, &call.arguments)?;
+        let invalid = |problem| ("invalid_arguments", problem);
+        let arguments = parse_arguments(&call.name, &call.arguments).map_err(invalid)?;
         check_arguments(&entry.spec.parameters, &arguments).map_err(|problem| {
-            format!(
+            invalid(format!(
                 "the arguments of `{}` do not match its schema: {problem}; call it again with \
                  arguments that do",
                 call.name
-            )
+            ))
         })?;
         let kind = &self.kinds[entry.kind];
         let timeout = Duration::from_secs(self.limits.tool_timeout_seconds.max(1));
         match tokio::time::timeout(timeout, kind.call(&entry.tool, arguments)).await {
             Ok(Ok(output)) => Ok(output),
-            Ok(Err(ToolError::Failed(problem))) => {
-                Err(format!("tool `{}` could not run: {problem}", call.name))
-            }
-            Err(_) => Err(format!(
-                "tool `{}` did not answer within {} s (the agent's tool_timeout_seconds); \
+            Ok(Err(ToolError::Failed(problem))) => Err((
+                "tool_unavailable",
+                format!("tool `{}` could not run: {problem}", call.name),
+            )),
+            Err(_) => Err((
+                "timeout",
+                format!(
+                    "tool `{}` did not answer within {} s (the agent's tool_timeout_seconds); \
                  the call was abandoned",
-                call.name,
-                timeout.as_secs()
+                    call.name,
+                    timeout.as_secs()
+                ),
             )),
         }
     }
@@ -403,6 +424,51 @@ impl ToolBox {
     /// waits for a graceful stop.
     pub async fn shutdown(&self) {
         futures::future::join_all(self.kinds.iter().map(|k| k.shutdown())).await;
+    }
+}
+
+/// The `execute_tool {name}` span of one call, with the OpenTelemetry GenAI tool attributes
+/// (`gen_ai.operation.name`, `gen_ai.tool.name`, `gen_ai.tool.call.id`, `gen_ai.tool.type`).
+/// The arguments are recorded only when content capture is on
+/// ([`crate::telemetry::capture_content`]); `error.type` and the result are filled in by
+/// [`finish_tool_span`].
+fn tool_span(call: &ToolCall) -> tracing::Span {
+    let span = tracing::info_span!(
+        "execute_tool",
+        otel.name = %format!("execute_tool {}", call.name),
+        otel.status_code = tracing::field::Empty,
+        gen_ai.operation.name = "execute_tool",
+        gen_ai.tool.name = %call.name,
+        gen_ai.tool.call.id = %call.id,
+        gen_ai.tool.type = "function",
+        gen_ai.tool.call.arguments = tracing::field::Empty,
+        gen_ai.tool.call.result = tracing::field::Empty,
+        error.type = tracing::field::Empty,
+    );
+    if !span.is_disabled() && content_captured() {
+        span.record("gen_ai.tool.call.arguments", call.arguments.as_str());
+    }
+    span
+}
+
+/// Whether tool arguments and results may go on spans (an exporter is on and content capture
+/// was asked for).
+fn content_captured() -> bool {
+    crate::telemetry::is_active() && crate::telemetry::capture_content()
+}
+
+/// Records how a call ended on its span: `error.type` ([`ToolCallRecord::error_type`]) with
+/// an error status, and the result when content capture is on.
+fn finish_tool_span(span: &tracing::Span, record: &ToolCallRecord) {
+    if span.is_disabled() {
+        return;
+    }
+    if let Some(kind) = record.error_type {
+        span.record("error.type", kind);
+        span.record("otel.status_code", "ERROR");
+    }
+    if content_captured() {
+        span.record("gen_ai.tool.call.result", record.content.as_str());
     }
 }
 
@@ -600,6 +666,144 @@ mod tests {
             exclude: Vec::new(),
         };
         assert!(!none.admits("s", "lookup"));
+    }
+
+    /// A kind with one tool, `echo`, that returns its `text` argument, or reports a tool
+    /// error when the text is `fail`.
+    struct Echo;
+
+    impl ToolKind for Echo {
+        fn name(&self) -> &str {
+            "demo"
+        }
+        fn list(&self) -> Vec<ToolDef> {
+            vec![ToolDef {
+                name: "echo".into(),
+                description: "echoes".into(),
+                schema: json!({"type": "object", "properties": {"text": {"type": "string"}},
+                    "required": ["text"]}),
+            }]
+        }
+        fn call(
+            &self,
+            _tool: &str,
+            arguments: JsonMap<String, Json>,
+        ) -> BoxFuture<'_, Result<ToolOutput, ToolError>> {
+            let text = arguments
+                .get("text")
+                .and_then(Json::as_str)
+                .unwrap_or_default()
+                .to_owned();
+            Box::pin(async move {
+                Ok(ToolOutput {
+                    is_error: text == "fail",
+                    text,
+                })
+            })
+        }
+        fn shutdown(&self) -> BoxFuture<'_, ()> {
+            Box::pin(async {})
+        }
+    }
+
+    fn call(id: &str, name: &str, arguments: &str) -> ToolCall {
+        ToolCall::new(id, name, arguments)
+    }
+
+    /// Every call is one `execute_tool {name}` span under the turn's `invoke_agent` span, with
+    /// the GenAI tool attributes; a failed call carries `error.type` and an error status; the
+    /// arguments stay off the span while content capture is off.
+    #[test]
+    fn each_call_is_an_execute_tool_span_under_the_turn() {
+        use opentelemetry::trace::{Status, TracerProvider as _};
+        use opentelemetry_sdk::trace::{InMemorySpanExporter, SdkTracerProvider};
+        use tracing_subscriber::layer::SubscriberExt;
+
+        let exporter = InMemorySpanExporter::default();
+        let provider = SdkTracerProvider::builder()
+            .with_simple_exporter(exporter.clone())
+            .build();
+        let subscriber = tracing_subscriber::registry()
+            .with(tracing_opentelemetry::layer().with_tracer(provider.tracer("test")));
+        let toolbox = ToolBox::from_kinds(vec![Arc::new(Echo)], ToolLimits::default());
+        let runtime = tokio::runtime::Builder::new_current_thread()
+            .enable_time()
+            .build()
+            .unwrap();
+        let records = tracing::subscriber::with_default(subscriber, || {
+            let turn = tracing::info_span!("invoke_agent", otel.name = "invoke_agent alpha");
+            runtime.block_on(
+                async {
+                    toolbox
+                        .call_batch(&[
+                            call("c1", "mcp__demo__echo", r#"{"text": "hi"}"#),
+                            call("c2", "mcp__demo__echo", r#"{"text": "fail"}"#),
+                            call("c3", "mcp__demo__nope", "{}"),
+                            call("c4", "mcp__demo__echo", "{}"),
+                        ])
+                        .await
+                }
+                .instrument(turn),
+            )
+        });
+        assert_eq!(records[0].error_type, None);
+        assert_eq!(records[1].error_type, Some("tool_error"));
+        assert_eq!(records[2].error_type, Some("unknown_tool"));
+        assert_eq!(records[3].error_type, Some("invalid_arguments"));
+        provider.force_flush().unwrap();
+        let spans = exporter.get_finished_spans().unwrap();
+        let turn = spans
+            .iter()
+            .find(|s| s.name == "invoke_agent alpha")
+            .expect("the turn span");
+        let attribute = |span: &opentelemetry_sdk::trace::SpanData, key: &str| {
+            span.attributes
+                .iter()
+                .find(|kv| kv.key.as_str() == key)
+                .map(|kv| kv.value.to_string())
+        };
+        let tools: Vec<_> = spans
+            .iter()
+            .filter(|s| s.name.starts_with("execute_tool "))
+            .collect();
+        assert_eq!(
+            tools.len(),
+            4,
+            "{:#?}",
+            spans.iter().map(|s| &s.name).collect::<Vec<_>>()
+        );
+        for (id, error) in [
+            ("c1", None),
+            ("c2", Some("tool_error")),
+            ("c3", Some("unknown_tool")),
+            ("c4", Some("invalid_arguments")),
+        ] {
+            let span = tools
+                .iter()
+                .find(|s| attribute(s, "gen_ai.tool.call.id").as_deref() == Some(id))
+                .unwrap_or_else(|| panic!("no span for call {id}"));
+            assert_eq!(span.parent_span_id, turn.span_context.span_id());
+            assert_eq!(span.span_context.trace_id(), turn.span_context.trace_id());
+            let tool = if id == "c3" {
+                "mcp__demo__nope"
+            } else {
+                "mcp__demo__echo"
+            };
+            assert_eq!(span.name, format!("execute_tool {tool}"));
+            assert_eq!(
+                attribute(span, "gen_ai.operation.name").as_deref(),
+                Some("execute_tool")
+            );
+            assert_eq!(attribute(span, "gen_ai.tool.name").as_deref(), Some(tool));
+            assert_eq!(
+                attribute(span, "gen_ai.tool.type").as_deref(),
+                Some("function")
+            );
+            assert_eq!(attribute(span, "error.type").as_deref(), error);
+            assert_eq!(matches!(span.status, Status::Error { .. }), error.is_some());
+            assert_eq!(attribute(span, "gen_ai.tool.call.arguments"), None);
+            assert_eq!(attribute(span, "gen_ai.tool.call.result"), None);
+        }
     }
 
     #[test]

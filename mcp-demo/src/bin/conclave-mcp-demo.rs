@@ -3,7 +3,8 @@
 //! stdio by default; `--http 127.0.0.1:0` serves Streamable HTTP and prints
 //! `listening on http://ADDR/mcp` on stdout once bound (tests read the port from it).
 //! `--fail-start TEXT` writes TEXT to stderr and exits 2 before speaking MCP: a server that
-//! cannot start, for the start-up error tests.
+//! cannot start, for the start-up error tests. `--start-delay-ms N` waits N ms (at most
+//! 60 000) before speaking MCP: a slow-starting server, for the start-up time tests.
 
 use anyhow::Context;
 use clap::Parser;
@@ -19,6 +20,10 @@ struct Args {
     /// Fail at start: write this text to stderr and exit with status 2.
     #[arg(long, value_name = "TEXT")]
     fail_start: Option<String>,
+    /// Wait this many milliseconds before speaking MCP (a slow start).
+    #[arg(long, value_name = "MS", default_value_t = 0,
+          value_parser = clap::value_parser!(u64).range(0..=60_000))]
+    start_delay_ms: u64,
 }
 
 #[tokio::main]
@@ -35,6 +40,9 @@ async fn main() -> anyhow::Result<()> {
     if let Some(text) = args.fail_start {
         eprintln!("{text}");
         std::process::exit(2);
+    }
+    if args.start_delay_ms > 0 {
+        tokio::time::sleep(std::time::Duration::from_millis(args.start_delay_ms)).await;
     }
     match args.http {
         Some(addr) => {

@@ -55,6 +55,7 @@ use conclave_protocol::cluster::{
     ToOrchestrator, host_group,
 };
 use conclave_protocol::config::AgentSpec;
+use conclave_protocol::tools::ServerStartReport;
 use conclave_protocol::{CoordinatorCommand, Envelope, SessionId};
 use ractor::pg::GroupChangeMessage;
 use ractor::{Actor, ActorId, ActorProcessingErr, ActorRef, SupervisionEvent};
@@ -64,7 +65,7 @@ use tokio::sync::{oneshot, watch};
 use tokio::time::Instant;
 use tracing::{debug, info, warn};
 
-use super::{PLACE_TIMEOUT, PlaceError, Placement};
+use super::{PLACE_TIMEOUT, PlaceError, PlacedTools, Placement};
 use crate::coordinator::CoordinatorMsg;
 
 /// A joined agent node, as sessions see it.
@@ -155,10 +156,12 @@ struct Placed {
     link: Link,
     /// Why the agent went down before a coordinator was attached (told on attach).
     untold_loss: Option<String>,
+    /// How its MCP servers started on the node (from `Spawned`).
+    tools: Vec<ServerStartReport>,
 }
 
 /// Where a placement's answer goes.
-type PlaceReply = oneshot::Sender<Result<(), PlaceError>>;
+type PlaceReply = oneshot::Sender<Result<PlacedTools, PlaceError>>;
 
 struct Route {
     coordinator: Option<ActorRef<CoordinatorMsg>>,
@@ -433,6 +436,7 @@ impl GatewayState {
         agent: u32,
         incarnation: u64,
         error: Option<String>,
+        tools: Vec<ServerStartReport>,
     ) {
         let Some(route) = self.routes.get_mut(&session) else {
             return;
@@ -449,6 +453,7 @@ impl GatewayState {
         match error {
             None => {
                 placed.link = Link::Live;
+                placed.tools = tools;
                 if rejoin {
                     info!(%session, agent = %placed.spec.id, node = %placed.node, "agent back on its node");
                     if let Some(coordinator) = &route.coordinator {
@@ -460,7 +465,13 @@ impl GatewayState {
                     if pending.is_empty()
                         && let Some((reply, _)) = route.placing.take()
                     {
-                        let _ = reply.send(Ok(()));
+                        let mut started: PlacedTools = route
+                            .agents
+                            .iter()
+                            .map(|(agent, placed)| (*agent, placed.tools.clone()))
+                            .collect();
+                        started.sort_by_key(|(agent, _)| *agent);
+                        let _ = reply.send(Ok(started));
                     }
                 }
             }
@@ -509,8 +520,9 @@ impl GatewayState {
                 agent,
                 incarnation,
                 error,
+                tools,
                 ..
-            } => self.on_spawned(&sender, session, agent, incarnation, error),
+            } => self.on_spawned(&sender, session, agent, incarnation, error, tools),
             ToOrchestrator::Report {
                 agent,
                 incarnation,
@@ -764,6 +776,7 @@ impl Actor for Gateway {
                         incarnation: state.incarnation(),
                         link: Link::Spawning { rejoin: false },
                         untold_loss: None,
+                        tools: Vec::new(),
                     };
                     requests.push((
                         placed.node.clone(),
@@ -1104,6 +1117,7 @@ mod tests {
                 incarnation: INCARNATION,
                 link: Link::Live,
                 untold_loss: None,
+                tools: Vec::new(),
             },
         );
         state.routes.insert(

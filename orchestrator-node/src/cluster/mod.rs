@@ -98,8 +98,14 @@ impl std::fmt::Debug for Cluster {
     }
 }
 
-/// How long an agent node has to answer a spawn request.
-pub const PLACE_TIMEOUT: Duration = Duration::from_secs(15);
+/// How long an agent node has to answer a spawn request: 15 s, plus the time its MCP servers
+/// may take to start there.
+pub const PLACE_TIMEOUT: Duration =
+    Duration::from_secs(15 + conclave_agent::tools::mcp::DEFAULT_START_TIMEOUT.as_secs());
+
+/// How the MCP servers of each placed agent started on its node: `(agent index, one report
+/// per server in config order)`, in agent order.
+pub type PlacedTools = Vec<(u32, Vec<conclave_protocol::tools::ServerStartReport>)>;
 
 impl Cluster {
     /// Starts the node server and the gateway.
@@ -173,13 +179,14 @@ impl Cluster {
     }
 
     /// Spawns a session's remote agents on their nodes; bounded by [`PLACE_TIMEOUT`].
+    /// Returns how each agent's MCP servers started on its node.
     pub async fn place(
         &self,
         session: &SessionId,
         placements: Vec<Placement>,
-    ) -> Result<(), PlaceError> {
+    ) -> Result<PlacedTools, PlaceError> {
         if placements.is_empty() {
-            return Ok(());
+            return Ok(Vec::new());
         }
         let (reply, answer) = oneshot::channel();
         self.gateway

@@ -116,14 +116,26 @@ const RESPONSES_PARAMS: &[&str] = &[
 /// Top-level Anthropic Messages request parameters passed through the same way.
 const ANTHROPIC_PARAMS: &[&str] = &["top_k", "stop_sequences", "metadata", "service_tier"];
 
+/// The Claude Code CLI settings MassGen's `claude_code` backend takes at the top level of
+/// `backend:`, passed on like `extra_body` (the provider reads them from there): the tool
+/// allow and deny lists, the permission mode and the turn bound. They restrict what the CLI
+/// may do, so they are honoured, never dropped.
+const CLAUDE_CODE_PARAMS: &[&str] = &[
+    "allowed_tools",
+    "disallowed_tools",
+    "permission_mode",
+    "max_turns",
+];
+
 /// The request parameters passed through for `wire`.
 fn passthrough_params(wire: WireFormat) -> &'static [&'static str] {
     match wire {
         WireFormat::OpenAiChat | WireFormat::AzureOpenAi => CHAT_PARAMS,
         WireFormat::OpenAiResponses => RESPONSES_PARAMS,
         WireFormat::Anthropic => ANTHROPIC_PARAMS,
-        // Gemini nests its parameters (`generationConfig.topK`); the CLI has no request body.
-        WireFormat::Gemini | WireFormat::ClaudeCode => &[],
+        // Gemini nests its parameters (`generationConfig.topK`).
+        WireFormat::Gemini => &[],
+        WireFormat::ClaudeCode => CLAUDE_CODE_PARAMS,
     }
 }
 

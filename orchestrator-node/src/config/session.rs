@@ -50,7 +50,7 @@ use conclave_protocol::config::{
 use super::backend;
 use super::error::ConfigError;
 use super::massgen;
-use super::tree::{Ctx, Field, Fields, Node, optional};
+use super::tree::{Ctx, Field, Fields, KnownKey, Node, optional};
 
 /// The longest timeout accepted, in seconds (30 days).
 pub const MAX_TIMEOUT_SECONDS: u64 = 30 * 24 * 3600;
@@ -235,6 +235,7 @@ fn agent(
         .or(backend_workflow)
         .unwrap_or_default();
 
+    super::tools::refuse_keys(&mut fields, massgen::AGENT_REFUSED, ctx)?;
     fields.finish(massgen::AGENT, ctx);
     Ok(AgentSpec {
         id,
@@ -442,8 +443,48 @@ fn orchestrator_settings(
         timeout.finish(massgen::ORCHESTRATOR_TIMEOUT, ctx);
     }
 
+    super::tools::refuse_keys(&mut fields, massgen::ORCHESTRATOR_REFUSED, ctx)?;
+    if let Some(node) = fields.take("coordination") {
+        coordination(node, ctx)?;
+    }
+
     fields.finish(massgen::ORCHESTRATOR, ctx);
     Ok((settings, legacy_timeout))
+}
+
+/// MassGen's `orchestrator.coordination`: the settings that give agents abilities are refused
+/// when on (naming the key and the feature), the others are ignored with a warning (see
+/// module `massgen`). A sub-mapping with `enabled: false` counts as off.
+fn coordination(node: &Node, ctx: &mut Ctx<'_>) -> Result<(), ConfigError> {
+    let mut fields = Fields::new(node, "orchestrator.coordination", "a mapping", ctx)?;
+    for (key, feature) in massgen::COORDINATION_REFUSED {
+        let path = fields.child_path(key);
+        let on = match fields.take(key) {
+            Some(Node::Map(entries)) => match entries.iter().find(|(k, _)| k == "enabled") {
+                Some((_, enabled)) => super::tools::is_on(enabled),
+                None => !entries.is_empty(),
+            },
+            Some(other) => super::tools::is_on(other),
+            None => false,
+        };
+        if on {
+            return Err(ctx.invalid(
+                &path,
+                format!(
+                    "MassGen's {feature} is not supported yet by conclave; remove `{key}` or \
+                     set it to false"
+                ),
+            ));
+        }
+    }
+    fields.finish(
+        &[KnownKey {
+            name: "*",
+            note: massgen::COORDINATION_NOT_YET,
+        }],
+        ctx,
+    );
+    Ok(())
 }
 
 /// `timeout_settings:` into `timeouts` (and `node_join_timeout_seconds` into `orchestrator`,

@@ -8,9 +8,11 @@
 //!   `allowed_tools`, `exclude_tools` (its tools' own names) and `optional: true` (a server
 //!   that cannot start is left out instead of failing the session). MassGen's `security:` is
 //!   read and ignored with a warning (conclave does not run MassGen's MCP security checks).
-//! - `allowed_tools` / `exclude_tools`: MassGen's backend-level lists of full tool names
-//!   (`mcp__{server}__{tool}`). An allow list restricts MCP tools only when it names at least
-//!   one `mcp__` tool (Claude Code configs list the CLI's own tools, `Read`, `Bash`, there).
+//! - `allowed_tools` / `exclude_tools` / `disallowed_tools`: MassGen's backend-level lists of
+//!   full tool names (`mcp__{server}__{tool}`); `disallowed_tools` is another deny list, its
+//!   `mcp__` names are excluded like `exclude_tools`. An allow list restricts MCP tools only
+//!   when it names at least one `mcp__` tool (Claude Code configs list the CLI's own tools,
+//!   `Read`, `Bash`, there; that backend passes both lists to the CLI).
 //! - Bounds of the tool loop: `max_tool_rounds` (default 25), `tool_timeout_seconds` (60),
 //!   `max_tool_result_bytes` (65536), `max_concurrent_tools` (4); MassGen's
 //!   `concurrent_tool_execution: false` runs one call at a time.
@@ -83,7 +85,7 @@ const REFUSED: &[(&str, &str)] = &[
 const COMMAND_LINE_PREFIX: &str = "command_line_";
 
 /// Whether a value turns a feature on: anything but null, `false`, `""`, `[]` or `{}`.
-fn is_on(node: &Node) -> bool {
+pub(crate) fn is_on(node: &Node) -> bool {
     match node {
         Node::Null | Node::Bool(false) => false,
         Node::Str(s) => !s.trim().is_empty() && !s.trim().eq_ignore_ascii_case("false"),
@@ -93,13 +95,14 @@ fn is_on(node: &Node) -> bool {
     }
 }
 
-/// Reads the tool keys of one `backend:` mapping (before its unknown keys are reported).
-pub(crate) fn resolve(
+/// Refuses the first key of `refused` that `fields` sets to an "on" value (see [`is_on`]),
+/// with its reason; an "off" value is read and accepted.
+pub(crate) fn refuse_keys(
     fields: &mut Fields<'_>,
-    wire: WireFormat,
-    ctx: &mut Ctx<'_>,
-) -> Result<AgentTools, ConfigError> {
-    for (key, why) in REFUSED {
+    refused: &[(&str, &str)],
+    ctx: &Ctx<'_>,
+) -> Result<(), ConfigError> {
+    for (key, why) in refused {
         let path = fields.child_path(key);
         if let Some(node) = fields.take(key)
             && is_on(node)
@@ -107,6 +110,17 @@ pub(crate) fn resolve(
             return Err(ctx.invalid(&path, *why));
         }
     }
+    Ok(())
+}
+
+/// Reads the tool keys of one `backend:` mapping (before its unknown keys are reported).
+pub(crate) fn resolve(
+    fields: &mut Fields<'_>,
+    wire: WireFormat,
+    ctx: &mut Ctx<'_>,
+) -> Result<AgentTools, ConfigError> {
+    refuse_keys(fields, REFUSED, ctx)?;
+    refuse_keys(fields, super::massgen::BACKEND_REFUSED, ctx)?;
     for key in fields.keys_with_prefix(COMMAND_LINE_PREFIX) {
         let path = fields.child_path(&key);
         if let Some(node) = fields.take(&key)
@@ -122,7 +136,14 @@ pub(crate) fn resolve(
 
     let limits = limits(fields, ctx)?;
     let allowed = optional(fields, "allowed_tools", |f| name_list(f, ctx))?;
-    let excluded = optional(fields, "exclude_tools", |f| name_list(f, ctx))?.unwrap_or_default();
+    let mut excluded =
+        optional(fields, "exclude_tools", |f| name_list(f, ctx))?.unwrap_or_default();
+    // MassGen's `disallowed_tools` (written for Claude Code) is a deny list too: its `mcp__`
+    // names keep MCP tools from being offered; the others name tools only the Claude Code CLI
+    // has, which that backend passes to the CLI (`--disallowedTools`, module `backend`).
+    if let Some(disallowed) = optional(fields, "disallowed_tools", |f| name_list(f, ctx))? {
+        excluded.extend(disallowed.into_iter().filter(|n| n.starts_with("mcp__")));
+    }
 
     let servers_path = fields.child_path("mcp_servers");
     let mut servers = match fields.take("mcp_servers") {

@@ -229,3 +229,112 @@ fn a_submitted_config_may_not_start_programs_or_read_the_servers_environment() {
         .expect("an HTTP server loads (the server checks its URL)");
     assert_eq!(loaded.config.agents[0].tools.mcp_servers.len(), 1);
 }
+
+/// MassGen keys that change what an agent can do, or what it is told, never load with only a
+/// warning: `disallowed_tools` is honoured (MCP tools are excluded; on `claude_code` it and
+/// the CLI's other restrictions go to the CLI), the rest are refused naming the key.
+#[test]
+fn massgen_keys_that_change_an_agent_are_honoured_or_refused() {
+    // `disallowed_tools`: its `mcp__` names exclude MCP tools.
+    let tools = tools_of(
+        "type: openai\nmodel: m\nmcp_servers: [{name: s, type: stdio, command: x}]\n\
+         disallowed_tools: [mcp__s__drop, Bash]\n",
+    );
+    assert_eq!(tools.mcp_servers[0].exclude_tools, ["mcp__s__drop"]);
+
+    // `claude_code`: the CLI's allow/deny lists, permission mode and turn bound reach the CLI.
+    let loaded = load(
+        "agent:\n  backend:\n    type: claude_code\n    disallowed_tools: [Bash]\n    \
+         allowed_tools: [Read]\n    permission_mode: default\n    max_turns: 3\n",
+    );
+    let warnings: Vec<String> = loaded.warnings.iter().map(ToString::to_string).collect();
+    assert!(warnings.is_empty(), "{warnings:?}");
+    let body: serde_json::Value = serde_json::from_str(
+        loaded.config.agents[0]
+            .backend
+            .extra_body
+            .as_deref()
+            .expect("the CLI settings"),
+    )
+    .unwrap();
+    assert_eq!(body["disallowed_tools"], serde_json::json!(["Bash"]));
+    assert_eq!(body["allowed_tools"], serde_json::json!(["Read"]));
+    assert_eq!(body["permission_mode"], "default");
+    assert_eq!(body["max_turns"], 3);
+
+    // Backend keys refused.
+    for (key, value, fragment) in [
+        ("upload_files", "[{image_path: a.jpg}]", "`upload_files`"),
+        ("system_prompt", "Be brief.", "`system_message`"),
+        ("append_system_prompt", "Be brief.", "`system_message`"),
+        ("agent_config", "{name: a}", "`ag2`"),
+        ("group_config", "{max_round: 3}", "`ag2`"),
+    ] {
+        let err = backend_err(&format!("type: openai\nmodel: m\n{key}: {value}\n"));
+        let text = err.to_string();
+        assert_eq!(
+            err.key_path(),
+            Some(format!("agent.backend.{key}").as_str()),
+            "{text}"
+        );
+        assert!(text.contains(fragment), "{key}: {text}");
+    }
+
+    // Agent and orchestrator keys refused.
+    let agent = "agent:\n  backend: {type: openai, model: m}\n";
+    for (yaml, path, fragment) in [
+        (
+            format!("{agent}  append_system_prompt: Be brief.\n"),
+            "agent.append_system_prompt",
+            "`system_message`",
+        ),
+        (
+            format!("{agent}orchestrator:\n  context_paths: [{{path: /tmp}}]\n"),
+            "orchestrator.context_paths",
+            "context paths",
+        ),
+        (
+            format!("{agent}orchestrator:\n  coordination:\n    enable_planning_mode: true\n"),
+            "orchestrator.coordination.enable_planning_mode",
+            "planning mode",
+        ),
+        (
+            format!("{agent}orchestrator:\n  coordination:\n    use_skills: true\n"),
+            "orchestrator.coordination.use_skills",
+            "skills",
+        ),
+        (
+            format!(
+                "{agent}orchestrator:\n  coordination:\n    subagent_orchestrator: {{enabled: true}}\n"
+            ),
+            "orchestrator.coordination.subagent_orchestrator",
+            "subagent",
+        ),
+    ] {
+        let err = load_err(&yaml);
+        let text = err.to_string();
+        assert_eq!(err.key_path(), Some(path), "{text}");
+        assert!(text.contains(fragment), "{path}: {text}");
+        assert!(text.contains("not supported"), "{text}");
+    }
+
+    // Coordination settings that are off, or that do not change what an agent can do, load
+    // with a warning naming them; storage keys too.
+    let loaded = load(&format!(
+        "{agent}orchestrator:\n  snapshot_storage: snaps\n  session_storage: s\n  coordination:\n    \
+         enable_subagents: false\n    subagent_orchestrator: {{enabled: false}}\n    \
+         max_orchestration_restarts: 2\n"
+    ));
+    let warnings: Vec<String> = loaded.warnings.iter().map(ToString::to_string).collect();
+    for key in [
+        "orchestrator.snapshot_storage",
+        "orchestrator.session_storage",
+        "orchestrator.coordination.max_orchestration_restarts",
+    ] {
+        assert!(
+            warnings.iter().any(|w| w.contains(key)),
+            "{key}: {warnings:?}"
+        );
+    }
+    assert_eq!(warnings.len(), 3, "{warnings:?}");
+}

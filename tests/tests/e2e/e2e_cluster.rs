@@ -840,3 +840,88 @@ async fn mcp_servers_of_a_remote_agent_start_on_its_node() {
         }
     }
 }
+
+/// An MCP server that takes seconds to start on a node does not stall the node: its host keeps
+/// answering heartbeats (a deadline far shorter than the start) and spawns the node's other
+/// agent meanwhile. The session runs to consensus with no agent lost, and the journal records
+/// the slow server's start as the node reported it.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_slow_mcp_server_on_a_node_does_not_stall_its_host() {
+    const DELAY_MS: u64 = 4000;
+    let demo = workspace_bin("conclave-mcp-demo").expect("demo server built");
+    let setup = Setup::new().await;
+    let base = setup.sim.base_url();
+    let heartbeat = [
+        "--heartbeat-interval-ms",
+        "250",
+        "--heartbeat-deadline-ms",
+        "1500",
+    ];
+    let yaml = sim_cluster_yaml(
+        &base,
+        &[
+            NodeAgent {
+                id: "alpha",
+                model: "sim-a",
+                node: Some("node-a"),
+            },
+            NodeAgent {
+                id: "beta",
+                model: "sim-b",
+                node: Some("node-a"),
+            },
+        ],
+        "",
+        60,
+        30,
+    );
+    // Only alpha (the first agent) gets the slow server.
+    let yaml = yaml.replacen(
+        &format!("      base_url: \"{base}\"\n"),
+        &format!(
+            "      base_url: \"{base}\"\n      mcp_servers:\n        - name: slow\n          type: stdio\n          command: \"{}\"\n          args: [\"--start-delay-ms\", \"{DELAY_MS}\"]\n",
+            demo.display()
+        ),
+        1,
+    );
+    let config = setup.write_config(&yaml);
+    let orchestrator = setup.orchestrator(&config, "slow-mcp", &heartbeat);
+    let node = setup.node("node-a", &heartbeat);
+    let run = wait(orchestrator, DEADLINE).await;
+    let node_run = stop_node(node).await;
+    assert_eq!(
+        run.code,
+        Some(0),
+        "{}\nnode:\n{}",
+        explain(&run),
+        explain(&node_run)
+    );
+    assert!(
+        !node_run
+            .stderr
+            .contains("no heartbeat from the orchestrator"),
+        "node:\n{}",
+        explain(&node_run)
+    );
+    let journal = read_journal(&setup.session_dir("slow-mcp")).unwrap();
+    assert!(events_of(&journal, "agent_lost").is_empty(), "{journal:#?}");
+    let starts = events_of(&journal, "tool_server_started");
+    assert_eq!(starts.len(), 1, "{starts:#?}");
+    let start = &starts[0];
+    assert_eq!(start["agent"], "alpha");
+    assert_eq!(start["node"], "node-a");
+    assert_eq!(start["server"], "slow");
+    assert_eq!(start["transport"], "stdio");
+    assert_eq!(start["optional"], false);
+    assert!(start["error"].is_null(), "{start}");
+    assert!(start["tools"].as_u64().unwrap_or(0) > 0, "{start}");
+    // The server really was slow: what the node measured includes its delay.
+    assert!(
+        start["duration_ms"].as_u64().unwrap_or(0) >= DELAY_MS,
+        "{start}"
+    );
+    assert_eq!(
+        agents_of(&events_of(&journal, "decision_received")),
+        set(&["alpha", "beta"])
+    );
+}

@@ -111,6 +111,30 @@ async fn mcp_servers_start_with_the_session_and_leave_no_process_behind() {
         "MCP server processes survived the session: {:?}",
         processes_with(&marker)
     );
+    // The start is journaled: one line per server and agent (beta has none).
+    let journal = conclave_tests::read_journal(&only_session(dir.path())).expect("journal");
+    let starts = conclave_tests::events_of(&journal, "tool_server_started");
+    assert_eq!(starts.len(), 1, "{starts:#?}");
+    let start = &starts[0];
+    assert_eq!(start["agent"], "alpha");
+    assert!(start["node"].is_null(), "a local agent: {start}");
+    assert_eq!(start["server"], "demo");
+    assert_eq!(start["transport"], "stdio");
+    assert_eq!(start["optional"], false);
+    assert!(start["error"].is_null(), "{start}");
+    assert!(start["duration_ms"].is_u64(), "{start}");
+    // The demo server has several tools; the config filters none.
+    assert!(start["tools"].as_u64().unwrap_or(0) >= 2, "{start}");
+}
+
+/// The one session directory under `dir/sessions`.
+fn only_session(dir: &Path) -> PathBuf {
+    std::fs::read_dir(dir.join("sessions"))
+        .expect("sessions dir")
+        .flatten()
+        .next()
+        .expect("one session")
+        .path()
 }
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
@@ -300,13 +324,7 @@ async fn a_tool_result_reaches_the_final_answer() {
         finished.stdout,
         finished.stderr
     );
-    let session = std::fs::read_dir(dir.path().join("sessions"))
-        .expect("sessions dir")
-        .flatten()
-        .next()
-        .expect("one session")
-        .path();
-    let journal = conclave_tests::read_journal(&session).expect("journal");
+    let journal = conclave_tests::read_journal(&only_session(dir.path())).expect("journal");
     let calls: Vec<&serde_json::Value> = conclave_tests::events_of(&journal, "turn_progress")
         .into_iter()
         .filter(|e| e["event"]["ToolCalled"].is_object())
@@ -332,4 +350,127 @@ async fn a_tool_result_reaches_the_final_answer() {
         finished.stdout
     );
     sim.shutdown().await;
+}
+
+/// `conclave demo --tools` without keys: every simulated agent calls the demo MCP server
+/// (started beside the binary, over stdio) and answers with what it returned; the calls and
+/// their results are in the journal and in the JSON display, and the result reaches the final
+/// answer.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn demo_tools_shows_a_real_mcp_server_at_work() {
+    let dir = tempfile::tempdir().expect("temp dir");
+    let args: Vec<String> = [
+        "demo",
+        "--tools",
+        "--tokens",
+        "5",
+        "--token-delay-ms",
+        "2",
+        "--display",
+        "json",
+        "--session-dir",
+        "sessions",
+        "What is the capital of France?",
+    ]
+    .iter()
+    .map(|s| (*s).to_owned())
+    .collect();
+    let run = conclave(args, dir.path().to_owned()).await;
+    assert_eq!(
+        run.code,
+        Some(0),
+        "stdout:\n{}\nstderr:\n{}",
+        run.stdout,
+        run.stderr
+    );
+    let journal = conclave_tests::read_journal(&only_session(dir.path())).expect("journal");
+    let starts = conclave_tests::events_of(&journal, "tool_server_started");
+    assert_eq!(starts.len(), 3, "one demo server per agent: {starts:#?}");
+    assert!(
+        starts
+            .iter()
+            .all(|s| s["server"] == "demo" && s["error"].is_null())
+    );
+    let calls: Vec<&serde_json::Value> = conclave_tests::events_of(&journal, "turn_progress")
+        .into_iter()
+        .filter_map(|e| {
+            e["event"]["ToolCalled"]
+                .as_object()
+                .map(|_| &e["event"]["ToolCalled"])
+        })
+        .collect();
+    assert!(!calls.is_empty(), "no tool call journaled");
+    for call in &calls {
+        assert_eq!(call["report"]["tool"], "mcp__demo__lookup", "{call}");
+        assert!(call["report"]["error"].is_null(), "{call}");
+    }
+    let result = calls[0]["result"].as_str().unwrap_or_default();
+    assert!(!result.is_empty(), "{}", calls[0]);
+    let finals = conclave_tests::events_of(&journal, "final_answer");
+    let final_answer = finals[0]["content"].as_str().unwrap_or_default();
+    assert!(
+        final_answer.contains(result),
+        "the tool's result `{result}` is not in the final answer: {final_answer}"
+    );
+    // The JSON display shows the calls as they happen, and the final answer.
+    let shown: Vec<serde_json::Value> = run
+        .stdout
+        .lines()
+        .filter_map(|l| serde_json::from_str(l).ok())
+        .collect();
+    assert!(
+        shown
+            .iter()
+            .any(|e| e["event"]["ToolCalled"]["report"]["tool"] == "mcp__demo__lookup"),
+        "{}",
+        run.stdout
+    );
+    assert!(
+        shown
+            .iter()
+            .any(|e| e["type"] == "final"
+                && e["content"].as_str().is_some_and(|c| c.contains(result))),
+        "{}",
+        run.stdout
+    );
+}
+
+/// Without conclave-mcp-demo beside the binary, `demo --tools` says what is missing and how
+/// to get it, and runs nothing.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn demo_tools_without_the_demo_server_says_so() {
+    let dir = tempfile::tempdir().expect("temp dir");
+    let bin_dir = dir.path().join("bin");
+    std::fs::create_dir(&bin_dir).expect("bin dir");
+    let alone = bin_dir.join("conclave");
+    let bin = workspace_bin("conclave").expect("conclave binary");
+    if std::fs::hard_link(&bin, &alone).is_err() {
+        std::fs::copy(&bin, &alone).expect("copy conclave");
+    }
+    let cwd = dir.path().to_owned();
+    let run = tokio::task::spawn_blocking(move || {
+        let mut command = Command::new(alone);
+        command
+            .args(["demo", "--tools", "--session-dir", "sessions", "Hi?"])
+            .current_dir(&cwd)
+            .env_remove("RUST_LOG");
+        run_with_deadline(&mut command, DEADLINE)
+    })
+    .await
+    .expect("runner thread")
+    .expect("conclave finishes in time");
+    assert_eq!(
+        run.code,
+        Some(1),
+        "stdout:\n{}\nstderr:\n{}",
+        run.stdout,
+        run.stderr
+    );
+    assert!(run.stderr.contains("conclave-mcp-demo"), "{}", run.stderr);
+    assert!(
+        run.stderr.contains("cargo build -p conclave-mcp-demo"),
+        "{}",
+        run.stderr
+    );
+    assert!(!dir.path().join("sessions").exists(), "a session ran");
 }
