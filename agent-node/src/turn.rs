@@ -42,8 +42,8 @@ use crate::accumulate::TurnOutput;
 use crate::agent::AgentMsg;
 use crate::llm::{ChatMessage, ChatRequest, ToolChoice};
 use crate::outbox::Outbox;
+use crate::providers::retry::RetryPolicy;
 use crate::providers::{Backend, ProviderError};
-use crate::retry::RetryPolicy;
 use crate::telemetry;
 use crate::tools::ToolCallRecord;
 use crate::workflow;
@@ -614,7 +614,7 @@ async fn call_with_retries(
     };
     // A stall is not a provider error and is never retried here (the agent restarts the
     // worker): it travels through the shared retry loop as a successful attempt's value.
-    let outcome = crate::retry::call_with_retries(
+    let outcome = crate::providers::retry::call_with_retries(
         &policy,
         || async move {
             match call_once(spec, context, session, request).await {

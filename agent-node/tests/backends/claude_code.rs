@@ -385,7 +385,7 @@ async fn a_missing_cli_is_a_config_error_that_says_how_to_install_it() {
         "{error}"
     );
     assert_eq!(
-        conclave_agent::retry::RetryPolicy::default().delay_for(0, &error),
+        conclave_agent::providers::retry::RetryPolicy::default().delay_for(0, &error),
         None
     );
 }
