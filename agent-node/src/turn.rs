@@ -853,7 +853,9 @@ mod content {
                     );
                     rest.push(json!({ "role": "assistant", "parts": parts }));
                 }
-                ChatMessage::Tool { call_id, content } => rest.push(json!({
+                ChatMessage::Tool {
+                    call_id, content, ..
+                } => rest.push(json!({
                     "role": "tool",
                     "parts": [{ "type": "tool_call_response", "id": call_id, "response": content }],
                 })),

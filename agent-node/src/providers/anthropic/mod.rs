@@ -299,13 +299,21 @@ pub fn messages_json(messages: &[ChatMessage]) -> (Option<String>, Vec<Value>) {
                 }));
                 ("assistant", blocks)
             }
-            ChatMessage::Tool { call_id, content } => {
+            ChatMessage::Tool {
+                call_id,
+                content,
+                is_error,
+            } => {
                 let mut block = Map::new();
                 block.insert("type".into(), Value::String("tool_result".into()));
                 block.insert("tool_use_id".into(), Value::String(call_id.clone()));
                 // `content` is optional; an empty text is better left out than sent empty.
                 if !content.is_empty() {
                     block.insert("content".into(), Value::String(content.clone()));
+                }
+                // Sent only when true, as the SDKs do: a failed call the model should see as one.
+                if *is_error {
+                    block.insert("is_error".into(), Value::Bool(true));
                 }
                 ("user", vec![Value::Object(block)])
             }

@@ -262,7 +262,9 @@ fn render_conversation(messages: &[ChatMessage], out: &mut String) {
                 }
                 out.push_str("</assistant>\n");
             }
-            ChatMessage::Tool { call_id, content } => {
+            ChatMessage::Tool {
+                call_id, content, ..
+            } => {
                 let name = names.get(call_id.as_str()).copied().unwrap_or("unknown");
                 out.push_str(&format!(
                     "<tool_result id=\"{call_id}\" name=\"{name}\">\n{content}\n</tool_result>\n"

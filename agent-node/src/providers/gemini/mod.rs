@@ -332,7 +332,9 @@ fn contents(messages: &[ChatMessage]) -> (Option<String>, Vec<Value>) {
                     push_parts(&mut turns, "model", parts);
                 }
             }
-            ChatMessage::Tool { call_id, content } => {
+            ChatMessage::Tool {
+                call_id, content, ..
+            } => {
                 let call = messages[..position]
                     .iter()
                     .rev()

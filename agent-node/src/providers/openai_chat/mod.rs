@@ -179,7 +179,9 @@ fn message_json(message: &ChatMessage) -> Value {
             }
             Value::Object(object)
         }
-        ChatMessage::Tool { call_id, content } => {
+        ChatMessage::Tool {
+            call_id, content, ..
+        } => {
             json!({ "role": "tool", "tool_call_id": call_id, "content": content })
         }
     }

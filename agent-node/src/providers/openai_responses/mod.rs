@@ -259,7 +259,9 @@ fn input_items(messages: &[ChatMessage]) -> (Option<String>, Vec<Value>) {
                     }));
                 }
             }
-            ChatMessage::Tool { call_id, content } => {
+            ChatMessage::Tool {
+                call_id, content, ..
+            } => {
                 items.push(json!({
                     "type": "function_call_output",
                     "call_id": call_id,
