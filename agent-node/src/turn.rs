@@ -668,7 +668,19 @@ async fn call_once(
                 Some(Err(error)) => return Err(CallError::Provider(error)),
                 Some(Ok(chunk)) => {
                     output.apply(&chunk);
-                    if forwarded(&chunk) {
+                    let runs_own_tools = context.backend.runs_own_tools();
+                    if let StreamChunk::ToolResult { id, .. } = &chunk
+                        && runs_own_tools
+                        && let Some(call) = output.provider_tool_calls.last()
+                        && call.id == *id
+                    {
+                        // The call the provider ran, shown with its result.
+                        context.outbox.send(AgentReport::Chunk {
+                            turn: spec.turn,
+                            chunk: StreamChunk::ToolCall(call.clone()),
+                        });
+                    }
+                    if forwarded(&chunk, runs_own_tools) {
                         context.outbox.send(AgentReport::Chunk {
                             turn: spec.turn,
                             chunk,
@@ -893,14 +905,17 @@ mod content {
 }
 
 /// Chunks the coordinator wants: what the display shows and what accounting counts. Complete
-/// tool calls travel inside the decision; in-stream errors become retries.
-fn forwarded(chunk: &StreamChunk) -> bool {
-    matches!(
-        chunk,
+/// tool calls travel inside the decision; in-stream errors become retries. The results of
+/// tools a provider ran itself (`runs_own_tools`: Claude Code's CLI) are shown too, each after
+/// its call (sent by the caller); conclave's own tool loop reports its calls separately.
+fn forwarded(chunk: &StreamChunk, runs_own_tools: bool) -> bool {
+    match chunk {
         StreamChunk::Content { .. }
-            | StreamChunk::Reasoning { .. }
-            | StreamChunk::Refusal { .. }
-            | StreamChunk::ToolCallDelta { .. }
-            | StreamChunk::Usage(_)
-    )
+        | StreamChunk::Reasoning { .. }
+        | StreamChunk::Refusal { .. }
+        | StreamChunk::ToolCallDelta { .. }
+        | StreamChunk::Usage(_) => true,
+        StreamChunk::ToolResult { .. } => runs_own_tools,
+        _ => false,
+    }
 }

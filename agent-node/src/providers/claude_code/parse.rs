@@ -37,8 +37,9 @@ pub struct ClaudeCodeParser {
     last_text: String,
     /// The latest assistant `stop_reason`.
     stop_reason: Option<String>,
-    /// The CLI's own tool uses: id → name, and the display index of the next one.
-    cli_tools: HashMap<String, String>,
+    /// The CLI's own tool uses still waiting for their result: id → (name, arguments); and
+    /// the display index of the next one.
+    cli_tools: HashMap<String, (String, String)>,
     cli_tool_index: u32,
     outcome: Outcome,
 }
@@ -231,12 +232,14 @@ impl ClaudeCodeParser {
                     }
                 }
                 "tool_use" => {
-                    // The CLI runs its own tools; shown, never returned as calls.
+                    // The CLI runs its own tools: shown as it starts one, reported with its
+                    // result (see `on_tool_results`), never returned as a call to execute.
                     let (id, name) = (field("id").to_owned(), field("name").to_owned());
                     let arguments = block.get("input").map(Value::to_string).unwrap_or_default();
                     let index = self.cli_tool_index;
                     self.cli_tool_index = self.cli_tool_index.saturating_add(1);
-                    self.cli_tools.insert(id.clone(), name.clone());
+                    self.cli_tools
+                        .insert(id.clone(), (name.clone(), arguments.clone()));
                     out.push_back(Ok(StreamChunk::ToolCallDelta {
                         index,
                         id: Some(id),
@@ -249,6 +252,10 @@ impl ClaudeCodeParser {
         }
     }
 
+    /// The results of the CLI's own tools. Each result of a known call comes as the call
+    /// ([`StreamChunk::ToolCall`]) followed at once by its [`StreamChunk::ToolResult`]: the
+    /// pair says the provider ran the call itself, so the accumulator sets it apart from the
+    /// calls conclave executes, and a call that never got a result is never reported as one.
     fn on_tool_results(&mut self, message: &Value, out: &mut Out) {
         let Some(blocks) = message.get("content").and_then(Value::as_array) else {
             return;
@@ -262,7 +269,17 @@ impl ClaudeCodeParser {
                 .and_then(Value::as_str)
                 .unwrap_or_default()
                 .to_owned();
-            let name = self.cli_tools.get(&id).cloned().unwrap_or_default();
+            let name = match self.cli_tools.remove(&id) {
+                Some((name, arguments)) => {
+                    out.push_back(Ok(StreamChunk::ToolCall(ToolCall::new(
+                        id.clone(),
+                        name.clone(),
+                        arguments,
+                    ))));
+                    name
+                }
+                None => String::new(),
+            };
             let content = match block.get("content") {
                 Some(Value::String(text)) => text.clone(),
                 Some(Value::Array(parts)) => parts

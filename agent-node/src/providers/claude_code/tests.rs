@@ -156,6 +156,26 @@ fn streamed_text_is_not_repeated_and_cli_tools_are_only_shown() {
         })
     );
     assert!(chunks.iter().any(|c| matches!(c, StreamChunk::ToolResult { name, content, .. } if name == "Read" && content == "data")));
+    assert_eq!(
+        turn.provider_tool_calls,
+        vec![ToolCall::new("t1", "Read", r#"{"file_path":"a"}"#)]
+    );
+}
+
+#[test]
+fn a_cli_tool_use_without_a_result_is_never_a_call() {
+    let request = request(vec![vote_tool()]);
+    let lines = [
+        json!({"type":"assistant","message":{"id":"m1","content":[{"type":"tool_use","id":"t1","name":"Bash","input":{"command":"ls"}}]}}),
+        json!({"type":"result","subtype":"error_max_turns","is_error":true,"errors":["too many turns"]}),
+    ];
+    let (turn, chunks, _) = run(&request, &lines, Some(1), "");
+    assert!(turn.tool_calls.is_empty());
+    assert!(turn.provider_tool_calls.is_empty());
+    assert!(!chunks.iter().any(|c| matches!(c, StreamChunk::ToolCall(_))));
+    assert!(chunks.iter().any(
+        |c| matches!(c, StreamChunk::ToolCallDelta { name: Some(name), .. } if name == "Bash")
+    ));
 }
 
 #[test]
