@@ -218,3 +218,42 @@ pub(crate) fn error_object_fields(
     };
     (kind, message, code)
 }
+
+/// Test support: drives a parser over `events` (and its end hook, when `end` and the parser
+/// did not stop first), folds the chunks and returns the folded output, the chunks and the
+/// final error (its `Debug` text).
+#[cfg(test)]
+pub(crate) fn run_parser(
+    mut parser: impl EventParser,
+    events: &[SseEvent],
+    end: bool,
+) -> (
+    crate::accumulate::TurnOutput,
+    Vec<StreamChunk>,
+    Option<String>,
+) {
+    let mut out = VecDeque::new();
+    let mut done = false;
+    for event in events {
+        if parser.on_event(event, &mut out) == Flow::Done {
+            done = true;
+            break;
+        }
+    }
+    if end && !done {
+        parser.on_end(&mut out);
+    }
+    let mut turn = crate::accumulate::TurnOutput::default();
+    let mut chunks = Vec::new();
+    let mut error = None;
+    for item in out {
+        match item {
+            Ok(chunk) => {
+                turn.apply(&chunk);
+                chunks.push(chunk);
+            }
+            Err(e) => error = Some(format!("{e:?}")),
+        }
+    }
+    (turn, chunks, error)
+}

@@ -1,14 +1,12 @@
 //! Tests of the Messages request body and stream parser.
 
-use std::collections::VecDeque;
-
 use conclave_protocol::{StreamChunk, ToolCall, Usage};
 
 use super::*;
 use crate::accumulate::TurnOutput;
 use crate::llm::ToolSpec;
 use crate::providers::sse::SseEvent;
-use crate::providers::stream::{EventParser, Flow};
+use crate::providers::stream::run_parser;
 use conclave_protocol::config::{BackendOptions, WireFormat};
 
 fn named(event: &str, data: &str) -> SseEvent {
@@ -21,31 +19,7 @@ fn named(event: &str, data: &str) -> SseEvent {
 /// Feeds events through the parser; returns the folded output, the chunks and the final
 /// error.
 fn run(events: &[SseEvent], end: bool) -> (TurnOutput, Vec<StreamChunk>, Option<String>) {
-    let mut parser = AnthropicStreamParser::default();
-    let mut out = VecDeque::new();
-    let mut done = false;
-    for event in events {
-        if parser.on_event(event, &mut out) == Flow::Done {
-            done = true;
-            break;
-        }
-    }
-    if end && !done {
-        parser.on_end(&mut out);
-    }
-    let mut turn = TurnOutput::default();
-    let mut chunks = Vec::new();
-    let mut error = None;
-    for item in out {
-        match item {
-            Ok(chunk) => {
-                turn.apply(&chunk);
-                chunks.push(chunk);
-            }
-            Err(e) => error = Some(format!("{e:?}")),
-        }
-    }
-    (turn, chunks, error)
+    run_parser(AnthropicStreamParser::default(), events, end)
 }
 
 const START: &str =

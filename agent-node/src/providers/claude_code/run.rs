@@ -62,7 +62,7 @@ pub(super) fn start(
     }
     let mut child = command
         .spawn()
-        .map_err(|e| spawn_error(program, &options, e))?;
+        .map_err(|e| spawn_error(program, options, e))?;
     tracing::debug!(
         provider = %spec.provider,
         model = %spec.model,

@@ -1,14 +1,12 @@
 //! Tests of the Gemini request body, schema rewriting and stream parser.
 
-use std::collections::VecDeque;
-
 use conclave_protocol::{StreamChunk, ToolCall, Usage};
 
 use super::*;
 use crate::accumulate::TurnOutput;
 use crate::llm::ReasoningBlock;
 use crate::providers::sse::SseEvent;
-use crate::providers::stream::{EventParser, Flow};
+use crate::providers::stream::run_parser;
 use conclave_protocol::config::WireFormat;
 
 fn message(data: &str) -> SseEvent {
@@ -20,31 +18,7 @@ fn message(data: &str) -> SseEvent {
 
 /// Feeds events through the parser; returns the folded output, the chunks and the error.
 fn run(events: &[SseEvent]) -> (TurnOutput, Vec<StreamChunk>, Option<String>) {
-    let mut parser = GeminiStreamParser::default();
-    let mut out = VecDeque::new();
-    let mut done = false;
-    for event in events {
-        if parser.on_event(event, &mut out) == Flow::Done {
-            done = true;
-            break;
-        }
-    }
-    if !done {
-        parser.on_end(&mut out);
-    }
-    let mut turn = TurnOutput::default();
-    let mut chunks = Vec::new();
-    let mut error = None;
-    for item in out {
-        match item {
-            Ok(chunk) => {
-                turn.apply(&chunk);
-                chunks.push(chunk);
-            }
-            Err(e) => error = Some(format!("{e:?}")),
-        }
-    }
-    (turn, chunks, error)
+    run_parser(GeminiStreamParser::default(), events, true)
 }
 
 #[test]

@@ -1,14 +1,12 @@
 //! Tests of the Chat Completions request body and stream parser.
 
-use std::collections::VecDeque;
-
 use conclave_protocol::{StreamChunk, ToolCall, Usage};
 
 use super::*;
 use crate::accumulate::TurnOutput;
 use crate::llm::{ToolChoice, ToolSpec};
 use crate::providers::sse::SseEvent;
-use crate::providers::stream::{EventParser, Flow};
+use crate::providers::stream::run_parser;
 use conclave_protocol::config::WireFormat;
 
 fn message(data: &str) -> SseEvent {
@@ -20,31 +18,7 @@ fn message(data: &str) -> SseEvent {
 
 /// Feeds data lines through the parser; returns the folded output and the final error.
 fn run(events: &[SseEvent], end: bool) -> (TurnOutput, Vec<StreamChunk>, Option<String>) {
-    let mut parser = ChatStreamParser::default();
-    let mut out = VecDeque::new();
-    let mut done = false;
-    for event in events {
-        if parser.on_event(event, &mut out) == Flow::Done {
-            done = true;
-            break;
-        }
-    }
-    if end && !done {
-        parser.on_end(&mut out);
-    }
-    let mut turn = TurnOutput::default();
-    let mut chunks = Vec::new();
-    let mut error = None;
-    for item in out {
-        match item {
-            Ok(chunk) => {
-                turn.apply(&chunk);
-                chunks.push(chunk);
-            }
-            Err(e) => error = Some(format!("{e:?}")),
-        }
-    }
-    (turn, chunks, error)
+    run_parser(ChatStreamParser::default(), events, end)
 }
 
 #[test]

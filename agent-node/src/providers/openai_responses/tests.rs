@@ -1,14 +1,12 @@
 //! Tests of the Responses request body and stream parser.
 
-use std::collections::VecDeque;
-
 use conclave_protocol::{StreamChunk, ToolCall, Usage};
 
 use super::*;
 use crate::accumulate::TurnOutput;
 use crate::llm::{ReasoningBlock, ToolChoice, ToolSpec};
 use crate::providers::sse::SseEvent;
-use crate::providers::stream::{EventParser, Flow};
+use crate::providers::stream::run_parser;
 use conclave_protocol::config::WireFormat;
 
 fn event(kind: &str, data: Value) -> SseEvent {
@@ -21,31 +19,7 @@ fn event(kind: &str, data: Value) -> SseEvent {
 /// Feeds events through the parser; returns the folded output, the chunks and the final
 /// error.
 fn run(events: &[SseEvent]) -> (TurnOutput, Vec<StreamChunk>, Option<String>) {
-    let mut parser = ResponsesStreamParser::default();
-    let mut out = VecDeque::new();
-    let mut done = false;
-    for event in events {
-        if parser.on_event(event, &mut out) == Flow::Done {
-            done = true;
-            break;
-        }
-    }
-    if !done {
-        parser.on_end(&mut out);
-    }
-    let mut turn = TurnOutput::default();
-    let mut chunks = Vec::new();
-    let mut error = None;
-    for item in out {
-        match item {
-            Ok(chunk) => {
-                turn.apply(&chunk);
-                chunks.push(chunk);
-            }
-            Err(e) => error = Some(format!("{e:?}")),
-        }
-    }
-    (turn, chunks, error)
+    run_parser(ResponsesStreamParser::default(), events, true)
 }
 
 fn completed(usage: Value) -> SseEvent {
