@@ -10,6 +10,10 @@
 //!   `reasoning` and `refusal` stay `None` until a fragment arrives;
 //! - [`StreamChunk::ToolCallDelta`] is ignored: it exists for live display, and every backend
 //!   emits one complete [`StreamChunk::ToolCall`] per call once the call is complete;
+//! - a [`StreamChunk::ToolResult`] in a provider's stream means the provider ran that call
+//!   itself (the Claude Code CLI's Read, Bash, ...): the call moves from `tool_calls` to
+//!   `provider_tool_calls`, so conclave's tool loop never executes it and the workflow never
+//!   reads it as a decision;
 //! - the last [`StreamChunk::Usage`] wins (backends emit usage that is already cumulative);
 //! - the last finish reason and the last in-stream error win;
 //! - reasoning is also kept as blocks: [`StreamChunk::ReasoningSignature`] closes the current
@@ -27,8 +31,11 @@ pub struct TurnOutput {
     pub text: String,
     pub reasoning: Option<String>,
     pub refusal: Option<String>,
-    /// Complete tool calls in the order the model made them.
+    /// Complete tool calls for conclave (workflow and agent tools) in the order the model made
+    /// them.
     pub tool_calls: Vec<ToolCall>,
+    /// Calls the provider ran itself and reported with their results (shown, not executed).
+    pub provider_tool_calls: Vec<ToolCall>,
     /// The provider's raw finish reason; `None` when the stream ended without one (error).
     pub finish_reason: Option<String>,
     pub usage: Option<Usage>,
@@ -71,7 +78,13 @@ impl TurnOutput {
             StreamChunk::Refusal { text } => {
                 self.refusal.get_or_insert_default().push_str(text);
             }
-            StreamChunk::ToolCallDelta { .. } | StreamChunk::ToolResult { .. } => {}
+            StreamChunk::ToolCallDelta { .. } => {}
+            StreamChunk::ToolResult { id, .. } => {
+                if let Some(at) = self.tool_calls.iter().rposition(|call| call.id == *id) {
+                    let call = self.tool_calls.remove(at);
+                    self.provider_tool_calls.push(call);
+                }
+            }
             StreamChunk::ToolCall(call) => self.tool_calls.push(call.clone()),
             StreamChunk::Usage(usage) => self.usage = Some(*usage),
             StreamChunk::Finish { reason } => self.finish_reason = Some(reason.clone()),
@@ -163,6 +176,32 @@ mod tests {
         assert_eq!(out.finish_reason.as_deref(), Some("tool_calls"));
         assert_eq!(out.usage.map(|u| u.output_tokens), Some(4));
         assert_eq!(out.error, None);
+    }
+
+    #[test]
+    fn calls_the_provider_ran_are_set_apart_from_calls_to_execute() {
+        let mut out = TurnOutput::default();
+        for chunk in [
+            StreamChunk::ToolCall(ToolCall::new("toolu_1", "Read", r#"{"file_path":"a"}"#)),
+            StreamChunk::ToolResult {
+                id: "toolu_1".into(),
+                name: "Read".into(),
+                content: "data".into(),
+            },
+            StreamChunk::ToolResult {
+                id: "unknown".into(),
+                name: String::new(),
+                content: "orphan".into(),
+            },
+            StreamChunk::ToolCall(ToolCall::new("call_0", "vote", "{}")),
+        ] {
+            out.apply(&chunk);
+        }
+        assert_eq!(out.tool_calls, vec![ToolCall::new("call_0", "vote", "{}")]);
+        assert_eq!(
+            out.provider_tool_calls,
+            vec![ToolCall::new("toolu_1", "Read", r#"{"file_path":"a"}"#)]
+        );
     }
 
     #[test]

@@ -2,9 +2,9 @@
 //!
 //! The agent side of conclave: the [`agent::AgentActor`] (one per agent per session), the
 //! [`turn::TurnWorker`] that runs one LLM turn, the workflow tools and prompts
-//! ([`workflow`]), the provider backends (one module per wire format under [`providers`]),
-//! the shared SSE reader, stream accumulator and retry policy, and trace-context propagation
-//! across nodes ([`telemetry`]).
+//! ([`workflow`]), the provider layer ([`providers`]: one folder per wire format over a shared
+//! SSE reader, stream adapter and retry policy), the stream accumulator, and trace-context
+//! propagation across nodes ([`telemetry`]).
 //!
 //! The orchestrator binary links this library so one process can host everything; an agent
 //! node (the `conclave-agent` binary, [`cluster::host::AgentHost`]) runs the same actors on
@@ -16,8 +16,6 @@ pub mod cluster;
 pub mod llm;
 pub mod outbox;
 pub mod providers;
-pub mod retry;
-pub mod sse;
 pub mod telemetry;
 pub mod tools;
 pub mod turn;

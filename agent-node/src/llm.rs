@@ -22,8 +22,15 @@ pub enum ChatMessage {
         tool_calls: Vec<ToolCall>,
         reasoning: Vec<ReasoningBlock>,
     },
-    /// The result for one tool call of the preceding assistant message.
-    Tool { call_id: String, content: String },
+    /// The result for one tool call of the preceding assistant message. `is_error` says the
+    /// call failed (unknown tool, bad arguments, the tool's own error, a timeout): Anthropic
+    /// sends it as `is_error: true` on the `tool_result` block; the other wire formats have
+    /// no such flag, and the text already says what went wrong.
+    Tool {
+        call_id: String,
+        content: String,
+        is_error: bool,
+    },
 }
 
 impl ChatMessage {
@@ -50,11 +57,21 @@ impl ChatMessage {
         }
     }
 
-    /// The result of the tool call `call_id`.
+    /// The successful result of the tool call `call_id`.
     pub fn tool(call_id: impl Into<String>, content: impl Into<String>) -> Self {
         Self::Tool {
             call_id: call_id.into(),
             content: content.into(),
+            is_error: false,
+        }
+    }
+
+    /// The result of the tool call `call_id` when the call failed; `content` says why.
+    pub fn tool_error(call_id: impl Into<String>, content: impl Into<String>) -> Self {
+        Self::Tool {
+            call_id: call_id.into(),
+            content: content.into(),
+            is_error: true,
         }
     }
 }

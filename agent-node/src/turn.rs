@@ -42,8 +42,8 @@ use crate::accumulate::TurnOutput;
 use crate::agent::AgentMsg;
 use crate::llm::{ChatMessage, ChatRequest, ToolChoice};
 use crate::outbox::Outbox;
+use crate::providers::retry::RetryPolicy;
 use crate::providers::{Backend, ProviderError};
-use crate::retry::RetryPolicy;
 use crate::telemetry;
 use crate::tools::ToolCallRecord;
 use crate::workflow;
@@ -760,7 +760,7 @@ async fn call_with_retries(
     };
     // A stall is not a provider error and is never retried here (the agent restarts the
     // worker): it travels through the shared retry loop as a successful attempt's value.
-    let outcome = crate::retry::call_with_retries(
+    let outcome = crate::providers::retry::call_with_retries(
         &policy,
         || async move {
             match call_once(spec, context, session, request).await {
@@ -814,7 +814,19 @@ async fn call_once(
                 Some(Err(error)) => return Err(CallError::Provider(error)),
                 Some(Ok(chunk)) => {
                     output.apply(&chunk);
-                    if forwarded(&chunk) {
+                    let runs_own_tools = context.backend.runs_own_tools();
+                    if let StreamChunk::ToolResult { id, .. } = &chunk
+                        && runs_own_tools
+                        && let Some(call) = output.provider_tool_calls.last()
+                        && call.id == *id
+                    {
+                        // The call the provider ran, shown with its result.
+                        context.outbox.send(AgentReport::Chunk {
+                            turn: spec.turn,
+                            chunk: StreamChunk::ToolCall(call.clone()),
+                        });
+                    }
+                    if forwarded(&chunk, runs_own_tools) {
                         context.outbox.send(AgentReport::Chunk {
                             turn: spec.turn,
                             chunk,
@@ -999,7 +1011,9 @@ mod content {
                     );
                     rest.push(json!({ "role": "assistant", "parts": parts }));
                 }
-                ChatMessage::Tool { call_id, content } => rest.push(json!({
+                ChatMessage::Tool {
+                    call_id, content, ..
+                } => rest.push(json!({
                     "role": "tool",
                     "parts": [{ "type": "tool_call_response", "id": call_id, "response": content }],
                 })),
@@ -1037,14 +1051,17 @@ mod content {
 }
 
 /// Chunks the coordinator wants: what the display shows and what accounting counts. Complete
-/// tool calls travel inside the decision; in-stream errors become retries.
-fn forwarded(chunk: &StreamChunk) -> bool {
-    matches!(
-        chunk,
+/// tool calls travel inside the decision; in-stream errors become retries. The results of
+/// tools a provider ran itself (`runs_own_tools`: Claude Code's CLI) are shown too, each after
+/// its call (sent by the caller); conclave's own tool loop reports its calls separately.
+fn forwarded(chunk: &StreamChunk, runs_own_tools: bool) -> bool {
+    match chunk {
         StreamChunk::Content { .. }
-            | StreamChunk::Reasoning { .. }
-            | StreamChunk::Refusal { .. }
-            | StreamChunk::ToolCallDelta { .. }
-            | StreamChunk::Usage(_)
-    )
+        | StreamChunk::Reasoning { .. }
+        | StreamChunk::Refusal { .. }
+        | StreamChunk::ToolCallDelta { .. }
+        | StreamChunk::Usage(_) => true,
+        StreamChunk::ToolResult { .. } => runs_own_tools,
+        _ => false,
+    }
 }

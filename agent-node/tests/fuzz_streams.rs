@@ -43,12 +43,13 @@ use std::time::{Duration, Instant};
 
 use conclave_agent::accumulate::TurnOutput;
 use conclave_agent::llm::{ChatMessage, ChatRequest, ToolChoice, ToolSpec};
-use conclave_agent::providers::claude_code::{self, ClaudeCodeParser, parse_tool_calls};
-use conclave_agent::providers::openai_chat::{self, ChatStream, ChatStreamParser};
+use conclave_agent::providers::claude_code::{ClaudeCodeParser, parse_tool_calls};
+use conclave_agent::providers::openai_chat::{ChatStream, ChatStreamParser};
 use conclave_agent::providers::openai_responses::{ResponsesStream, ResponsesStreamParser};
+use conclave_agent::providers::retry::{RetryPolicy, is_retryable};
+use conclave_agent::providers::sse::{self, SseEvent, SseStream};
+use conclave_agent::providers::stream::{EventParser, Flow};
 use conclave_agent::providers::{Backend, MAX_ERROR_BODY_BYTES, ProviderError, anthropic, gemini};
-use conclave_agent::retry::{RetryPolicy, is_retryable};
-use conclave_agent::sse::{self, SseEvent, SseStream};
 use conclave_fuzz::{cases, peak_growth};
 use conclave_protocol::StreamChunk;
 use conclave_protocol::config::WireFormat;
@@ -152,40 +153,25 @@ impl Wire {
 type Item = Result<StreamChunk, ProviderError>;
 
 /// The pure parser of a wire.
-enum Parser {
-    Chat(ChatStreamParser),
-    Responses(ResponsesStreamParser),
-    Anthropic(anthropic::AnthropicStreamParser),
-    Gemini(gemini::GeminiStreamParser),
-}
+struct Parser(Box<dyn EventParser>);
 
 impl Parser {
     fn new(wire: Wire) -> Self {
-        match wire {
-            Wire::Chat => Parser::Chat(ChatStreamParser::default()),
-            Wire::Responses => Parser::Responses(ResponsesStreamParser::default()),
-            Wire::Anthropic => Parser::Anthropic(anthropic::AnthropicStreamParser::default()),
-            Wire::Gemini => Parser::Gemini(gemini::GeminiStreamParser::default()),
-        }
+        Self(match wire {
+            Wire::Chat => Box::new(ChatStreamParser::default()),
+            Wire::Responses => Box::new(ResponsesStreamParser::default()),
+            Wire::Anthropic => Box::new(anthropic::AnthropicStreamParser::default()),
+            Wire::Gemini => Box::new(gemini::GeminiStreamParser::default()),
+        })
     }
 
     /// Handles one event; true when the parser says the stream is over.
     fn on_event(&mut self, event: &SseEvent, out: &mut VecDeque<Item>) -> bool {
-        match self {
-            Parser::Chat(p) => p.on_event(event, out) == openai_chat::Flow::Done,
-            Parser::Responses(p) => p.on_event(event, out) == openai_chat::Flow::Done,
-            Parser::Anthropic(p) => p.on_event(event, out) == anthropic::Flow::Done,
-            Parser::Gemini(p) => p.on_event(event, out) == gemini::Flow::Done,
-        }
+        self.0.on_event(event, out) == Flow::Done
     }
 
     fn on_end(&mut self, out: &mut VecDeque<Item>) {
-        match self {
-            Parser::Chat(p) => p.on_end(out),
-            Parser::Responses(p) => p.on_end(out),
-            Parser::Anthropic(p) => p.on_end(out),
-            Parser::Gemini(p) => p.on_end(out),
-        }
+        self.0.on_end(out)
     }
 }
 
@@ -1883,7 +1869,7 @@ fn claude_code_lines() {
                 let mut parser = ClaudeCodeParser::new(&request);
                 let mut out = VecDeque::new();
                 for line in &lines {
-                    if parser.on_line(line, &mut out) == claude_code::Flow::Done {
+                    if parser.on_line(line, &mut out) == Flow::Done {
                         break;
                     }
                 }

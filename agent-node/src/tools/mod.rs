@@ -143,9 +143,14 @@ pub struct ToolCallRecord {
 }
 
 impl ToolCallRecord {
-    /// The message that carries this result back to the model.
+    /// The message that carries this result back to the model, marked as an error when the
+    /// call failed.
     pub fn message(&self) -> ChatMessage {
-        ChatMessage::tool(self.call_id.clone(), self.content.clone())
+        if self.error.is_some() {
+            ChatMessage::tool_error(self.call_id.clone(), self.content.clone())
+        } else {
+            ChatMessage::tool(self.call_id.clone(), self.content.clone())
+        }
     }
 
     /// The journal's view of the call (no result text).

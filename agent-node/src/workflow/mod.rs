@@ -456,10 +456,10 @@ pub fn correction(
         reasoning: output.reasoning_blocks.clone(),
     });
     for call in &output.tool_calls {
-        messages.push(ChatMessage::Tool {
-            call_id: call.id.clone(),
-            content: format!("error: this call was not accepted: {problem}"),
-        });
+        messages.push(ChatMessage::tool_error(
+            call.id.clone(),
+            format!("error: this call was not accepted: {problem}"),
+        ));
     }
     messages.push(ChatMessage::User {
         content: format!(

@@ -8,8 +8,8 @@ use std::time::Duration;
 
 use common::{FakeServer, Scripted, anthropic_backend, anthropic_spec, client, run};
 use conclave_agent::llm::{ChatMessage, ChatRequest, ReasoningBlock, ToolChoice, ToolSpec};
+use conclave_agent::providers::retry::{RetryPolicy, is_retryable};
 use conclave_agent::providers::{Backend, ProviderError};
-use conclave_agent::retry::{RetryPolicy, is_retryable};
 use conclave_protocol::ToolCall;
 use serde_json::{Value, json};
 

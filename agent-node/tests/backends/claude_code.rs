@@ -17,6 +17,7 @@ use std::sync::{Arc, OnceLock};
 use std::time::Duration;
 
 use common::{client, run};
+use conclave_agent::accumulate::TurnOutput;
 use conclave_agent::llm::{ChatMessage, ChatRequest, ToolChoice};
 use conclave_agent::providers::{Backend, ProviderError};
 use conclave_agent::workflow::{coordination_messages, parse_decision, workflow_tools};
@@ -354,14 +355,25 @@ async fn the_cli_s_own_tools_are_shown_but_not_returned_as_calls() {
         StreamChunk::ToolResult { name, content, .. }
             if name == "Read" && content.contains("Paris is the capital")
     )));
-    let calls: Vec<&str> = chunks
+    // The CLI's call is reported with its result, right before it...
+    let read_call = chunks
         .iter()
-        .filter_map(|c| match c {
-            StreamChunk::ToolCall(call) => Some(call.name.as_str()),
-            _ => None,
-        })
-        .collect();
-    assert_eq!(calls, ["vote"]);
+        .position(|c| matches!(c, StreamChunk::ToolCall(call) if call.name == "Read"))
+        .expect("the CLI's call is reported");
+    assert!(matches!(
+        &chunks[read_call + 1],
+        StreamChunk::ToolResult { name, .. } if name == "Read"
+    ));
+    // ... and folding the stream returns only the workflow call, the CLI's apart.
+    let mut output = TurnOutput::default();
+    for chunk in &chunks {
+        output.apply(chunk);
+    }
+    let names = |calls: &[conclave_protocol::ToolCall]| {
+        calls.iter().map(|c| c.name.clone()).collect::<Vec<_>>()
+    };
+    assert_eq!(names(&output.tool_calls), ["vote"]);
+    assert_eq!(names(&output.provider_tool_calls), ["Read"]);
 }
 
 #[tokio::test]
@@ -385,7 +397,7 @@ async fn a_missing_cli_is_a_config_error_that_says_how_to_install_it() {
         "{error}"
     );
     assert_eq!(
-        conclave_agent::retry::RetryPolicy::default().delay_for(0, &error),
+        conclave_agent::providers::retry::RetryPolicy::default().delay_for(0, &error),
         None
     );
 }
@@ -491,4 +503,93 @@ async fn dropping_the_stream_kills_the_cli() {
         tokio::time::sleep(Duration::from_millis(50)).await;
     }
     assert!(gone, "the CLI (pid {pid}) survived the dropped stream");
+}
+
+/// A whole coordination turn through the agent actor: the CLI's own tool reaches the live
+/// feed as a call and its result, while the decision is the workflow call alone and
+/// conclave's tool loop runs nothing.
+#[tokio::test]
+async fn a_turn_shows_the_cli_s_tools_and_decides_with_the_workflow_call_only() {
+    use conclave_agent::agent::{AgentActor, AgentArgs, AgentMsg};
+    use conclave_agent::outbox::{Outbox, ReportSink};
+    use conclave_agent::turn::{AgentContext, TurnSettings};
+    use conclave_protocol::{
+        AgentReport, CoordinatorCommand, Envelope, SessionId, TraceContext, TurnEvent,
+    };
+
+    let scenario = Scenario::new("turn").stdout(&happy_lines());
+    let session = SessionId::parse("claude-code-turn").expect("session id");
+    let (tx, mut reports) = tokio::sync::mpsc::unbounded_channel();
+    let sink: ReportSink =
+        Arc::new(move |envelope: Envelope<AgentReport>| tx.send(envelope.body).is_ok());
+    let context = Arc::new(AgentContext {
+        agent_id: "agent2".into(),
+        backend: Arc::new(scenario.backend()),
+        outbox: Arc::new(Outbox::new(session.clone(), "agent2".into(), sink)),
+        system_message: None,
+        settings: TurnSettings {
+            max_workflow_retries: 1,
+            turn_timeout: Duration::from_secs(30),
+            stall_timeout: Duration::from_secs(20),
+            max_restarts: 0,
+            restart_window: Duration::from_secs(60),
+        },
+        workflow: Default::default(),
+        tools: Arc::new(conclave_agent::tools::ToolBox::empty()),
+    });
+    let (actor, handle) = ractor::Actor::spawn(None, AgentActor, AgentArgs { context })
+        .await
+        .expect("agent spawns");
+    actor
+        .send_message(AgentMsg::Command(Envelope {
+            session,
+            sender: "coordinator".into(),
+            seq: 1,
+            trace: TraceContext::default(),
+            body: CoordinatorCommand::StartTurn(turn_spec()),
+        }))
+        .expect("agent alive");
+
+    let mut chunks = Vec::new();
+    let decision = loop {
+        let report = tokio::time::timeout(Duration::from_secs(20), reports.recv())
+            .await
+            .expect("a report arrives in time")
+            .expect("the outbox is open");
+        match report {
+            AgentReport::Chunk { chunk, .. } => chunks.push(chunk),
+            AgentReport::Decided { decision, .. } => break decision,
+            AgentReport::TurnEvent {
+                event: TurnEvent::ToolCalled { report, .. },
+                ..
+            } => panic!("conclave's tool loop ran {}", report.tool),
+            AgentReport::TurnFailed { error, .. } => panic!("the turn failed: {error:?}"),
+            _ => {}
+        }
+    };
+    actor.stop(None);
+    let _ = tokio::time::timeout(Duration::from_secs(5), handle).await;
+
+    assert!(matches!(decision, Decision::Vote { .. }), "{decision:?}");
+    let calls: Vec<&str> = chunks
+        .iter()
+        .filter_map(|c| match c {
+            StreamChunk::ToolCall(call) => Some(call.name.as_str()),
+            _ => None,
+        })
+        .collect();
+    assert_eq!(
+        calls,
+        ["Read"],
+        "only the CLI's own call is shown as a call"
+    );
+    let read = chunks
+        .iter()
+        .position(|c| matches!(c, StreamChunk::ToolCall(_)))
+        .expect("shown");
+    assert!(matches!(
+        &chunks[read + 1],
+        StreamChunk::ToolResult { name, content, .. }
+            if name == "Read" && content.contains("Paris is the capital")
+    ));
 }

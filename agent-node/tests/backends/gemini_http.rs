@@ -9,7 +9,7 @@ use std::path::Path;
 use common::{FakeServer, GEMINI_TEST_KEY, Scripted, gemini_backend, gemini_spec, hello, run};
 use conclave_agent::llm::{ChatMessage, ChatRequest, ToolChoice, ToolSpec};
 use conclave_agent::providers::ProviderError;
-use conclave_agent::retry::RetryPolicy;
+use conclave_agent::providers::retry::RetryPolicy;
 use serde_json::json;
 
 const FIXTURES: &str = concat!(

@@ -7,8 +7,8 @@ use crate::common;
 use std::time::Duration;
 
 use common::{FakeServer, Scripted, client, hello, keyless_backend, run, spec};
+use conclave_agent::providers::retry::RetryPolicy;
 use conclave_agent::providers::{Backend, ProviderError};
-use conclave_agent::retry::RetryPolicy;
 
 const NOT_FOUND: &str = r#"{"error":{"message":"The model `llama-9000` does not exist or you do not have access to it.","type":"invalid_request_error","param":null,"code":"model_not_found"}}"#;
 

@@ -6,8 +6,8 @@ use crate::common;
 
 use common::{FakeServer, Scripted, client, hello, run};
 use conclave_agent::llm::{ChatMessage, ChatRequest, ReasoningBlock};
+use conclave_agent::providers::retry::is_retryable;
 use conclave_agent::providers::{Backend, ProviderError};
-use conclave_agent::retry::is_retryable;
 use conclave_protocol::config::{BackendSpec, WireFormat};
 use conclave_protocol::{ToolCall, Usage};
 use serde_json::{Value, json};

@@ -11,8 +11,8 @@
 use std::time::Duration;
 
 use conclave_agent::llm::{ChatMessage, ChatRequest};
+use conclave_agent::providers::retry::{INITIAL_DELAY, MAX_JITTER, RetryPolicy, call_with_retries};
 use conclave_agent::providers::{Backend, ProviderError};
-use conclave_agent::retry::{INITIAL_DELAY, MAX_JITTER, RetryPolicy, call_with_retries};
 use conclave_protocol::config::{BackendSpec, WireFormat};
 use conclave_sim::{Fault, RequestRecord, SimConfig, SimServer};
 use futures::StreamExt;

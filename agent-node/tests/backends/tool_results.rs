@@ -203,3 +203,106 @@ fn gemini_results_are_function_responses_named_after_the_call() {
         "mcp__demo__lookup"
     );
 }
+
+/// [`conversation`] whose last call (the MCP one) failed: its result is an error result.
+fn conversation_with_a_failed_call(calls: Vec<ToolCall>, extra_id: &str) -> ChatRequest {
+    let (_, mut request) = conversation(calls, extra_id);
+    let failed = request.messages.pop();
+    let Some(ChatMessage::Tool { call_id, .. }) = failed else {
+        panic!("the conversation ends with a tool result");
+    };
+    request.messages.push(ChatMessage::tool_error(
+        call_id,
+        "error: tool `mcp__demo__lookup` failed: no such key",
+    ));
+    request
+}
+
+#[test]
+fn a_failed_call_is_an_anthropic_error_result_and_plain_text_elsewhere() {
+    const FAILED: &str = "error: tool `mcp__demo__lookup` failed: no such key";
+
+    // Anthropic: `is_error: true` on the failed result only.
+    let request =
+        conversation_with_a_failed_call(fixture_calls("anthropic/tool_use"), "toolu_mcp1");
+    let body = anthropic::request_body(&anthropic_spec("http://127.0.0.1:1/v1"), None, &request);
+    let results = body["messages"][2]["content"].as_array().expect("blocks");
+    let (failed, succeeded) = results.split_last().expect("results");
+    assert_eq!(
+        *failed,
+        json!({"type": "tool_result", "tool_use_id": "toolu_mcp1", "content": FAILED, "is_error": true})
+    );
+    assert!(!succeeded.is_empty());
+    assert!(
+        succeeded.iter().all(|b| b.get("is_error").is_none()),
+        "{body:#}"
+    );
+
+    // Chat Completions: a `tool` message with the text; the format has no error flag.
+    let request = conversation_with_a_failed_call(
+        fixture_calls("openai_chat/tool_calls_parallel"),
+        "call_mcp1",
+    );
+    let body = openai_chat::request_body(
+        &spec("http://127.0.0.1:1/v1", "openai", None),
+        None,
+        &request,
+    );
+    let messages = body["messages"].as_array().expect("messages");
+    assert_eq!(
+        messages.last(),
+        Some(&json!({"role": "tool", "tool_call_id": "call_mcp1", "content": FAILED}))
+    );
+
+    // Responses: a `function_call_output` with the text.
+    let request = conversation_with_a_failed_call(
+        fixture_calls("openai_responses/function_call_single"),
+        "call_mcp1",
+    );
+    let mut responses_spec = spec("http://127.0.0.1:1/v1", "openai", None);
+    responses_spec.wire = WireFormat::OpenAiResponses;
+    let body = openai_responses::request_body(&responses_spec, None, &request);
+    let output = body["input"]
+        .as_array()
+        .and_then(|input| input.iter().rfind(|i| i["type"] == "function_call_output"))
+        .expect("an output");
+    assert_eq!(output["call_id"], "call_mcp1");
+    assert_eq!(output["output"], FAILED);
+    assert!(output.get("is_error").is_none());
+
+    // Gemini: a `functionResponse` with the text.
+    let request = conversation_with_a_failed_call(
+        fixture_calls("gemini/function_call_thought_signature"),
+        "call_1",
+    );
+    let body = gemini::request_body(
+        &gemini_spec("http://127.0.0.1:1/v1beta", "gemini-2.5-flash"),
+        None,
+        &request,
+    );
+    let parts = body["contents"][2]["parts"].as_array().expect("parts");
+    let response = &parts.last().expect("a part")["functionResponse"];
+    assert_eq!(response["name"], "mcp__demo__lookup");
+    assert_eq!(response["response"], json!({"content": FAILED}));
+}
+
+#[test]
+fn a_tool_call_record_marks_its_message_as_an_error_when_the_call_failed() {
+    let mut record = conclave_agent::tools::ToolCallRecord {
+        call_id: "c1".into(),
+        tool: "mcp__demo__lookup".into(),
+        arguments: "{}".into(),
+        duration: std::time::Duration::ZERO,
+        result_bytes: 2,
+        truncated: false,
+        error: None,
+        content: "42".into(),
+    };
+    assert_eq!(record.message(), ChatMessage::tool("c1", "42"));
+    record.error = Some("error: tool `mcp__demo__lookup` failed: boom".into());
+    record.content = "error: tool `mcp__demo__lookup` failed: boom".into();
+    assert_eq!(
+        record.message(),
+        ChatMessage::tool_error("c1", "error: tool `mcp__demo__lookup` failed: boom")
+    );
+}

@@ -2,7 +2,8 @@
 //!
 //! Azure serves OpenAI models from per-resource endpoints. The user gives the resource URL as
 //! `base_url` (`https://{resource}.openai.azure.com`; the preset has no default) and the
-//! deployment name as `model`; the key travels in the `api-key` header ([`Backend`] sets it).
+//! deployment name as `model`; the key travels in the `api-key` header (the backend's
+//! [`Target`](crate::providers::client::Target) sets it).
 //!
 //! - Classic API: `{base_url}/openai/deployments/{deployment}/chat/completions?api-version=V`,
 //!   with `V` = `options.api_version` or [`DEFAULT_API_VERSION`] (the current GA version). A
@@ -10,20 +11,18 @@
 //! - Azure's v1 API: a `base_url` ending in `/openai/v1` is called like OpenAI itself,
 //!   `{base_url}/chat/completions` with the deployment as `model` and no `api-version`.
 //!
-//! The body and the stream are those of [`super::openai_chat`], which already copes with what
-//! Azure adds (a first chunk with `choices: []` and `prompt_filter_results`, content filter
-//! results on every chunk, `finish_reason: content_filter`). Whether the deployment is a
+//! The body and the stream are those of Chat Completions ([`super`]: the backend dispatches
+//! Azure there), which already copes with what Azure adds (a first chunk with `choices: []`
+//! and `prompt_filter_results`, content filter results on every chunk, `finish_reason:
+//! content_filter`). Whether the deployment is a
 //! reasoning model is judged from the deployment name, which usually is the model's name.
-//! [`openai_chat::request_body`] also turns the shared `reasoning_effort` and `verbosity`
+//! [`super::request_body`] also turns the shared `reasoning_effort` and `verbosity`
 //! options into their Chat Completions parameters (unless `extra_body` sets them) and logs
 //! that reasoning summaries and the built-in tools, which need the Responses API, are ignored.
 
 use conclave_protocol::config::BackendSpec;
 
-use super::openai_chat::{self, ChatStream};
-use super::{Backend, ChunkStream, ProviderError};
-use crate::llm::ChatRequest;
-use crate::sse;
+use crate::providers::error::ProviderError;
 
 /// The `api-version` sent when the config names none: the latest generally available data
 /// plane version of the classic API.
@@ -41,7 +40,7 @@ pub(crate) fn endpoint(spec: &BackendSpec) -> Result<String, ProviderError> {
         )));
     }
     if base.ends_with("/openai/v1") {
-        return Ok(openai_chat::endpoint(base));
+        return Ok(super::endpoint(base));
     }
     let deployment = spec.model.trim();
     if deployment.is_empty() || !deployment.chars().all(is_name_char) {
@@ -75,32 +74,6 @@ pub(crate) fn endpoint(spec: &BackendSpec) -> Result<String, ProviderError> {
 /// of them needs escaping in a URL.
 fn is_name_char(c: char) -> bool {
     c.is_ascii_alphanumeric() || matches!(c, '-' | '_' | '.')
-}
-
-/// Sends the request and returns the parsed chat completions stream.
-pub(crate) async fn stream(
-    backend: &Backend,
-    request: &ChatRequest,
-) -> Result<ChunkStream, ProviderError> {
-    let spec = &backend.spec;
-    let body = openai_chat::request_body(spec, backend.extra_body.as_ref(), request);
-    let body = serde_json::to_vec(&body)
-        .map_err(|e| ProviderError::Config(format!("could not encode the request: {e}")))?;
-    tracing::debug!(
-        provider = %spec.provider,
-        deployment = %spec.model,
-        url = %backend.endpoint,
-        messages = request.messages.len(),
-        tools = request.tools.len(),
-        "starting azure openai chat completions stream"
-    );
-    let response = backend
-        .post_json(&backend.endpoint, body)
-        .send()
-        .await
-        .map_err(|e| ProviderError::from_transport(&spec.provider, &backend.endpoint, e))?;
-    let events = sse::open(&spec.provider, &backend.endpoint, response).await?;
-    Ok(Box::pin(ChatStream::new(events)))
 }
 
 #[cfg(test)]

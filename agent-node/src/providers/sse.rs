@@ -15,8 +15,8 @@ use std::task::{Context, Poll};
 use eventsource_stream::{EventStreamError, Eventsource};
 use futures::{Stream, StreamExt};
 
-use crate::providers::{
-    MAX_ERROR_BODY_BYTES, ProviderError, error_body_summary, error_chain, read_bounded,
+use super::error::{
+    MAX_ERROR_BODY_BYTES, ProviderError, error_body_summary, error_chain, read_bounded, snippet,
 };
 
 /// One dispatched event.
@@ -304,19 +304,6 @@ where
             }
         }
     }
-}
-
-/// The start of a payload, for error messages.
-pub(crate) fn snippet(text: &str) -> &str {
-    const MAX: usize = 200;
-    if text.len() <= MAX {
-        return text;
-    }
-    let mut end = MAX;
-    while !text.is_char_boundary(end) {
-        end -= 1;
-    }
-    &text[..end]
 }
 
 #[cfg(test)]

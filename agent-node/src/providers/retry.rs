@@ -23,7 +23,7 @@
 use std::future::Future;
 use std::time::Duration;
 
-use crate::providers::ProviderError;
+use super::error::{ProviderError, quota_exhausted};
 
 /// The first backoff delay.
 pub const INITIAL_DELAY: Duration = Duration::from_millis(500);
@@ -149,20 +149,6 @@ pub fn is_retryable(error: &ProviderError) -> bool {
             !quota_exhausted(message) && !code.as_deref().is_some_and(quota_exhausted)
         }
     }
-}
-
-/// A 429 that means "you are out of money", not "slow down" (OpenAI `insufficient_quota`,
-/// spend limits, billing hard limits).
-pub(crate) fn quota_exhausted(text: &str) -> bool {
-    let lower = text.to_ascii_lowercase();
-    [
-        "insufficient_quota",
-        "spend limit",
-        "spending limit",
-        "billing",
-    ]
-    .iter()
-    .any(|marker| lower.contains(marker))
 }
 
 #[cfg(test)]
