@@ -296,10 +296,12 @@ fn a_tool_call_record_marks_its_message_as_an_error_when_the_call_failed() {
         result_bytes: 2,
         truncated: false,
         error: None,
+        error_type: None,
         content: "42".into(),
     };
     assert_eq!(record.message(), ChatMessage::tool("c1", "42"));
     record.error = Some("error: tool `mcp__demo__lookup` failed: boom".into());
+    record.error_type = Some("tool_error");
     record.content = "error: tool `mcp__demo__lookup` failed: boom".into();
     assert_eq!(
         record.message(),
