@@ -191,8 +191,16 @@ impl Actor for AgentActor {
                     }
                     CoordinatorCommand::Inject(spec) => match state.active.as_ref() {
                         Some(active) if active.spec.turn == spec.turn => {
-                            debug!(agent = %state.context.agent_id, turn = %spec.turn, revision = spec.revision, "newer answers kept for the next tool boundary");
-                            active.injections.offer(spec);
+                            let (turn, revision) = (spec.turn, spec.revision);
+                            if active.injections.offer(spec) {
+                                debug!(agent = %state.context.agent_id, %turn, revision, "newer answers kept for the next tool boundary");
+                            } else {
+                                debug!(agent = %state.context.agent_id, %turn, revision, "no tool call in flight: injection declined");
+                                state.context.outbox.send(AgentReport::TurnEvent {
+                                    turn,
+                                    event: TurnEvent::InjectionDeclined { revision },
+                                });
+                            }
                         }
                         _ => {
                             debug!(agent = %state.context.agent_id, turn = %spec.turn, "injection for a turn no longer active dropped")

@@ -152,6 +152,9 @@ struct InjectionSlot {
     pending: Option<TurnSpec>,
     delivered: Option<TurnSpec>,
     count: u32,
+    /// A tool boundary may still come: the turn offers the model its own tools and has not
+    /// left its tool loop for the decision yet. Otherwise injections are declined.
+    in_tool_loop: bool,
 }
 
 impl Injections {
@@ -163,10 +166,14 @@ impl Injections {
             .unwrap_or_else(|poisoned| poisoned.into_inner())
     }
 
-    /// Keeps newer answers for the turn's next tool boundary; a newer offer replaces an older
-    /// one that was not taken yet.
-    pub fn offer(&self, spec: TurnSpec) {
+    /// Keeps newer answers for the turn's next tool boundary (a newer offer replaces an older
+    /// one not taken yet) and returns true; returns false, keeping nothing, when the turn has
+    /// no tool call in flight (no boundary is ahead).
+    pub fn offer(&self, spec: TurnSpec) -> bool {
         let mut slot = self.lock();
+        if !slot.in_tool_loop {
+            return false;
+        }
         let newer = slot
             .pending
             .as_ref()
@@ -175,6 +182,11 @@ impl Injections {
         if newer {
             slot.pending = Some(spec);
         }
+        true
+    }
+
+    fn set_in_tool_loop(&self, in_loop: bool) {
+        self.lock().in_tool_loop = in_loop;
     }
 
     /// The pending answers, if newer than `current`, and the injection's number in the turn.
@@ -446,6 +458,9 @@ async fn coordinate(
         }
     };
     let mut tool_rounds = 0;
+    // A turn that offers the model its own tools can reach a tool boundary until it decides;
+    // one without (no tools, or the text protocol) declines injections at once.
+    injections.set_in_tool_loop(!text_mode && !context.tools.is_empty());
     let decided = |spec: &TurnSpec, decision: Decision, how: DecisionHow| AgentReport::Decided {
         turn: spec.turn,
         decision,
@@ -600,9 +615,15 @@ async fn call_with_tools(
     loop {
         let output = call_with_retries(spec, context, session, request).await?;
         if !has_tool_calls(context, &output) || *rounds >= context.tools.limits().max_tool_rounds {
+            if let Some(injections) = injections {
+                injections.set_in_tool_loop(false);
+            }
             return Ok(output);
         }
         *rounds += 1;
+        if let Some(injections) = injections {
+            injections.set_in_tool_loop(true);
+        }
         let (tool_calls, workflow_calls): (Vec<ToolCall>, Vec<ToolCall>) = output
             .tool_calls
             .iter()

@@ -621,6 +621,15 @@ impl CoordinatorState {
                     revision,
                 }
             }
+            Event::InjectionDeclined {
+                agent,
+                turn,
+                fallback,
+            } => JournalEvent::InjectionDeclined {
+                agent: self.agent_name(agent),
+                turn: turn.0,
+                fallback: fallback.as_str().to_owned(),
+            },
             Event::InputIgnored { agent, turn, why } => {
                 debug!(?agent, ?turn, %why, "input ignored");
                 JournalEvent::InputIgnored {
@@ -843,8 +852,15 @@ impl CoordinatorState {
                 });
             }
             AgentReport::TurnEvent { turn, event } => {
-                let injected = match &event {
-                    TurnEvent::AnswersInjected { revision, .. } => Some(*revision),
+                let input = match &event {
+                    TurnEvent::AnswersInjected { revision, .. } => Some(Input::Injected {
+                        agent,
+                        turn,
+                        revision: *revision,
+                    }),
+                    TurnEvent::InjectionDeclined { .. } => {
+                        Some(Input::InjectionDeclined { agent, turn })
+                    }
                     _ => None,
                 };
                 self.record(JournalEvent::TurnProgress {
@@ -852,12 +868,8 @@ impl CoordinatorState {
                     turn: turn.0,
                     event,
                 });
-                if let Some(revision) = injected {
-                    self.apply(Input::Injected {
-                        agent,
-                        turn,
-                        revision,
-                    });
+                if let Some(input) = input {
+                    self.apply(input);
                 }
             }
         }

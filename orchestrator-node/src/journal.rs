@@ -152,6 +152,13 @@ pub enum JournalEvent {
         revision: u64,
         answers: Vec<String>,
     },
+    /// The agent declined an injection (no tool call in flight); `fallback` is what its turn
+    /// got (`cancel`: cancelled and restarted, `finish`: left to finish).
+    InjectionDeclined {
+        agent: String,
+        turn: u64,
+        fallback: String,
+    },
     /// The machine took an injection the agent reported: the turn now decides on `revision`.
     AnswersInjected {
         agent: String,

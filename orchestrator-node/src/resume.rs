@@ -242,6 +242,14 @@ pub fn load(dir: &Path) -> Result<ResumePlan, ResumeError> {
                 turn: conclave_protocol::TurnId(turn),
                 revision,
             }),
+            JournalEvent::TurnProgress {
+                agent,
+                turn,
+                event: TurnEvent::InjectionDeclined { .. },
+            } => Some(Input::InjectionDeclined {
+                agent: index_of(&agent)?,
+                turn: conclave_protocol::TurnId(turn),
+            }),
             JournalEvent::TimedOut { .. } => Some(Input::Timeout),
             JournalEvent::Interrupted => Some(Input::Interrupted),
             JournalEvent::BudgetExhausted { reason, .. } => Some(Input::BudgetExhausted { reason }),

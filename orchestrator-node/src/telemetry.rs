@@ -317,6 +317,14 @@ pub fn session_event(span: &Span, event: &JournalEvent) {
                         text("conclave.answers", &labels.join(",")),
                     ],
                 ),
+                conclave_protocol::TurnEvent::InjectionDeclined { revision } => (
+                    "conclave.injection.declined",
+                    vec![
+                        agent(a),
+                        turn,
+                        KeyValue::new("conclave.revision", *revision as i64),
+                    ],
+                ),
                 conclave_protocol::TurnEvent::WorkflowSwitched { to, reason } => (
                     "conclave.workflow.switched",
                     vec![

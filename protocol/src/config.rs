@@ -153,10 +153,15 @@ pub enum RestartPolicy {
     Finish,
     /// Let them run and deliver the new answers at the agent's next tool boundary (appended to
     /// its next tool result, at most [`OrchestratorSettings::max_midstream_injections_per_round`]
-    /// times per turn): the agent then decides on the new revision. A turn that reaches no tool
-    /// boundary first (no tool call in flight, or the injections of its turn spent) goes on as
-    /// under `Finish`: a vote decided on the old revision is discarded and restarts the agent.
-    /// MassGen 0.1.97's midstream injection.
+    /// times per turn): the agent then decides on the new revision. MassGen 0.1.97's midstream
+    /// injection.
+    ///
+    /// A turn that can reach no tool boundary (its agent offers the model no tools of its own,
+    /// decides through the text protocol, or has left its tool loop to decide) declines the
+    /// answers, and gets [`OrchestratorSettings::inject_fallback`] (`cancel` by default). A
+    /// turn that could have reached one but decides first (the model stopped calling tools, or
+    /// the turn's injections were spent) is stale as under `Finish`: a vote is discarded and
+    /// restarts the agent, an answer is accepted as new work.
     Inject,
 }
 
@@ -218,6 +223,11 @@ pub struct OrchestratorSettings {
     /// at its tool boundaries (MassGen's `max_midstream_injections_per_round`, default 2).
     #[serde(default = "default_max_injections")]
     pub max_midstream_injections_per_round: u32,
+    /// Under [`RestartPolicy::Inject`], what happens to a turn that declines newer answers
+    /// because it can reach no tool boundary: `Cancel` (default) or `Finish`
+    /// (`orchestrator.inject_fallback`).
+    #[serde(default)]
+    pub inject_fallback: RestartPolicy,
 }
 
 /// The default of [`OrchestratorSettings::max_midstream_injections_per_round`] (MassGen's).
@@ -267,6 +277,7 @@ impl Default for OrchestratorSettings {
             restart_window_seconds: DEFAULT_RESTART_WINDOW_SECONDS,
             single_call: false,
             max_midstream_injections_per_round: DEFAULT_MAX_INJECTIONS,
+            inject_fallback: RestartPolicy::Cancel,
         }
     }
 }

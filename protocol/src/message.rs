@@ -167,6 +167,9 @@ pub enum TurnEvent {
         injection: u32,
         labels: Vec<String>,
     },
+    /// Newer answers (revision `revision`) arrived while the turn could reach no tool boundary
+    /// (no tools of its own, the text protocol, or deciding already): the coordinator applies the injection fallback.
+    InjectionDeclined { revision: u64 },
 }
 
 /// How much of a tool's result a [`TurnEvent::ToolCalled`] carries (the journal's copy; the

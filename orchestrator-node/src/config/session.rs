@@ -389,6 +389,20 @@ fn orchestrator_settings(
         f.bool(ctx)
     })?;
     settings.restart_policy = restart_policy(policy, injections, defer, ctx)?;
+    if let Some(fallback) = optional(&mut fields, "inject_fallback", |f| {
+        let text = f.string(ctx)?;
+        match text.trim().to_ascii_lowercase().as_str() {
+            "cancel" => Ok(RestartPolicy::Cancel),
+            "finish" => Ok(RestartPolicy::Finish),
+            _ => Err(ctx.invalid_value(
+                f.path,
+                text,
+                "`cancel` (restart a turn that cannot take the answers) or `finish` (let it finish)",
+            )),
+        }
+    })? {
+        settings.inject_fallback = fallback;
+    }
     if let Some(injections) = injections.filter(|n| *n > 0) {
         settings.max_midstream_injections_per_round = injections;
     }

@@ -114,6 +114,13 @@ pub enum Event {
         from_revision: u64,
         revision: u64,
     },
+    /// Restart policy `inject`: the agent's turn had no tool call in flight and declined the
+    /// newer answers; `fallback` is what happened to it (`Cancel`: cancelled and restarted).
+    InjectionDeclined {
+        agent: AgentIndex,
+        turn: TurnId,
+        fallback: conclave_protocol::config::RestartPolicy,
+    },
     /// A vote decided on an older revision; not the agent's fault, it simply re-decides.
     VoteDiscarded {
         agent: AgentIndex,

@@ -26,6 +26,10 @@ pub struct ConsensusConfig {
     /// Under [`RestartPolicy::Inject`], how many injections one turn may be sent.
     #[serde(default = "default_max_injections")]
     pub max_injections: u32,
+    /// Under [`RestartPolicy::Inject`], what a turn that declines an injection gets:
+    /// `Cancel` (cancelled and restarted) or `Finish` (left to finish).
+    #[serde(default)]
+    pub inject_fallback: RestartPolicy,
     /// An agent whose rejected decisions exceed this number is failed, so a confused model
     /// cannot keep a session busy forever.
     pub max_rejected_decisions: u32,
@@ -51,6 +55,7 @@ impl ConsensusConfig {
             max_total_answers: settings.max_total_answers,
             restart_policy: settings.restart_policy,
             max_injections: settings.max_midstream_injections_per_round,
+            inject_fallback: settings.inject_fallback,
             max_rejected_decisions: DEFAULT_MAX_REJECTED_DECISIONS,
             skip_final_presentation: settings.skip_final_presentation,
             single_call: settings.single_call && agents == 1,

@@ -45,6 +45,9 @@ pub enum Input {
         turn: TurnId,
         revision: u64,
     },
+    /// Under the `inject` restart policy, the agent declined newer answers (no tool call in
+    /// flight): its turn gets the configured fallback.
+    InjectionDeclined { agent: AgentIndex, turn: TurnId },
     /// The agent is gone (node lost, heartbeats missed, actor dead); it is failed.
     AgentLost { agent: AgentIndex, reason: String },
     /// A failed agent is reachable again; it is live and starts fresh with the current answers.

@@ -150,6 +150,7 @@ impl Consensus {
                 turn,
                 revision,
             } => self.on_injected(agent, turn, revision, &mut out),
+            Input::InjectionDeclined { agent, turn } => self.on_declined(agent, turn, &mut out),
             Input::AgentLost { agent, reason } => self.on_agent_lost(agent, reason, &mut out),
             Input::AgentRejoined { agent } => self.on_agent_rejoined(agent, &mut out),
             Input::Timeout => {
@@ -482,6 +483,40 @@ impl Consensus {
                     }
                 }
             }
+        }
+    }
+
+    /// The agent declined an injection (its turn had no tool call in flight). A turn that is
+    /// still behind the current revision gets the fallback: under `Cancel` it is cancelled and
+    /// restarted with the current answers; under `Finish` it is left to finish.
+    fn on_declined(&mut self, agent: AgentIndex, turn: TurnId, out: &mut Vec<Action>) {
+        if self.phase != Phase::Coordinating {
+            ignore(out, Some(agent), Some(turn), "no coordination is under way");
+            return;
+        }
+        let Some(in_flight) = self
+            .in_flight_of(agent, turn)
+            .filter(|in_flight| in_flight.mode == TurnMode::Coordinate)
+        else {
+            ignore(out, Some(agent), Some(turn), "not the agent's current turn");
+            return;
+        };
+        if in_flight.revision >= self.revision {
+            ignore(out, Some(agent), Some(turn), "the turn is already current");
+            return;
+        }
+        out.push(Action::Record(Event::InjectionDeclined {
+            agent,
+            turn,
+            fallback: self.config.inject_fallback,
+        }));
+        if self.config.inject_fallback == RestartPolicy::Cancel {
+            out.push(Action::CancelTurn { agent, turn });
+            let reason = format!(
+                "revision {} declined mid-turn (no tool call in flight)",
+                self.revision
+            );
+            self.restart(agent, Some(turn), &reason, out);
         }
     }
 

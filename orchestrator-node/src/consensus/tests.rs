@@ -819,10 +819,16 @@ fn inject_policy_counts_votes_after_the_author_voted_first() {
             turn: plan.turn,
             revision: plan.revision,
         });
-        assert!(matches!(events(&actions)[..], [Event::AnswersInjected { .. }]), "{actions:#?}");
+        assert!(
+            matches!(events(&actions)[..], [Event::AnswersInjected { .. }]),
+            "{actions:#?}"
+        );
     }
     for (agent, plan) in &sent {
         let actions = machine.handle(vote(*agent, plan, label_11()));
-        assert!(matches!(events(&actions)[0], Event::VoteAccepted { .. }), "{actions:#?}");
+        assert!(
+            matches!(events(&actions)[0], Event::VoteAccepted { .. }),
+            "{actions:#?}"
+        );
     }
 }

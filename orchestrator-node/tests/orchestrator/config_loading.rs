@@ -501,6 +501,7 @@ ui:
             restart_window_seconds: 120,
             single_call: false,
             max_midstream_injections_per_round: 2,
+            inject_fallback: RestartPolicy::Cancel,
         }
     );
     assert_eq!(
@@ -2020,6 +2021,18 @@ fn midstream_injection_keys_map_onto_the_restart_policy() {
     assert_eq!(
         policy_of("{restart_policy: inject, max_midstream_injections_per_round: 1}"),
         (RestartPolicy::Inject, 1)
+    );
+    let yaml = "agent: {backend: {model: gpt-4o}}\norchestrator: {restart_policy: inject, inject_fallback: finish}\n";
+    assert_eq!(
+        load(yaml).config.orchestrator.inject_fallback,
+        RestartPolicy::Finish
+    );
+    let message =
+        load_err("agent: {backend: {model: gpt-4o}}\norchestrator: {inject_fallback: sometimes}\n")
+            .to_string();
+    assert!(
+        message.contains("orchestrator.inject_fallback"),
+        "{message}"
     );
     let message = load_err(
         "agent: {backend: {model: gpt-4o}}\norchestrator: {restart_policy: cancel, defer_peer_updates_until_restart: true}\n",

@@ -53,6 +53,10 @@ enum Step {
         pick: usize,
         bogus: bool,
     },
+    /// An in-flight turn declines newer answers (no tool call in flight).
+    Decline {
+        pick: usize,
+    },
 }
 
 fn step() -> impl Strategy<Value = Step> {
@@ -65,6 +69,7 @@ fn step() -> impl Strategy<Value = Step> {
         20 => (any::<usize>(), 0u8..4).prop_map(|(pick, kind)| Step::Late { pick, kind }),
         30 => (any::<usize>(), prop::bool::weighted(0.2))
             .prop_map(|(pick, bogus)| Step::TakeInjection { pick, bogus }),
+        10 => any::<usize>().prop_map(|pick| Step::Decline { pick }),
         1 => Just(Step::Timeout),
         1 => Just(Step::Interrupt),
         1 => Just(Step::Budget),
@@ -83,11 +88,24 @@ fn config() -> impl Strategy<Value = ConsensusConfig> {
         ],
         0u32..=3,
         any::<bool>(),
-        0u32..=3,
+        (0u32..=3, any::<bool>()),
     )
         .prop_map(
-            |(agents, per_agent, total, restart_policy, max_rejected, skip, injections)| {
+            |(
+                agents,
+                per_agent,
+                total,
+                restart_policy,
+                max_rejected,
+                skip,
+                (injections, cancel),
+            )| {
                 ConsensusConfig {
+                    inject_fallback: if cancel {
+                        RestartPolicy::Cancel
+                    } else {
+                        RestartPolicy::Finish
+                    },
                     agents,
                     max_new_answers_per_agent: per_agent,
                     max_total_answers: total,
@@ -658,6 +676,7 @@ impl Sim {
                 assert!(finish_of(&actions).is_some_and(|o| o.reason == EndReason::Interrupted));
             }
             Step::TakeInjection { pick, bogus } => self.take_injection(pick, bogus),
+            Step::Decline { pick } => self.decline(pick),
             Step::Budget => {
                 let actions = self.feed(Input::BudgetExhausted {
                     reason: "max_total_tokens".into(),
@@ -708,6 +727,34 @@ impl Sim {
         self.turn_revision.insert(turn, offer.revision);
         if let Some((_, plan)) = self.in_flight.get_mut(&turn) {
             *plan = offer;
+        }
+    }
+
+    /// An in-flight turn declines an injection: a stale coordination turn gets the fallback
+    /// (cancelled and restarted under `Cancel`); anything else is ignored.
+    fn decline(&mut self, pick: usize) {
+        let Some((turn, agent, plan)) = self.pick_in_flight(pick) else {
+            return;
+        };
+        let stale = plan.mode == TurnMode::Coordinate && plan.revision < self.machine.revision();
+        let before = self.machine.clone();
+        let actions = self.feed(Input::InjectionDeclined { agent, turn });
+        if !stale {
+            assert!(only_ignored(&actions), "{actions:?}");
+            assert!(self.machine == before);
+            return;
+        }
+        let cancelled = actions
+            .iter()
+            .any(|a| matches!(a, Action::CancelTurn { turn: t, .. } if *t == turn));
+        assert_eq!(
+            cancelled,
+            self.config.inject_fallback == RestartPolicy::Cancel,
+            "fallback {:?}: {actions:?}",
+            self.config.inject_fallback
+        );
+        if cancelled {
+            self.offered.remove(&turn);
         }
     }
 

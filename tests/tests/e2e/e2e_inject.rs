@@ -147,7 +147,11 @@ async fn a_new_answer_reaches_running_tool_loops_and_their_votes_count() {
             .iter()
             .any(|r| r.contains("<UPDATE>") && r.contains("agent1.1")),
         "beta's model never read the injected answers: {reasons:?}\n{}",
-        journal.iter().map(|e| e.to_string()).collect::<Vec<_>>().join("\n")
+        journal
+            .iter()
+            .map(|e| e.to_string())
+            .collect::<Vec<_>>()
+            .join("\n")
     );
     assert_eq!(events_of(&journal, "consensus_reached").len(), 1);
 
