@@ -30,8 +30,8 @@ use conclave::consensus::{Consensus, ConsensusConfig};
 use conclave::coordinator::{AgentLink, Budget, Coordinator, CoordinatorArgs, CoordinatorMsg};
 use conclave::display::Display;
 use conclave::journal::Journal;
-use conclave_agent::cluster::heartbeat::HeartbeatConfig;
-use conclave_agent::cluster::security::Cookie;
+use conclave_cluster::heartbeat::HeartbeatConfig;
+use conclave_cluster::security::Cookie;
 use conclave_protocol::cluster::TurnLimits;
 use conclave_protocol::config::{
     AgentSpec, BackendOptions, BackendSpec, OrchestratorSettings, WireFormat,
