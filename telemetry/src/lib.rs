@@ -458,6 +458,10 @@ mod tests {
             ("OTEL_EXPORTER_OTLP_ENDPOINT", "http://127.0.0.1:4317"),
             ("OTEL_SDK_DISABLED", "TRUE"),
         ])));
+        assert!(export_requested(&env(&[
+            ("OTEL_EXPORTER_OTLP_ENDPOINT", "http://127.0.0.1:4317"),
+            ("OTEL_SDK_DISABLED", "false"),
+        ])));
     }
 
     #[test]
