@@ -32,6 +32,7 @@ use conclave_protocol::{
     AgentReport, Decision, DecisionHow, SessionId, StreamChunk, ToolCall, TraceContext, TurnError,
     TurnErrorKind, TurnEvent, TurnMode, TurnSpec,
 };
+use conclave_telemetry as telemetry;
 use futures::StreamExt;
 use opentelemetry::{Array, StringValue, Value};
 use ractor::{Actor, ActorProcessingErr, ActorRef};
@@ -44,7 +45,6 @@ use crate::llm::{ChatMessage, ChatRequest, ToolChoice};
 use crate::outbox::Outbox;
 use crate::providers::retry::RetryPolicy;
 use crate::providers::{Backend, ProviderError};
-use crate::telemetry;
 use crate::tools::ToolCallRecord;
 use crate::workflow;
 

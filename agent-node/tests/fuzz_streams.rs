@@ -32,7 +32,6 @@
 
 mod common;
 
-use std::cell::Cell;
 use std::collections::VecDeque;
 use std::fmt::Debug;
 use std::path::Path;
@@ -50,61 +49,32 @@ use conclave_agent::providers::retry::{RetryPolicy, is_retryable};
 use conclave_agent::providers::sse::{self, SseEvent, SseStream};
 use conclave_agent::providers::stream::{EventParser, Flow};
 use conclave_agent::providers::{Backend, MAX_ERROR_BODY_BYTES, ProviderError, anthropic, gemini};
-use conclave_fuzz::{cases, peak_growth};
+use conclave_fuzz::{Target, cases, count_input, inputs, peak_growth};
 use conclave_protocol::StreamChunk;
 use conclave_protocol::config::WireFormat;
 use futures::{Stream, StreamExt};
 use proptest::prelude::*;
-use proptest::test_runner::{TestCaseError, TestCaseResult, TestRunner};
+use proptest::test_runner::{TestCaseError, TestCaseResult};
 use serde_json::{Value, json};
 
 // ---------------------------------------------------------------------------------------------
 // Harness: case counts, fixed seed, watchdog, allocation accounting.
 // ---------------------------------------------------------------------------------------------
 
-fn runner(default_cases: u32) -> TestRunner {
-    conclave_fuzz::runner(default_cases, 0xC0C1_A7E0_F4A3_0003)
-}
+/// This file's seed and summary words; the harness itself is `conclave_fuzz`'s.
+const TARGET: Target = Target {
+    file: "fuzz_streams",
+    seed: 0xC0C1_A7E0_F4A3_0003,
+    verb: "run",
+    hits: None,
+};
 
 thread_local! {
-    /// Inputs run by this thread (each property runs on its own test thread).
-    static INPUTS: Cell<u64> = const { Cell::new(0) };
     /// A current-thread runtime per test thread, so allocations stay on the counted thread.
     static RUNTIME: tokio::runtime::Runtime = tokio::runtime::Builder::new_current_thread()
         .enable_time()
         .build()
         .expect("tokio runtime");
-}
-
-fn count_input() {
-    INPUTS.with(|n| n.set(n.get() + 1));
-}
-
-fn fuzz<S>(name: &str, default_cases: u32, strategy: S, test: impl Fn(S::Value) -> TestCaseResult)
-where
-    S: Strategy,
-    S::Value: Clone + Send + Sync + 'static,
-{
-    let before = INPUTS.with(Cell::get);
-    let started = Instant::now();
-    let mut runner = runner(default_cases);
-    let result = runner.run(&strategy, |value| {
-        let _guard = watchdog_arm(name, Arc::new(value.clone()));
-        test(value)
-    });
-    eprintln!(
-        "fuzz_streams::{name}: {} cases, {} inputs run, {:.2?}",
-        cases(default_cases),
-        INPUTS.with(Cell::get) - before,
-        started.elapsed()
-    );
-    if let Err(error) = result {
-        panic!("{name}: {error}");
-    }
-}
-
-fn watchdog_arm(name: &str, input: Arc<dyn Debug + Send + Sync>) -> conclave_fuzz::Disarm {
-    conclave_fuzz::watchdog_arm(&format!("fuzz_streams::{name}"), input)
 }
 
 #[global_allocator]
@@ -714,7 +684,7 @@ fn line_ends() -> impl Strategy<Value = LineEnds> {
 #[test]
 fn every_truncation_of_every_recording() {
     let started = Instant::now();
-    let before = INPUTS.with(Cell::get);
+    let before = inputs();
     let byte_budget = 4 * 1024 * 1024 * (cases(1500) as usize) / 1500;
     for fixture in fixtures() {
         let body = &fixture.body;
@@ -742,7 +712,7 @@ fn every_truncation_of_every_recording() {
         cuts.dedup();
         for cut in cuts {
             let prefix = &body[..cut];
-            let _guard = watchdog_arm(
+            let _guard = TARGET.watchdog_arm(
                 "every_truncation_of_every_recording",
                 Arc::new(format!("{} cut at {cut}", fixture.name)),
             );
@@ -765,7 +735,7 @@ fn every_truncation_of_every_recording() {
     }
     eprintln!(
         "fuzz_streams::every_truncation_of_every_recording: {} inputs run, {:.2?}",
-        INPUTS.with(Cell::get) - before,
+        inputs() - before,
         started.elapsed()
     );
 }
@@ -774,7 +744,7 @@ fn every_truncation_of_every_recording() {
 /// BOM), however the reads split it; a second BOM is not dropped but must not panic either.
 #[test]
 fn byte_order_marks() {
-    let _guard = watchdog_arm("byte_order_marks", Arc::new("BOM + fixtures"));
+    let _guard = TARGET.watchdog_arm("byte_order_marks", Arc::new("BOM + fixtures"));
     let bom = "\u{feff}".as_bytes();
     for fixture in fixtures() {
         let plain = run_stream(fixture.wire, &fixture.body, &Delivery::whole()).unwrap();
@@ -798,7 +768,7 @@ fn byte_order_marks() {
 #[test]
 fn mutated_recordings_in_random_reads() {
     let n = fixtures().len();
-    fuzz(
+    TARGET.fuzz(
         "mutated_recordings_in_random_reads",
         1500,
         (
@@ -841,7 +811,7 @@ fn sse_garbage() {
             format!("event: {}\ndata: {}\n\n", e.event, e.data).into_bytes()
         }),
     ];
-    fuzz(
+    TARGET.fuzz(
         "sse_garbage",
         2500,
         (
@@ -1180,7 +1150,7 @@ fn mutate_event(event: &SseEvent, pick: &EventPick) -> SseEvent {
 #[test]
 fn spliced_and_mutated_events() {
     let n = fixtures().len();
-    fuzz(
+    TARGET.fuzz(
         "spliced_and_mutated_events",
         1200,
         (
@@ -1235,7 +1205,7 @@ fn sse_body(events: &[(&str, String)]) -> Vec<u8> {
 /// on these multi-megabyte bodies takes minutes to hours and trips the hang watchdog
 /// (`CONCLAVE_FUZZ_HANG_SECS`). The speed itself is the benches' business.
 fn hostile(name: &str, wire: Wire, body: &[u8], delivery: &Delivery) {
-    let _guard = watchdog_arm(name, Arc::new(format!("{name}: {} bytes", body.len())));
+    let _guard = TARGET.watchdog_arm(name, Arc::new(format!("{name}: {} bytes", body.len())));
     let started = Instant::now();
     run_stream(wire, body, delivery).unwrap_or_else(|e| panic!("{name}: {e}"));
     eprintln!(
@@ -1357,7 +1327,7 @@ fn hostile_structure() {
 /// error instead of being buffered; an event under it still parses.
 #[test]
 fn sse_size_limits() {
-    let _guard = watchdog_arm("sse_size_limits", Arc::new("16 MiB lines and events"));
+    let _guard = TARGET.watchdog_arm("sse_size_limits", Arc::new("16 MiB lines and events"));
     let max = sse::MAX_EVENT_BYTES;
     let mut long_line = b"data: ".to_vec();
     long_line.extend(std::iter::repeat_n(b'x', max));
@@ -1573,7 +1543,7 @@ fn answer() -> impl Strategy<Value = Answer> {
 /// stream exactly what the in-memory path gives for the same bytes.
 #[test]
 fn http_answers() {
-    fuzz("http_answers", 150, answer(), |answer| {
+    TARGET.fuzz("http_answers", 150, answer(), |answer| {
         count_input();
         // A fresh runtime per case: dropping it stops the scripted server and its socket.
         let rt = tokio::runtime::Builder::new_current_thread()
@@ -1698,7 +1668,7 @@ fn http_errors_and_retry_hints() {
         "\\PC{0,64}",
         (1usize..20_000).prop_map(|n| "é".repeat(n)),
     ];
-    fuzz(
+    TARGET.fuzz(
         "http_errors_and_retry_hints",
         1500,
         (
@@ -1852,7 +1822,7 @@ fn claude_code_lines() {
         1 => "\\{[ -~]{0,20}",
         1 => Just(String::new()),
     ];
-    fuzz(
+    TARGET.fuzz(
         "claude_code_lines",
         2000,
         (
@@ -1887,7 +1857,7 @@ fn claude_code_lines() {
 #[test]
 fn claude_code_tool_call_text() {
     let tools = claude_request(true).tools;
-    fuzz(
+    TARGET.fuzz(
         "claude_code_tool_call_text",
         1500,
         proptest::collection::vec(

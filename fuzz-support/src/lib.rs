@@ -2,8 +2,14 @@
 //! and a fixed seed from the environment, a per-thread hang watchdog, and a counting global
 //! allocator that bounds one case's peak heap growth.
 //!
-//! A test file installs the allocator itself:
+//! A test file describes itself once as a [`Target`] (its name, seed and summary words) and
+//! runs each property through [`Target::fuzz`], counting its inputs with [`count_input`] (and
+//! [`count_hit`] for the ones that parse, decode, ...). It installs the allocator itself:
 //! `#[global_allocator] static ALLOC: conclave_fuzz::CountingAlloc = conclave_fuzz::CountingAlloc;`
+//!
+//! The summary line of each property goes to stderr (`eprintln!`, seen with `--nocapture`),
+//! and so does a hang report right before the abort: this is a test harness, where no
+//! `tracing` subscriber is installed to carry either.
 
 use std::alloc::{GlobalAlloc, Layout, System};
 use std::cell::Cell;
@@ -13,7 +19,8 @@ use std::sync::{Arc, Mutex, OnceLock};
 use std::thread::ThreadId;
 use std::time::{Duration, Instant};
 
-use proptest::test_runner::{Config, RngAlgorithm, RngSeed, TestRunner};
+use proptest::strategy::Strategy;
+use proptest::test_runner::{Config, RngAlgorithm, RngSeed, TestCaseResult, TestRunner};
 
 /// Cases per property: `CONCLAVE_FUZZ_CASES` when set, else `default`.
 pub fn cases(default: u32) -> u32 {
@@ -38,6 +45,95 @@ pub fn runner(default_cases: u32, default_seed: u64) -> TestRunner {
         max_shrink_time: 60_000,
         ..Config::default()
     })
+}
+
+/// One fuzz test file: the prefix of its summary lines and hang reports, its fixed seed, and
+/// the words of its summary line.
+#[derive(Clone, Copy, Debug)]
+pub struct Target {
+    /// The file's name, e.g. `fuzz_frames`.
+    pub file: &'static str,
+    /// The seed of every property's runner (`CONCLAVE_FUZZ_SEED` overrides it).
+    pub seed: u64,
+    /// What the file does with an input, e.g. `decoded`: "N inputs decoded".
+    pub verb: &'static str,
+    /// What [`count_hit`] counts, e.g. `accepted`: "N inputs parsed (M accepted)". `None`
+    /// when the file counts no hits.
+    pub hits: Option<&'static str>,
+}
+
+impl Target {
+    /// A runner with this file's seed (see [`runner`]).
+    pub fn runner(&self, default_cases: u32) -> TestRunner {
+        runner(default_cases, self.seed)
+    }
+
+    /// Arms the hang watchdog (see [`watchdog_arm`]) under `file::name`.
+    pub fn watchdog_arm(&self, name: &str, input: Arc<dyn Debug + Send + Sync>) -> Disarm {
+        watchdog_arm(&format!("{}::{name}", self.file), input)
+    }
+
+    /// Runs one property under the watchdog, prints how many inputs it executed and how long
+    /// it took, and panics with proptest's (shrunk) failure.
+    pub fn fuzz<S>(
+        &self,
+        name: &str,
+        default_cases: u32,
+        strategy: S,
+        test: impl Fn(S::Value) -> TestCaseResult,
+    ) where
+        S: Strategy,
+        S::Value: Clone + Send + Sync + 'static,
+    {
+        let (inputs_before, hits_before) = (inputs(), hits());
+        let started = Instant::now();
+        let mut runner = self.runner(default_cases);
+        let result = runner.run(&strategy, |value| {
+            let _guard = self.watchdog_arm(name, Arc::new(value.clone()));
+            test(value)
+        });
+        let hits = match self.hits {
+            Some(what) => format!(" ({} {what})", hits() - hits_before),
+            None => String::new(),
+        };
+        eprintln!(
+            "{}::{name}: {} cases, {} inputs {}{hits}, {:.2?}",
+            self.file,
+            cases(default_cases),
+            inputs() - inputs_before,
+            self.verb,
+            started.elapsed()
+        );
+        if let Err(error) = result {
+            panic!("{name}: {error}");
+        }
+    }
+}
+
+thread_local! {
+    /// Inputs run by this thread (each property runs on its own test thread).
+    static INPUTS: Cell<u64> = const { Cell::new(0) };
+    /// Of those, the ones [`count_hit`] counted.
+    static HITS: Cell<u64> = const { Cell::new(0) };
+}
+
+/// Counts one input run by this thread.
+pub fn count_input() {
+    INPUTS.with(|n| n.set(n.get() + 1));
+}
+
+/// Counts one input that this file's [`Target::hits`] names (decoded to a message, accepted).
+pub fn count_hit() {
+    HITS.with(|n| n.set(n.get() + 1));
+}
+
+/// The inputs this thread has run so far.
+pub fn inputs() -> u64 {
+    INPUTS.with(Cell::get)
+}
+
+fn hits() -> u64 {
+    HITS.with(Cell::get)
 }
 
 type Armed = (&'static str, Instant, Arc<dyn Debug + Send + Sync>);

@@ -117,8 +117,8 @@ pub struct ClusterArgs {
 impl ClusterArgs {
     /// The cluster options, or `None` without `--listen`. Reads the cookie and TLS files.
     pub fn options(&self, env: &EnvFn) -> anyhow::Result<Option<crate::cluster::ClusterOptions>> {
-        use conclave_agent::cluster::heartbeat::HeartbeatConfig;
-        use conclave_agent::cluster::security::{COOKIE_ENV, Cookie, Tls, TlsFiles};
+        use conclave_cluster::heartbeat::HeartbeatConfig;
+        use conclave_cluster::security::{COOKIE_ENV, Cookie, Tls, TlsFiles};
         let Some(listen) = self.listen else {
             anyhow::ensure!(
                 self.tls_cert.is_none() && self.tls_key.is_none() && self.tls_ca.is_none(),

@@ -28,6 +28,7 @@ use std::io::{self, BufRead, BufReader, Write};
 use std::path::{Path, PathBuf};
 use std::time::{SystemTime, UNIX_EPOCH};
 
+use chrono::{DateTime, Utc};
 use serde::{Deserialize, Serialize};
 
 /// The conversation file's name inside the directory of its first session.
@@ -314,14 +315,11 @@ fn shorten(text: &str, max: usize) -> String {
 
 /// `YYYY-MM-DD HH:MM` of a unix time in milliseconds (UTC).
 fn utc_minute(unix_ms: u64) -> String {
-    let secs = unix_ms / 1000;
-    let (year, month, day) = crate::session::civil_from_days((secs / 86_400) as i64);
-    let rem = secs % 86_400;
-    format!(
-        "{year:04}-{month:02}-{day:02} {:02}:{:02}",
-        rem / 3600,
-        (rem / 60) % 60
-    )
+    let time = i64::try_from(unix_ms)
+        .ok()
+        .and_then(DateTime::from_timestamp_millis)
+        .unwrap_or(DateTime::<Utc>::MAX_UTC);
+    time.format("%Y-%m-%d %H:%M").to_string()
 }
 
 #[cfg(test)]
@@ -341,6 +339,13 @@ mod tests {
             cost_usd: Some(0.5),
             unix_ms: ms,
         }
+    }
+
+    #[test]
+    fn listed_dates_are_utc_minutes() {
+        assert_eq!(utc_minute(0), "1970-01-01 00:00");
+        // 2000-02-29 23:59:59.999 UTC: a leap day, and the seconds are cut, not rounded.
+        assert_eq!(utc_minute(951_868_799_999), "2000-02-29 23:59");
     }
 
     #[test]

@@ -255,7 +255,7 @@ impl CoordinatorState {
             session: self.session.clone(),
             sender: "coordinator".to_owned(),
             seq: self.next_seq,
-            trace: conclave_agent::telemetry::inject_span(&self.span),
+            trace: conclave_telemetry::inject_span(&self.span),
             body,
         };
         self.next_seq += 1;

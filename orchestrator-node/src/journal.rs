@@ -44,6 +44,7 @@ use std::sync::mpsc;
 use std::thread::JoinHandle;
 use std::time::{Instant, SystemTime, UNIX_EPOCH};
 
+use chrono::{DateTime, Utc};
 use conclave_protocol::config::SessionConfig;
 use conclave_protocol::{Decision, DecisionHow, TurnEvent};
 use serde::{Deserialize, Serialize};
@@ -475,15 +476,11 @@ fn describe_holder(file: &File) -> String {
 
 /// `YYYY-MM-DD HH:MM:SS UTC` of a unix time in milliseconds.
 fn utc_time(unix_ms: u64) -> String {
-    let secs = unix_ms / 1000;
-    let (year, month, day) = crate::session::civil_from_days((secs / 86_400) as i64);
-    let rem = secs % 86_400;
-    format!(
-        "{year:04}-{month:02}-{day:02} {:02}:{:02}:{:02} UTC",
-        rem / 3600,
-        (rem / 60) % 60,
-        rem % 60
-    )
+    let time = i64::try_from(unix_ms)
+        .ok()
+        .and_then(DateTime::from_timestamp_millis)
+        .unwrap_or(DateTime::<Utc>::MAX_UTC);
+    time.format("%Y-%m-%d %H:%M:%S UTC").to_string()
 }
 
 fn unix_ms() -> u64 {

@@ -27,6 +27,7 @@ use std::path::{Path, PathBuf};
 use std::sync::Arc;
 use std::time::{Duration, SystemTime, UNIX_EPOCH};
 
+use chrono::{DateTime, Utc};
 use conclave_agent::agent::{AgentActor, AgentArgs, AgentMsg};
 use conclave_agent::outbox::{Outbox, ReportSink};
 use conclave_agent::providers::{Backend, ProviderError, http_client};
@@ -113,34 +114,24 @@ pub fn new_session_id() -> SessionId {
     let now = SystemTime::now()
         .duration_since(UNIX_EPOCH)
         .unwrap_or_default();
-    let secs = now.as_secs();
-    let (year, month, day) = civil_from_days((secs / 86_400) as i64);
-    let rem = secs % 86_400;
     let mut hasher = std::collections::hash_map::RandomState::new().build_hasher();
     hasher.write_u128(now.as_nanos());
     hasher.write_u32(std::process::id());
-    let random = hasher.finish() & 0xff_ffff;
-    let id = format!(
-        "{year:04}{month:02}{day:02}-{:02}{:02}{:02}-{random:06x}",
-        rem / 3600,
-        (rem / 60) % 60,
-        rem % 60
-    );
-    SessionId(id)
+    session_id_at(now.as_secs(), hasher.finish())
 }
 
-/// Days since 1970-01-01 to a (year, month, day) civil date (Howard Hinnant's algorithm).
-pub(crate) fn civil_from_days(days: i64) -> (i64, u32, u32) {
-    let z = days + 719_468;
-    let era = z.div_euclid(146_097);
-    let doe = z.rem_euclid(146_097);
-    let yoe = (doe - doe / 1460 + doe / 36_524 - doe / 146_096) / 365;
-    let doy = doe - (365 * yoe + yoe / 4 - yoe / 100);
-    let mp = (5 * doy + 2) / 153;
-    let day = (doy - (153 * mp + 2) / 5 + 1) as u32;
-    let month = if mp < 10 { mp + 3 } else { mp - 9 } as u32;
-    let year = yoe + era * 400 + i64::from(month <= 2);
-    (year, month, day)
+/// The session id of a start at `unix_secs` (UTC) with the low 24 bits of `random`. The
+/// calendar is chrono's (already linked through the MCP client), not a hand-written one.
+fn session_id_at(unix_secs: u64, random: u64) -> SessionId {
+    let start = i64::try_from(unix_secs)
+        .ok()
+        .and_then(|secs| DateTime::from_timestamp(secs, 0))
+        .unwrap_or(DateTime::<Utc>::MAX_UTC);
+    SessionId(format!(
+        "{}-{:06x}",
+        start.format("%Y%m%d-%H%M%S"),
+        random & 0xff_ffff
+    ))
 }
 
 /// The directory of a session under a sessions root.
@@ -796,11 +787,21 @@ mod tests {
     use super::*;
 
     #[test]
-    fn civil_dates_are_right() {
-        assert_eq!(civil_from_days(0), (1970, 1, 1));
-        assert_eq!(civil_from_days(19_723), (2024, 1, 1));
-        assert_eq!(civil_from_days(20_781), (2026, 11, 24));
-        assert_eq!(civil_from_days(11_016), (2000, 2, 29));
+    fn session_ids_carry_the_utc_start_and_24_random_bits() {
+        // The dates the hand-written calendar was checked on, now through chrono.
+        assert_eq!(session_id_at(0, 0).as_str(), "19700101-000000-000000");
+        assert_eq!(
+            session_id_at(19_723 * 86_400, 0xab).as_str(),
+            "20240101-000000-0000ab"
+        );
+        assert_eq!(
+            session_id_at(11_016 * 86_400 + 86_399, 0xfff_abcdef).as_str(),
+            "20000229-235959-abcdef"
+        );
+        assert_eq!(
+            session_id_at(20_781 * 86_400 + 10 * 3600 + 15 * 60 + 7, 0x1_000_001).as_str(),
+            "20261124-101507-000001"
+        );
     }
 
     fn loaded(yaml: &str) -> SessionConfig {

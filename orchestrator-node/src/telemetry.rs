@@ -35,9 +35,7 @@ use crate::coordinator::{SessionOutcome, reason_name};
 use crate::journal::JournalEvent;
 
 /// The exporter plumbing is shared with the agent node (`conclave-agent`).
-pub use conclave_agent::telemetry::{
-    SHUTDOWN_TIMEOUT, TelemetryGuard, export_requested, otel_layer,
-};
+pub use conclave_telemetry::{SHUTDOWN_TIMEOUT, TelemetryGuard, export_requested, otel_layer};
 
 /// `service.name` when neither `OTEL_SERVICE_NAME` nor `OTEL_RESOURCE_ATTRIBUTES` names one.
 pub const DEFAULT_SERVICE_NAME: &str = "conclave-orchestrator";
@@ -49,26 +47,26 @@ pub const SESSION_SPAN: &str = "invoke_workflow conclave";
 /// [`DEFAULT_SERVICE_NAME`]), `service.version`, the SDK's telemetry attributes, then whatever
 /// `OTEL_RESOURCE_ATTRIBUTES` and `OTEL_SERVICE_NAME` say (they win).
 pub fn resource() -> Resource {
-    conclave_agent::telemetry::resource(DEFAULT_SERVICE_NAME)
+    conclave_telemetry::resource(DEFAULT_SERVICE_NAME)
 }
 
 /// A tracer provider with an OTLP/gRPC batch exporter and the orchestrator's [`resource`]
-/// (see `conclave_agent::telemetry::tracer_provider`). Must be called inside a Tokio runtime
+/// (see `conclave_telemetry::tracer_provider`). Must be called inside a Tokio runtime
 /// that outlives the provider's shutdown.
 pub fn tracer_provider(
     endpoint: Option<&str>,
 ) -> Result<SdkTracerProvider, opentelemetry_otlp::ExporterBuildError> {
-    conclave_agent::telemetry::tracer_provider(endpoint, DEFAULT_SERVICE_NAME)
+    conclave_telemetry::tracer_provider(endpoint, DEFAULT_SERVICE_NAME)
 }
 
 /// Installs the global `tracing` subscriber: the stderr log filtered by `log_filter`, plus the
 /// OTLP exporter when [`export_requested`] (see the module docs). Returns the guard to keep
 /// until exit when export is on. Call once, inside a Tokio runtime (`Runtime::enter`).
 pub fn init(log_filter: EnvFilter) -> Option<TelemetryGuard> {
-    conclave_agent::telemetry::init(
+    conclave_telemetry::init(
         DEFAULT_SERVICE_NAME,
         log_filter,
-        conclave_agent::telemetry::LogStyle {
+        conclave_telemetry::LogStyle {
             target: false,
             ansi: None,
         },
@@ -126,10 +124,10 @@ pub fn end_session(span: &Span, outcome: &SessionOutcome) {
 /// restarts, retries, failures, consensus, the end. Events that are only bookkeeping (usage,
 /// the final text, ...) are left out. Does nothing while export is off.
 pub fn session_event(span: &Span, event: &JournalEvent) {
-    if !conclave_agent::telemetry::is_active() || span.is_disabled() {
+    if !conclave_telemetry::is_active() || span.is_disabled() {
         return;
     }
-    let capture = conclave_agent::telemetry::capture_content();
+    let capture = conclave_telemetry::capture_content();
     let agent = |name: &str| KeyValue::new("gen_ai.agent.name", name.to_owned());
     let label = |label: &str| KeyValue::new("conclave.answer.label", label.to_owned());
     let revision = |r: u64| KeyValue::new("conclave.revision", r as i64);
@@ -388,43 +386,4 @@ pub fn session_event(span: &Span, event: &JournalEvent) {
         _ => return,
     };
     span.add_event(name, attributes);
-}
-
-#[cfg(test)]
-mod tests {
-    use super::*;
-
-    fn env(pairs: &'static [(&'static str, &'static str)]) -> impl Fn(&str) -> Option<String> {
-        move |key| {
-            pairs
-                .iter()
-                .find(|(k, _)| *k == key)
-                .map(|(_, v)| (*v).to_owned())
-        }
-    }
-
-    #[test]
-    fn export_needs_an_endpoint_and_an_enabled_sdk() {
-        assert!(!export_requested(&env(&[])));
-        assert!(!export_requested(&env(&[(
-            "OTEL_EXPORTER_OTLP_ENDPOINT",
-            " "
-        )])));
-        assert!(export_requested(&env(&[(
-            "OTEL_EXPORTER_OTLP_ENDPOINT",
-            "http://localhost:4317"
-        )])));
-        assert!(export_requested(&env(&[(
-            "OTEL_EXPORTER_OTLP_TRACES_ENDPOINT",
-            "http://localhost:4317"
-        )])));
-        assert!(!export_requested(&env(&[
-            ("OTEL_EXPORTER_OTLP_ENDPOINT", "http://localhost:4317"),
-            ("OTEL_SDK_DISABLED", "TRUE"),
-        ])));
-        assert!(export_requested(&env(&[
-            ("OTEL_EXPORTER_OTLP_ENDPOINT", "http://localhost:4317"),
-            ("OTEL_SDK_DISABLED", "false"),
-        ])));
-    }
 }

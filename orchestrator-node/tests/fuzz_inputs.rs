@@ -27,8 +27,6 @@
 //! property and `CONCLAVE_FUZZ_SEED=S` changes the fixed seed, e.g.
 //! `CONCLAVE_FUZZ_CASES=20000 cargo test --release -p conclave --test fuzz_inputs -- --nocapture`.
 
-use std::cell::Cell;
-
 use std::collections::HashSet;
 use std::fmt::Debug;
 use std::path::Path;
@@ -38,63 +36,23 @@ use std::time::{Duration, Instant};
 
 use conclave::config::{MAX_TIMEOUT_SECONDS, load_str, parse_dotenv};
 use conclave::journal::{EVENTS_FILE, read_events};
-use conclave_fuzz::{cases, peak_growth};
+use conclave_fuzz::{Target, count_hit, count_input, peak_growth};
 use conclave_protocol::config::SessionConfig;
 use proptest::prelude::*;
-use proptest::test_runner::{TestCaseError, TestCaseResult, TestRunner};
+use proptest::test_runner::{TestCaseError, TestCaseResult};
 use serde_json::{Value, json};
 
 // ---------------------------------------------------------------------------------------------
 // Harness: case counts, fixed seed, watchdog, allocation accounting.
 // ---------------------------------------------------------------------------------------------
 
-fn runner(default_cases: u32) -> TestRunner {
-    conclave_fuzz::runner(default_cases, 0xC0C1_A7E0_F4A3_0002)
-}
-
-thread_local! {
-    /// Inputs parsed by this thread (each property runs on its own test thread).
-    static INPUTS: Cell<u64> = const { Cell::new(0) };
-    /// Of those, the ones that parsed or loaded successfully.
-    static ACCEPTED: Cell<u64> = const { Cell::new(0) };
-}
-
-fn count_accepted() {
-    ACCEPTED.with(|n| n.set(n.get() + 1));
-}
-
-fn count_input() {
-    INPUTS.with(|n| n.set(n.get() + 1));
-}
-
-fn fuzz<S>(name: &str, default_cases: u32, strategy: S, test: impl Fn(S::Value) -> TestCaseResult)
-where
-    S: Strategy,
-    S::Value: Clone + Send + Sync + 'static,
-{
-    let before = INPUTS.with(Cell::get);
-    let accepted_before = ACCEPTED.with(Cell::get);
-    let started = Instant::now();
-    let mut runner = runner(default_cases);
-    let result = runner.run(&strategy, |value| {
-        let _guard = watchdog_arm(name, Arc::new(value.clone()));
-        test(value)
-    });
-    eprintln!(
-        "fuzz_inputs::{name}: {} cases, {} inputs parsed ({} accepted), {:.2?}",
-        cases(default_cases),
-        INPUTS.with(Cell::get) - before,
-        ACCEPTED.with(Cell::get) - accepted_before,
-        started.elapsed()
-    );
-    if let Err(error) = result {
-        panic!("{name}: {error}");
-    }
-}
-
-fn watchdog_arm(name: &str, input: Arc<dyn Debug + Send + Sync>) -> conclave_fuzz::Disarm {
-    conclave_fuzz::watchdog_arm(&format!("fuzz_inputs::{name}"), input)
-}
+/// This file's seed and summary words; the harness itself is `conclave_fuzz`'s.
+const TARGET: Target = Target {
+    file: "fuzz_inputs",
+    seed: 0xC0C1_A7E0_F4A3_0002,
+    verb: "parsed",
+    hits: Some("accepted"),
+};
 
 #[global_allocator]
 static ALLOC: conclave_fuzz::CountingAlloc = conclave_fuzz::CountingAlloc;
@@ -1024,7 +982,7 @@ fn check_load(yaml: &str) -> TestCaseResult {
             let _ = error.key_path();
         }
         Ok(loaded) => {
-            count_accepted();
+            count_hit();
             for warning in &loaded.warnings {
                 let _ = warning.to_string();
             }
@@ -1106,7 +1064,7 @@ fn check_config(config: &SessionConfig) -> TestCaseResult {
 /// Documents from the grammar, lightly mutated as text.
 #[test]
 fn config_documents_from_the_grammar() {
-    fuzz(
+    TARGET.fuzz(
         "config_documents_from_the_grammar",
         1500,
         (
@@ -1130,7 +1088,7 @@ fn config_documents_from_the_grammar() {
 /// Arbitrary YAML trees of the config keys (no config shape imposed), block or flow style.
 #[test]
 fn arbitrary_yaml_trees() {
-    fuzz(
+    TARGET.fuzz(
         "arbitrary_yaml_trees",
         500,
         (yaml_tree(), any::<bool>()),
@@ -1151,7 +1109,7 @@ fn arbitrary_yaml_trees() {
 #[test]
 fn shipped_configs_mutated() {
     let configs = shipped_configs();
-    fuzz(
+    TARGET.fuzz(
         "shipped_configs_mutated",
         800,
         (
@@ -1171,7 +1129,7 @@ fn shipped_configs_mutated() {
 /// Raw garbage as a config.
 #[test]
 fn garbage_configs() {
-    fuzz("garbage_configs", 700, garbage_text(400), |text| {
+    TARGET.fuzz("garbage_configs", 700, garbage_text(400), |text| {
         check_load(&text)
     });
 }
@@ -1180,7 +1138,7 @@ fn garbage_configs() {
 /// cleanly; every byte-boundary cut of the first config too.
 #[test]
 fn shipped_config_prefixes() {
-    let _guard = watchdog_arm("shipped_config_prefixes", Arc::new("configs/*.yaml"));
+    let _guard = TARGET.watchdog_arm("shipped_config_prefixes", Arc::new("configs/*.yaml"));
     for yaml in shipped_configs() {
         check_load(yaml).unwrap();
         for (i, _) in yaml.match_indices('\n') {
@@ -1197,7 +1155,7 @@ fn shipped_config_prefixes() {
 /// scalars, deeply nested `${...:-...}` defaults.
 #[test]
 fn hostile_config_shapes() {
-    let _guard = watchdog_arm("hostile_config_shapes", Arc::new("hostile shapes"));
+    let _guard = TARGET.watchdog_arm("hostile_config_shapes", Arc::new("hostile shapes"));
     let agent = "agents:\n  - id: a\n    backend: {type: sim, model: m}\n";
     let mut docs = vec![
         format!("{agent}x: {}{}", "[".repeat(100_000), "]".repeat(100_000)),
@@ -1291,7 +1249,7 @@ fn dotenv_line() -> BoxedStrategy<String> {
 
 #[test]
 fn dotenv_files() {
-    fuzz(
+    TARGET.fuzz(
         "dotenv_files",
         1500,
         (
@@ -1310,7 +1268,7 @@ fn dotenv_files() {
             })?;
             match result {
                 Ok(pairs) => {
-                    count_accepted();
+                    count_hit();
                     for (key, value) in &pairs {
                         prop_assert!(
                             !key.is_empty()
@@ -1333,7 +1291,7 @@ fn dotenv_files() {
 /// followed by many lines, very long lines, many escapes.
 #[test]
 fn hostile_dotenv_shapes() {
-    let _guard = watchdog_arm("hostile_dotenv_shapes", Arc::new("hostile .env"));
+    let _guard = TARGET.watchdog_arm("hostile_dotenv_shapes", Arc::new("hostile .env"));
     let docs = [
         format!("A=\"{}", "x\n".repeat(200_000)),
         format!("A=\"{}", "\\\"\n".repeat(200_000)),
@@ -1529,7 +1487,7 @@ fn check_journal(dir: &Path, bytes: &[u8], intact_lines: Option<usize>) -> TestC
     })?;
     match plan {
         Ok(plan) => {
-            count_accepted();
+            count_hit();
             prop_assert!(plan.valid_len <= bytes.len() as u64);
             prop_assert_eq!(plan.usage.len(), plan.config.agents.len());
         }
@@ -1562,7 +1520,7 @@ fn journals_with_damage() {
             panic!("the seed journal of fuzz_inputs.rs no longer resumes ({e}); update it")
         });
     }
-    fuzz(
+    TARGET.fuzz(
         "journals_with_damage",
         700,
         (
@@ -1633,7 +1591,7 @@ fn journals_with_damage() {
 #[test]
 fn garbage_journals() {
     let dir = tempfile::tempdir().expect("temp dir");
-    fuzz(
+    TARGET.fuzz(
         "garbage_journals",
         600,
         prop_oneof![
@@ -1661,7 +1619,7 @@ fn garbage_journals() {
 /// Deeply nested JSON, very long lines and many lines.
 #[test]
 fn hostile_journal_shapes() {
-    let _guard = watchdog_arm("hostile_journal_shapes", Arc::new("hostile journals"));
+    let _guard = TARGET.watchdog_arm("hostile_journal_shapes", Arc::new("hostile journals"));
     let dir = tempfile::tempdir().expect("temp dir");
     let start = line_text(0, &session_started("q"));
     let docs: Vec<Vec<u8>> = vec![

@@ -589,7 +589,7 @@ fn a_trace_context_carries_the_parent_across_nodes() {
     use opentelemetry_sdk::trace::{InMemorySpanExporter, SdkTracerProvider};
     use tracing_subscriber::layer::SubscriberExt;
 
-    conclave_agent::telemetry::enable();
+    conclave_telemetry::enable();
     let exporter = InMemorySpanExporter::default();
     let provider = SdkTracerProvider::builder()
         .with_simple_exporter(exporter.clone())
@@ -607,7 +607,7 @@ fn a_trace_context_carries_the_parent_across_nodes() {
                 3,
                 false,
             );
-            let trace = conclave_agent::telemetry::inject_span(&session);
+            let trace = conclave_telemetry::inject_span(&session);
             let cx = {
                 use tracing_opentelemetry::OpenTelemetrySpanExt;
                 session.context()
@@ -630,7 +630,7 @@ fn a_trace_context_carries_the_parent_across_nodes() {
         let _inside = unrelated.enter();
         let turn =
             tracing::info_span!(parent: None, "invoke_agent", otel.name = "invoke_agent alpha");
-        conclave_agent::telemetry::set_parent(&turn, &carried);
+        conclave_telemetry::set_parent(&turn, &carried);
         turn.in_scope(|| {});
     });
     provider.force_flush().unwrap();

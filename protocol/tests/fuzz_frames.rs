@@ -22,12 +22,10 @@
 //! cases per property instead and `CONCLAVE_FUZZ_SEED=S` changes the fixed seed, e.g.
 //! `CONCLAVE_FUZZ_CASES=20000 cargo test --release -p conclave-protocol --test fuzz_frames -- --nocapture`.
 
-use std::cell::Cell;
 use std::fmt::Debug;
 use std::sync::{Arc, Mutex};
-use std::time::Instant;
 
-use conclave_fuzz::{cases, peak_growth};
+use conclave_fuzz::{Target, count_hit, count_input, peak_growth};
 use conclave_protocol::cluster::{ToHost, ToOrchestrator};
 use conclave_protocol::config::{
     AgentSpec, BackendOptions, BackendSpec, DisplayKind, OrchestratorSettings, RestartPolicy,
@@ -35,7 +33,7 @@ use conclave_protocol::config::{
 };
 use conclave_protocol::*;
 use proptest::prelude::*;
-use proptest::test_runner::{TestCaseError, TestCaseResult, TestRunner};
+use proptest::test_runner::{TestCaseError, TestCaseResult};
 use serde::Serialize;
 use serde::de::DeserializeOwned;
 
@@ -43,50 +41,13 @@ use serde::de::DeserializeOwned;
 // Harness: case counts, fixed seed, watchdog, allocation accounting.
 // ---------------------------------------------------------------------------------------------
 
-fn runner(default_cases: u32) -> TestRunner {
-    conclave_fuzz::runner(default_cases, 0xC0C1_A7E0_F4A3_0001)
-}
-
-thread_local! {
-    /// Decodes done by this thread (each property runs on its own test thread).
-    static INPUTS: Cell<u64> = const { Cell::new(0) };
-    /// Of those, the decodes that gave a message.
-    static DECODED: Cell<u64> = const { Cell::new(0) };
-}
-
-fn count_input() {
-    INPUTS.with(|n| n.set(n.get() + 1));
-}
-
-/// Runs one property and prints how many inputs it executed and how long it took.
-fn fuzz<S>(name: &str, default_cases: u32, strategy: S, test: impl Fn(S::Value) -> TestCaseResult)
-where
-    S: Strategy,
-    S::Value: Clone + Send + Sync + 'static,
-{
-    let before = INPUTS.with(Cell::get);
-    let decoded_before = DECODED.with(Cell::get);
-    let started = Instant::now();
-    let mut runner = runner(default_cases);
-    let result = runner.run(&strategy, |value| {
-        let _guard = watchdog_arm(name, Arc::new(value.clone()));
-        test(value)
-    });
-    eprintln!(
-        "fuzz_frames::{name}: {} cases, {} inputs decoded ({} to a message), {:.2?}",
-        cases(default_cases),
-        INPUTS.with(Cell::get) - before,
-        DECODED.with(Cell::get) - decoded_before,
-        started.elapsed()
-    );
-    if let Err(error) = result {
-        panic!("{name}: {error}");
-    }
-}
-
-fn watchdog_arm(name: &str, input: Arc<dyn Debug + Send + Sync>) -> conclave_fuzz::Disarm {
-    conclave_fuzz::watchdog_arm(&format!("fuzz_frames::{name}"), input)
-}
+/// This file's seed and summary words; the harness itself is `conclave_fuzz`'s.
+const TARGET: Target = Target {
+    file: "fuzz_frames",
+    seed: 0xC0C1_A7E0_F4A3_0001,
+    verb: "decoded",
+    hits: Some("to a message"),
+};
 
 #[global_allocator]
 static ALLOC: conclave_fuzz::CountingAlloc = conclave_fuzz::CountingAlloc;
@@ -520,7 +481,7 @@ where
     );
     match result {
         Ok(value) => {
-            DECODED.with(|n| n.set(n.get() + 1));
+            count_hit();
             let again = encode(&value)
                 .map_err(|e| TestCaseError::fail(format!("re-encoding failed: {e}")))?;
             let back: T = decode(&again)
@@ -693,7 +654,7 @@ fn mutate(frame: &mut Vec<u8>, mutation: &Mutation, donor: &[u8]) {
 /// is an error (bincode is prefix-free, so a cut frame can never pass for a shorter message).
 #[test]
 fn valid_frames_round_trip_and_every_cut_fails() {
-    fuzz(
+    TARGET.fuzz(
         "valid_frames_round_trip_and_every_cut_fails",
         400,
         (any_message(), proptest::collection::vec(any::<u8>(), 1..4)),
@@ -769,7 +730,7 @@ fn valid_frames_round_trip_and_every_cut_fails() {
 /// error, within the time and memory bounds.
 #[test]
 fn mutated_frames_fail_cleanly() {
-    fuzz(
+    TARGET.fuzz(
         "mutated_frames_fail_cleanly",
         3000,
         (
@@ -804,7 +765,7 @@ fn garbage_behind_the_version_byte_fails_cleanly() {
         2 => proptest::sample::select(INTERESTING),
         2 => 0u8..8,
     ];
-    fuzz(
+    TARGET.fuzz(
         "garbage_behind_the_version_byte_fails_cleanly",
         2000,
         proptest::collection::vec(byte, 0..600),
@@ -819,7 +780,7 @@ fn garbage_behind_the_version_byte_fails_cleanly() {
 /// is refused before decoding, a full-size garbage frame fails cleanly.
 #[test]
 fn frames_at_the_size_limit() {
-    let _guard = watchdog_arm("frames_at_the_size_limit", Arc::new("16 MiB frames"));
+    let _guard = TARGET.watchdog_arm("frames_at_the_size_limit", Arc::new("16 MiB frames"));
     let mut frame = vec![0xFDu8; MAX_FRAME_BYTES + 1];
     frame[0] = 1;
     count_input();
@@ -844,7 +805,7 @@ fn frames_at_the_size_limit() {
 #[test]
 fn zz_report_worst_allocation() {
     use proptest::strategy::ValueTree;
-    let _guard = watchdog_arm("zz_report_worst_allocation", Arc::new("length bombs"));
+    let _guard = TARGET.watchdog_arm("zz_report_worst_allocation", Arc::new("length bombs"));
     let mut runner = conclave_fuzz::runner(1, 0xC0C1_A7E0_F4A3_00B0);
     let strategy = any_message();
     let mut worst = (0usize, 0usize);

@@ -43,6 +43,7 @@ mod policy;
 mod request;
 mod routes;
 mod server;
+mod state;
 mod stream;
 mod wire;
 

@@ -52,7 +52,7 @@ use crate::log::{RequestRecord, stats_from};
 use crate::options::{ModelOptions, RetryHint};
 use crate::policy::Reply;
 use crate::request::SimRequest;
-use crate::server::{ResetSwitch, SimState};
+use crate::state::{ResetSwitch, SimState};
 use crate::stream::{MidStreamFault, RecordGuard, ReplyStream};
 use crate::wire::{self, ResponseIds, StreamWriter, Usage, Wire};
 

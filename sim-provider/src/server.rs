@@ -21,8 +21,7 @@
 use std::io;
 use std::net::{IpAddr, Ipv4Addr, Ipv6Addr, SocketAddr};
 use std::pin::{Pin, pin};
-use std::sync::atomic::{AtomicBool, Ordering};
-use std::sync::{Arc, Mutex, MutexGuard, PoisonError};
+use std::sync::Arc;
 use std::task::{Context, Poll};
 use std::time::Duration;
 
@@ -36,13 +35,12 @@ use tokio::io::{AsyncRead, AsyncWrite, ReadBuf};
 use tokio::net::{TcpListener, TcpStream};
 use tokio::sync::watch;
 use tokio::task::{JoinHandle, JoinSet};
-use tokio::time::Instant;
 
 use crate::error::SimError;
-use crate::fault::FaultCounter;
-use crate::log::{RequestLog, RequestRecord, SimStats, stats_from};
+use crate::log::{RequestRecord, SimStats, stats_from};
 use crate::options::SimConfig;
 use crate::routes;
+use crate::state::{ResetSwitch, SimState};
 
 /// How long a shutdown lets in-flight responses finish before cutting them off.
 pub const SHUTDOWN_GRACE: Duration = Duration::from_secs(5);
@@ -50,53 +48,6 @@ pub const SHUTDOWN_GRACE: Duration = Duration::from_secs(5);
 /// Pause after a failed `accept` (e.g. out of file descriptors under a large bench), so the
 /// loop does not spin while the condition lasts.
 const ACCEPT_BACKOFF: Duration = Duration::from_millis(50);
-
-/// State shared by every request of one server.
-#[derive(Debug)]
-pub(crate) struct SimState {
-    pub config: SimConfig,
-    /// Time zero of the request log.
-    started: Instant,
-    log: Mutex<RequestLog>,
-    /// Requests seen per faulty model string (`fault_times`).
-    pub faults: FaultCounter,
-}
-
-impl SimState {
-    fn new(config: SimConfig) -> Self {
-        SimState {
-            config,
-            started: Instant::now(),
-            log: Mutex::new(RequestLog::default()),
-            faults: FaultCounter::default(),
-        }
-    }
-
-    /// Clears the request log and the fault counts: after a reset, a `fault_times=N` model
-    /// faults N times again.
-    pub fn reset(&self) {
-        self.log().reset();
-        self.faults.reset();
-    }
-
-    /// The request log. A panic while it was held cannot leave it inconsistent (every update
-    /// is a few field writes), so a poisoned lock is used as is.
-    pub fn log(&self) -> MutexGuard<'_, RequestLog> {
-        self.log.lock().unwrap_or_else(PoisonError::into_inner)
-    }
-
-    /// Milliseconds from server start to `at`, rounded to the microsecond: finer digits are
-    /// noise, and short decimals keep `/__sim/requests` readable.
-    pub fn ms_at(&self, at: Instant) -> f64 {
-        let micros = at.saturating_duration_since(self.started).as_micros();
-        micros as f64 / 1000.0
-    }
-
-    /// Milliseconds since server start.
-    pub fn now_ms(&self) -> f64 {
-        self.ms_at(Instant::now())
-    }
-}
 
 /// A running simulated provider: an OpenAI-compatible HTTP server on a local socket, served
 /// by a task on the current tokio runtime.
@@ -304,22 +255,6 @@ async fn stop(requested: &mut watch::Receiver<Option<Duration>>) -> Duration {
     match requested.wait_for(Option::is_some).await {
         Ok(grace) => grace.unwrap_or_default(),
         Err(_) => Duration::ZERO,
-    }
-}
-
-/// Asks for the connection a request came on to be closed with a TCP RST (the `reset`
-/// fault). Cheap to clone; one per connection.
-#[derive(Clone, Debug, Default)]
-pub(crate) struct ResetSwitch(Arc<AtomicBool>);
-
-impl ResetSwitch {
-    /// Marks the connection: when it is dropped, it is reset instead of closed.
-    pub fn trip(&self) {
-        self.0.store(true, Ordering::Release);
-    }
-
-    fn tripped(&self) -> bool {
-        self.0.load(Ordering::Acquire)
     }
 }
 

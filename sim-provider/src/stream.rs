@@ -32,7 +32,7 @@ use tokio::time::{Instant, Sleep};
 
 use crate::fault::{Fault, MAX_STALL};
 use crate::policy::Reply;
-use crate::server::{ResetSwitch, SimState};
+use crate::state::{ResetSwitch, SimState};
 use crate::wire::StreamWriter;
 
 /// Keeps one request's log record up to date, and closes it as cancelled if dropped before

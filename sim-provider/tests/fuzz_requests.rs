@@ -22,62 +22,30 @@
 //! property and `CONCLAVE_FUZZ_SEED=S` changes the fixed seed, e.g.
 //! `CONCLAVE_FUZZ_CASES=20000 cargo test --release -p conclave-sim --test fuzz_requests -- --nocapture`.
 
-use std::cell::Cell;
 use std::fmt::Debug;
-use std::sync::{Arc, Mutex};
-use std::time::{Duration, Instant};
+use std::sync::Mutex;
+use std::time::Duration;
 
-use conclave_fuzz::{cases, peak_growth};
+use conclave_fuzz::{Target, count_input, peak_growth};
 use conclave_sim::{
     KNOWN_KEYS, MAX_DELAY_MS, MAX_FAULT_TIMES, MAX_RETRY_AFTER_S, MAX_TOKENS, ModelOptions,
     SimConfig, SimServer,
 };
 use proptest::prelude::*;
-use proptest::test_runner::{TestCaseError, TestCaseResult, TestRunner};
+use proptest::test_runner::{TestCaseError, TestCaseResult};
 use serde_json::{Value, json};
 
 // ---------------------------------------------------------------------------------------------
 // Harness: case counts, fixed seed, watchdog, allocation accounting.
 // ---------------------------------------------------------------------------------------------
 
-fn runner(default_cases: u32) -> TestRunner {
-    conclave_fuzz::runner(default_cases, 0xC0C1_A7E0_F4A3_0004)
-}
-
-thread_local! {
-    static INPUTS: Cell<u64> = const { Cell::new(0) };
-}
-
-fn count_input() {
-    INPUTS.with(|n| n.set(n.get() + 1));
-}
-
-fn fuzz<S>(name: &str, default_cases: u32, strategy: S, test: impl Fn(S::Value) -> TestCaseResult)
-where
-    S: Strategy,
-    S::Value: Clone + Send + Sync + 'static,
-{
-    let before = INPUTS.with(Cell::get);
-    let started = Instant::now();
-    let mut runner = runner(default_cases);
-    let result = runner.run(&strategy, |value| {
-        let _guard = watchdog_arm(name, Arc::new(value.clone()));
-        test(value)
-    });
-    eprintln!(
-        "fuzz_requests::{name}: {} cases, {} inputs run, {:.2?}",
-        cases(default_cases),
-        INPUTS.with(Cell::get) - before,
-        started.elapsed()
-    );
-    if let Err(error) = result {
-        panic!("{name}: {error}");
-    }
-}
-
-fn watchdog_arm(name: &str, input: Arc<dyn Debug + Send + Sync>) -> conclave_fuzz::Disarm {
-    conclave_fuzz::watchdog_arm(&format!("fuzz_requests::{name}"), input)
-}
+/// This file's seed and summary words; the harness itself is `conclave_fuzz`'s.
+const TARGET: Target = Target {
+    file: "fuzz_requests",
+    seed: 0xC0C1_A7E0_F4A3_0004,
+    verb: "run",
+    hits: None,
+};
 
 #[global_allocator]
 static ALLOC: conclave_fuzz::CountingAlloc = conclave_fuzz::CountingAlloc;
@@ -158,7 +126,7 @@ fn model_string() -> BoxedStrategy<String> {
 #[test]
 fn model_options() {
     let defaults = SimConfig::default();
-    fuzz(
+    TARGET.fuzz(
         "model_options",
         6000,
         (model_string(), 0usize..300_000),
@@ -682,7 +650,7 @@ fn requests_of_every_wire() {
         .no_proxy()
         .build()
         .expect("client");
-    fuzz("requests_of_every_wire", 2500, case(), |case| {
+    TARGET.fuzz("requests_of_every_wire", 2500, case(), |case| {
         count_input();
         let body_len = serde_json::to_vec(&case.body).map_or(0, |b| b.len());
         let (result, peak) = peak_growth(|| {
@@ -771,7 +739,7 @@ fn raw_requests() {
         (1usize..100)
             .prop_map(|d| format!("{}{}", "[".repeat(d * 10), "]".repeat(d * 10)).into_bytes()),
     ];
-    fuzz(
+    TARGET.fuzz(
         "raw_requests",
         600,
         (

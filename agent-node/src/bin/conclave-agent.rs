@@ -26,12 +26,12 @@ use std::time::Duration;
 use anyhow::Context;
 use clap::Parser;
 use conclave_agent::cluster::NodeEnv;
-use conclave_agent::cluster::heartbeat::{Backoff, HeartbeatConfig};
 use conclave_agent::cluster::host::{AgentHost, HostMsg, HostOptions};
-use conclave_agent::cluster::node::{NodeOptions, new_instance, unique_node_name};
-use conclave_agent::cluster::security::{COOKIE_ENV, Cookie, Tls, TlsFiles, server_name};
-use conclave_agent::telemetry;
+use conclave_cluster::heartbeat::{Backoff, HeartbeatConfig};
+use conclave_cluster::node::{NodeOptions, new_instance, unique_node_name};
+use conclave_cluster::security::{COOKIE_ENV, Cookie, Tls, TlsFiles, server_name};
 use conclave_protocol::trust::ProviderAllowList;
+use conclave_telemetry as telemetry;
 
 #[derive(Parser, Debug)]
 #[command(

@@ -42,6 +42,11 @@ use std::collections::HashMap;
 use std::sync::Arc;
 use std::time::Duration;
 
+use conclave_cluster::heartbeat::{Backoff, HeartbeatConfig, Liveness};
+use conclave_cluster::inbox::spawn_inbox;
+use conclave_cluster::node::{self, NodeEvent, NodeHandle, NodeOptions};
+use conclave_cluster::security::Tls;
+use conclave_cluster::wire::{OrchestratorInbox, send_to_orchestrator};
 use conclave_protocol::cluster::{
     CLUSTER_PROTOCOL_VERSION, HOST_GROUP, NodeHello, ORCHESTRATOR_GROUP, SCOPE, SpawnAgent, ToHost,
     ToOrchestrator, host_group,
@@ -55,11 +60,6 @@ use ractor_cluster::node::NodeServerSessionInformation;
 use tokio::time::Instant;
 use tracing::{debug, error, info, warn};
 
-use super::heartbeat::{Backoff, HeartbeatConfig, Liveness};
-use super::inbox::spawn_inbox;
-use super::node::{self, NodeEvent, NodeHandle, NodeOptions};
-use super::security::Tls;
-use super::wire::{OrchestratorInbox, send_to_orchestrator};
 use super::{NodeEnv, settings_from_limits};
 use crate::agent::{AgentActor, AgentArgs, AgentMsg};
 use crate::outbox::{Outbox, ReportSink};

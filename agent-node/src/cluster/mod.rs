@@ -1,30 +1,16 @@
-//! conclave's cluster layer on top of ractor_cluster: the agent-node side ([`host`]) and the
-//! pieces the orchestrator side shares ([`wire`], [`inbox`], [`node`], [`security`],
-//! [`heartbeat`]).
+//! The agent-node side of the cluster: the [`host::AgentHost`] that hosts agents for a remote
+//! orchestrator, the node's environment ([`NodeEnv`]) and the wire form of an agent's turn
+//! limits ([`settings_from_limits`], [`limits_from_settings`]).
 //!
-//! What ractor_cluster gives: TCP (or TLS) sessions between node servers, cookie
-//! authentication, remote actor references and pg groups synchronised across nodes. What it
-//! does not, and conclave adds:
-//! - **Reconnection.** A dropped session is never re-established by ractor_cluster; the agent
-//!   node's [`host::AgentHost`] dials again with bounded exponential backoff
-//!   ([`heartbeat::Backoff`]).
-//! - **Half-open links.** ractor_cluster's pings only measure latency; conclave sends its own
-//!   heartbeat both ways and declares a silent peer lost at a deadline
-//!   ([`heartbeat::Liveness`]), then tears the session down.
-//! - **Discovery.** The named registry is not synchronised, so every conclave inbox is found
-//!   through pg groups in the `conclave` scope (see `conclave_protocol::cluster`).
-//! - **Message format.** Frames carry conclave's own bincode codec ([`wire::Frame`]), with
-//!   ractor_cluster's inbound frame limit raised to match.
+//! The transport under it (node servers, join, cookie and TLS, heartbeat, frames) is the
+//! `conclave-cluster` crate, shared with the orchestrator; what stays here needs the agent
+//! crate's actors and turn settings. The host dials again after a lost link with
+//! `conclave_cluster::heartbeat::Backoff`.
 //!
 //! Secrets: an agent node reads provider keys from its own environment (process environment
 //! over `.env`, see [`NodeEnv`]) and announces only the *names* of the key variables it holds.
 
-pub mod heartbeat;
 pub mod host;
-pub mod inbox;
-pub mod node;
-pub mod security;
-pub mod wire;
 
 use std::collections::HashMap;
 use std::path::Path;

@@ -435,7 +435,7 @@ impl ToolBox {
 /// The `execute_tool {name}` span of one call, with the OpenTelemetry GenAI tool attributes
 /// (`gen_ai.operation.name`, `gen_ai.tool.name`, `gen_ai.tool.call.id`, `gen_ai.tool.type`).
 /// The arguments are recorded only when content capture is on
-/// ([`crate::telemetry::capture_content`]); `error.type` and the result are filled in by
+/// ([`conclave_telemetry::capture_content`]); `error.type` and the result are filled in by
 /// [`finish_tool_span`].
 fn tool_span(call: &ToolCall) -> tracing::Span {
     let span = tracing::info_span!(
@@ -459,7 +459,7 @@ fn tool_span(call: &ToolCall) -> tracing::Span {
 /// Whether tool arguments and results may go on spans (an exporter is on and content capture
 /// was asked for).
 fn content_captured() -> bool {
-    crate::telemetry::is_active() && crate::telemetry::capture_content()
+    conclave_telemetry::is_active() && conclave_telemetry::capture_content()
 }
 
 /// Records how a call ended on its span: `error.type` ([`ToolCallRecord::error_type`]) with

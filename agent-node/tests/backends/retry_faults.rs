@@ -1,6 +1,7 @@
 //! The shared retry loop ([`call_with_retries`]) against real HTTP faults from the simulated
-//! provider: one test per fault kind, counting the attempts in the simulator's request log
-//! and checking that every wait honoured the server's hint or the backoff.
+//! provider: a table of faults that are retried until the call recovers, then the faults that
+//! end the call, counting the attempts in the simulator's request log and checking that every
+//! wait honoured the server's hint or the backoff.
 //!
 //! The tests run on tokio's paused clock, so a 1 s `retry-after` or a 2 s backoff costs
 //! nothing. Paused time and real sockets mix safely only when no unrelated timer can fire
@@ -35,6 +36,8 @@ async fn start_sim() -> SimServer {
 
 /// What one retried call did.
 struct Outcome {
+    /// The model string called, naming the case in failure messages.
+    case: String,
     /// Chunks of the successful attempt, or the final error.
     result: Result<usize, ProviderError>,
     /// `(retry number, wait)` for every retry, as reported to `on_retry`.
@@ -56,7 +59,8 @@ impl Outcome {
         let total = self.total_wait();
         assert!(
             self.elapsed >= total && self.elapsed <= total + Duration::from_millis(250),
-            "elapsed {:?} for waits {:?}",
+            "{}: elapsed {:?} for waits {:?}",
+            self.case,
             self.elapsed,
             self.waits
         );
@@ -65,13 +69,26 @@ impl Outcome {
     /// The call succeeded on the last of `attempts` attempts, after `attempts - 1` faults.
     fn assert_recovered_after(&self, attempts: usize, fault: Fault) {
         if let Err(error) = &self.result {
-            panic!("the call should have succeeded: {error}");
+            panic!("{}: the call should have succeeded: {error}", self.case);
         }
-        assert_eq!(self.records.len(), attempts, "attempts made");
-        assert_eq!(self.waits.len(), attempts - 1, "retries made");
+        assert_eq!(self.records.len(), attempts, "{}: attempts made", self.case);
+        assert_eq!(
+            self.waits.len(),
+            attempts - 1,
+            "{}: retries made",
+            self.case
+        );
         let (last, faulted) = self.records.split_last().expect("at least one attempt");
-        assert!(faulted.iter().all(|record| record.fault == Some(fault)));
-        assert!(last.completed && last.fault.is_none());
+        assert!(
+            faulted.iter().all(|record| record.fault == Some(fault)),
+            "{}: the faulted attempts",
+            self.case
+        );
+        assert!(
+            last.completed && last.fault.is_none(),
+            "{}: the last attempt",
+            self.case
+        );
     }
 
     /// Each wait is the backoff for its retry: 0.5 s × 2^(n-1), less at most 25 % jitter.
@@ -80,7 +97,8 @@ impl Outcome {
             let full = INITIAL_DELAY * 2u32.pow(retry - 1);
             assert!(
                 *wait <= full && *wait >= full.mul_f64(1.0 - MAX_JITTER),
-                "retry {retry} waited {wait:?}, backoff is {full:?}"
+                "{}: retry {retry} waited {wait:?}, backoff is {full:?}",
+                self.case
             );
         }
     }
@@ -124,6 +142,7 @@ async fn call(sim: &SimServer, wire: WireFormat, model: &str, max_retries: u32) 
     )
     .await;
     Outcome {
+        case: model.to_owned(),
         result,
         waits,
         elapsed: started.elapsed(),
@@ -142,144 +161,150 @@ async fn drain(backend: &Backend, request: &ChatRequest) -> Result<usize, Provid
     Ok(chunks)
 }
 
-#[tokio::test(start_paused = true)]
-async fn rate_limit_honours_retry_after_ms() {
-    let sim = start_sim().await;
-    let outcome = call(
-        &sim,
-        WireFormat::OpenAiChat,
-        "m:fault=429,fault_times=2,retry_after_ms=50",
-        3,
-    )
-    .await;
-    outcome.assert_recovered_after(3, Fault::RateLimited);
-    let fifty = Duration::from_millis(50);
-    assert_eq!(outcome.waits, [(1, fifty), (2, fifty)]);
-    outcome.assert_slept_the_waits();
+/// How a recovering case's waits are checked.
+enum Waits {
+    /// Exactly these `(retry number, milliseconds)`: the server's hint.
+    Exactly(&'static [(u32, u64)]),
+    /// One retry, waiting between these milliseconds (an HTTP date: at least two seconds
+    /// ahead, rounded up to a whole second, and read against the wall clock a moment later).
+    OnceBetween(u64, u64),
+    /// The backoff of each retry (see [`Outcome::assert_backoff`]).
+    Backoff,
 }
 
-#[tokio::test(start_paused = true)]
-async fn rate_limit_honours_retry_after_seconds() {
-    let sim = start_sim().await;
-    let outcome = call(
-        &sim,
-        WireFormat::OpenAiChat,
-        "m:fault=429,fault_times=1,retry_after=1",
-        2,
-    )
-    .await;
-    outcome.assert_recovered_after(2, Fault::RateLimited);
-    assert_eq!(outcome.waits, [(1, Duration::from_secs(1))]);
-    outcome.assert_slept_the_waits();
+/// A fault that is retried until the call succeeds.
+struct Recovers {
+    /// The simulator's model string, which sets the fault.
+    model: &'static str,
+    max_retries: u32,
+    /// Attempts made, the last one successful.
+    attempts: usize,
+    fault: Fault,
+    waits: Waits,
+    /// Tokens the first attempt streamed before its fault, where that is the point.
+    first_attempt_tokens: Option<u64>,
 }
 
-#[tokio::test(start_paused = true)]
-async fn rate_limit_honours_an_http_date() {
-    let sim = start_sim().await;
-    let outcome = call(
-        &sim,
-        WireFormat::OpenAiChat,
-        "m:fault=429,fault_times=1,retry_after_date=2",
-        2,
-    )
-    .await;
-    outcome.assert_recovered_after(2, Fault::RateLimited);
-    // The date is at least two seconds ahead, rounded up to a whole second, and read
-    // against the wall clock a moment later.
-    let (_, wait) = outcome.waits[0];
-    assert!(
-        wait >= Duration::from_millis(1500) && wait <= Duration::from_secs(3),
-        "{wait:?}"
-    );
-    outcome.assert_slept_the_waits();
-}
+const RECOVERING: [Recovers; 10] = [
+    // 429 with a hint: `retry-after-ms`, `retry-after` in seconds, `retry-after` as a date.
+    Recovers {
+        model: "m:fault=429,fault_times=2,retry_after_ms=50",
+        max_retries: 3,
+        attempts: 3,
+        fault: Fault::RateLimited,
+        waits: Waits::Exactly(&[(1, 50), (2, 50)]),
+        first_attempt_tokens: None,
+    },
+    Recovers {
+        model: "m:fault=429,fault_times=1,retry_after=1",
+        max_retries: 2,
+        attempts: 2,
+        fault: Fault::RateLimited,
+        waits: Waits::Exactly(&[(1, 1000)]),
+        first_attempt_tokens: None,
+    },
+    Recovers {
+        model: "m:fault=429,fault_times=1,retry_after_date=2",
+        max_retries: 2,
+        attempts: 2,
+        fault: Fault::RateLimited,
+        waits: Waits::OnceBetween(1500, 3000),
+        first_attempt_tokens: None,
+    },
+    // Server errors back off.
+    Recovers {
+        model: "m:fault=500,fault_times=2",
+        max_retries: 2,
+        attempts: 3,
+        fault: Fault::ServerError,
+        waits: Waits::Backoff,
+        first_attempt_tokens: None,
+    },
+    Recovers {
+        model: "m:fault=503,fault_times=1",
+        max_retries: 2,
+        attempts: 2,
+        fault: Fault::Unavailable,
+        waits: Waits::Backoff,
+        first_attempt_tokens: None,
+    },
+    Recovers {
+        model: "m:fault=529,fault_times=2",
+        max_retries: 3,
+        attempts: 3,
+        fault: Fault::Overloaded,
+        waits: Waits::Backoff,
+        first_attempt_tokens: None,
+    },
+    // Broken streams repeat the whole call.
+    Recovers {
+        model: "m:fault=stream_error,fault_times=1,stall_after=2",
+        max_retries: 2,
+        attempts: 2,
+        fault: Fault::StreamError,
+        waits: Waits::Backoff,
+        first_attempt_tokens: Some(2),
+    },
+    Recovers {
+        model: "m:fault=truncate,fault_times=1,stall_after=4",
+        max_retries: 2,
+        attempts: 2,
+        fault: Fault::Truncate,
+        waits: Waits::Backoff,
+        first_attempt_tokens: None,
+    },
+    Recovers {
+        model: "m:fault=malformed,fault_times=1,stall_after=1",
+        max_retries: 2,
+        attempts: 2,
+        fault: Fault::Malformed,
+        waits: Waits::Backoff,
+        first_attempt_tokens: None,
+    },
+    Recovers {
+        model: "m:fault=reset,fault_times=2,stall_after=2",
+        max_retries: 2,
+        attempts: 3,
+        fault: Fault::Reset,
+        waits: Waits::Backoff,
+        first_attempt_tokens: None,
+    },
+];
 
 #[tokio::test(start_paused = true)]
-async fn server_error_500_backs_off() {
-    let sim = start_sim().await;
-    let outcome = call(&sim, WireFormat::OpenAiChat, "m:fault=500,fault_times=2", 2).await;
-    outcome.assert_recovered_after(3, Fault::ServerError);
-    outcome.assert_backoff();
-    outcome.assert_slept_the_waits();
-}
-
-#[tokio::test(start_paused = true)]
-async fn unavailable_503_backs_off() {
-    let sim = start_sim().await;
-    let outcome = call(&sim, WireFormat::OpenAiChat, "m:fault=503,fault_times=1", 2).await;
-    outcome.assert_recovered_after(2, Fault::Unavailable);
-    outcome.assert_backoff();
-    outcome.assert_slept_the_waits();
-}
-
-#[tokio::test(start_paused = true)]
-async fn overloaded_529_backs_off() {
-    let sim = start_sim().await;
-    let outcome = call(&sim, WireFormat::OpenAiChat, "m:fault=529,fault_times=2", 3).await;
-    outcome.assert_recovered_after(3, Fault::Overloaded);
-    outcome.assert_backoff();
-    outcome.assert_slept_the_waits();
-}
-
-#[tokio::test(start_paused = true)]
-async fn in_stream_error_repeats_the_whole_call() {
-    let sim = start_sim().await;
-    let outcome = call(
-        &sim,
-        WireFormat::OpenAiChat,
-        "m:fault=stream_error,fault_times=1,stall_after=2",
-        2,
-    )
-    .await;
-    outcome.assert_recovered_after(2, Fault::StreamError);
-    assert_eq!(outcome.records[0].output_tokens, 2, "it failed mid-stream");
-    outcome.assert_backoff();
-    outcome.assert_slept_the_waits();
-}
-
-#[tokio::test(start_paused = true)]
-async fn truncated_stream_is_retried() {
-    let sim = start_sim().await;
-    let outcome = call(
-        &sim,
-        WireFormat::OpenAiChat,
-        "m:fault=truncate,fault_times=1,stall_after=4",
-        2,
-    )
-    .await;
-    outcome.assert_recovered_after(2, Fault::Truncate);
-    outcome.assert_backoff();
-    outcome.assert_slept_the_waits();
-}
-
-#[tokio::test(start_paused = true)]
-async fn malformed_data_is_retried() {
-    let sim = start_sim().await;
-    let outcome = call(
-        &sim,
-        WireFormat::OpenAiChat,
-        "m:fault=malformed,fault_times=1,stall_after=1",
-        2,
-    )
-    .await;
-    outcome.assert_recovered_after(2, Fault::Malformed);
-    outcome.assert_backoff();
-    outcome.assert_slept_the_waits();
-}
-
-#[tokio::test(start_paused = true)]
-async fn connection_reset_is_retried() {
-    let sim = start_sim().await;
-    let outcome = call(
-        &sim,
-        WireFormat::OpenAiChat,
-        "m:fault=reset,fault_times=2,stall_after=2",
-        2,
-    )
-    .await;
-    outcome.assert_recovered_after(3, Fault::Reset);
-    outcome.assert_backoff();
-    outcome.assert_slept_the_waits();
+async fn each_retried_fault_recovers_after_the_right_waits() {
+    for case in &RECOVERING {
+        let sim = start_sim().await;
+        let outcome = call(&sim, WireFormat::OpenAiChat, case.model, case.max_retries).await;
+        outcome.assert_recovered_after(case.attempts, case.fault);
+        match case.waits {
+            Waits::Exactly(waits) => {
+                let expected: Vec<(u32, Duration)> = waits
+                    .iter()
+                    .map(|(retry, ms)| (*retry, Duration::from_millis(*ms)))
+                    .collect();
+                assert_eq!(outcome.waits, expected, "{}", case.model);
+            }
+            Waits::OnceBetween(low, high) => {
+                let (_, wait) = outcome.waits[0];
+                assert!(
+                    wait >= Duration::from_millis(low) && wait <= Duration::from_millis(high),
+                    "{}: {wait:?}",
+                    case.model
+                );
+            }
+            Waits::Backoff => outcome.assert_backoff(),
+        }
+        if let Some(tokens) = case.first_attempt_tokens {
+            assert_eq!(
+                outcome.records[0].output_tokens, tokens,
+                "{}: it failed mid-stream",
+                case.model
+            );
+        }
+        outcome.assert_slept_the_waits();
+        sim.shutdown().await;
+    }
 }
 
 #[tokio::test(start_paused = true)]

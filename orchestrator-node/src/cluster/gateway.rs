@@ -35,18 +35,18 @@
 //!   and the journal says so (`agent_lost`, `agent_failed`).
 //! - **Refusals.** A connection that fails its TLS handshake, or does not finish it or the
 //!   cookie handshake within 5 s, is dropped and logged by the node layer
-//!   (`conclave_agent::cluster::node`); one that fails ractor_cluster's cookie handshake or
+//!   (`conclave_cluster::node`); one that fails ractor_cluster's cookie handshake or
 //!   closes before authenticating is logged here. Each log line is a `warn` naming the peer
 //!   address and the reason; such a peer is never admitted and never seen by a session.
 
 use std::collections::{BTreeMap, HashMap, HashSet};
 use std::net::SocketAddr;
 
-use conclave_agent::cluster::heartbeat::{HeartbeatConfig, Liveness};
-use conclave_agent::cluster::inbox::spawn_inbox;
-use conclave_agent::cluster::node::{self, NodeEvent, NodeHandle};
-use conclave_agent::cluster::security::certificate_names;
-use conclave_agent::cluster::wire::{HostInbox, send_to_host};
+use conclave_cluster::heartbeat::{HeartbeatConfig, Liveness};
+use conclave_cluster::inbox::spawn_inbox;
+use conclave_cluster::node::{self, NodeEvent, NodeHandle};
+use conclave_cluster::security::certificate_names;
+use conclave_cluster::wire::{HostInbox, send_to_host};
 #[cfg(feature = "bench")]
 use conclave_protocol::AgentReport;
 use conclave_protocol::cluster::TurnLimits;
@@ -967,9 +967,9 @@ mod tests {
 
     use std::sync::Arc;
 
-    use conclave_agent::cluster::inbox::spawn_inbox;
-    use conclave_agent::cluster::node::{NodeOptions, start_node};
-    use conclave_agent::cluster::security::Cookie;
+    use conclave_cluster::inbox::spawn_inbox;
+    use conclave_cluster::node::{NodeOptions, start_node};
+    use conclave_cluster::security::Cookie;
     use conclave_protocol::config::{BackendOptions, BackendSpec, WireFormat};
     use conclave_protocol::{AgentReport, StreamChunk, TraceContext, TurnId};
     use tokio::sync::mpsc;

@@ -18,7 +18,7 @@
 //! ractor_cluster during its handshake, before any conclave message is read; the gateway
 //! logs the refusal (`warn`, with the peer address), and no session ever sees that node.
 //! Strangers: every inbound handshake (TLS, then cookie) runs on its own under a 5 s deadline
-//! (see `conclave_agent::cluster::node::start_node`), so silent or garbage connections cannot
+//! (see `conclave_cluster::node::start_node`), so silent or garbage connections cannot
 //! delay an honest node. Impersonation: see [`gateway`] (link keys, certificate names).
 
 pub mod gateway;
@@ -27,9 +27,9 @@ use std::collections::BTreeMap;
 use std::net::SocketAddr;
 use std::time::Duration;
 
-use conclave_agent::cluster::heartbeat::HeartbeatConfig;
-use conclave_agent::cluster::node::{NodeOptions, new_instance, start_node, unique_node_name};
-use conclave_agent::cluster::security::{Cookie, Tls};
+use conclave_cluster::heartbeat::HeartbeatConfig;
+use conclave_cluster::node::{NodeOptions, new_instance, start_node, unique_node_name};
+use conclave_cluster::security::{Cookie, Tls};
 #[cfg(feature = "bench")]
 use conclave_protocol::AgentReport;
 use conclave_protocol::cluster::TurnLimits;
@@ -44,7 +44,7 @@ pub use gateway::{Gateway, GatewayMsg, NodeInfo};
 #[derive(Debug, thiserror::Error)]
 pub enum ClusterError {
     #[error(transparent)]
-    Node(#[from] conclave_agent::cluster::node::NodeError),
+    Node(#[from] conclave_cluster::node::NodeError),
     #[error("the cluster gateway did not start: {0}")]
     Spawn(String),
 }

@@ -30,15 +30,15 @@ use conclave::consensus::{Consensus, ConsensusConfig};
 use conclave::coordinator::{AgentLink, Budget, Coordinator, CoordinatorArgs, CoordinatorMsg};
 use conclave::display::Display;
 use conclave::journal::Journal;
-use conclave_agent::cluster::heartbeat::HeartbeatConfig;
-use conclave_agent::cluster::security::Cookie;
+use conclave_cluster::heartbeat::HeartbeatConfig;
+use conclave_cluster::security::Cookie;
 use conclave_protocol::cluster::TurnLimits;
 use conclave_protocol::config::{
     AgentSpec, BackendOptions, BackendSpec, OrchestratorSettings, WireFormat,
 };
 use conclave_protocol::{
-    AgentReport, AnswerLabel, Decision, Envelope, SessionId, StreamChunk, TaskSpec, TraceContext,
-    TurnId, Usage,
+    AgentReport, AnswerLabel, Decision, DecisionHow, Envelope, SessionId, StreamChunk, TaskSpec,
+    TraceContext, TurnId, Usage,
 };
 use conclave_sim::{SimConfig, SimServer};
 use conclave_tests::{Running, free_port, journal_lines, start_agent_node};
@@ -102,6 +102,7 @@ fn silent_agent(id: &str, node: &str, base_url: &str) -> AgentSpec {
         },
         system_message: None,
         node: Some(node.to_owned()),
+        workflow: Default::default(),
         tools: Default::default(),
     }
 }
@@ -288,6 +289,7 @@ async fn measure(
                 reason: "the clearest explanation of the three".into(),
             },
             seen_revision: 3,
+            how: DecisionHow::Tool,
         },
     );
     let mut trips = Vec::with_capacity((args.round_trips as usize) * names.len());

@@ -1,4 +1,15 @@
-//! Trace context across nodes, and the GenAI content-capture switch.
+//! # conclave-telemetry
+//!
+//! Tracing for both binaries (`conclave` and `conclave-agent`): the stderr log and OTLP trace
+//! export ([`init`]), trace context across nodes, and the GenAI conventions both sides record
+//! spans by ([`capture_content`], [`provider_name`]).
+//!
+//! Design choice: this is a crate of its own, not part of the cluster transport, because the
+//! two never meet: the transport (`conclave-cluster`) carries frames and knows no spans, while
+//! the users of this crate are the agent's turn worker (it parents its spans on the carried
+//! context), the orchestrator's coordinator (it injects the context) and the two binaries'
+//! start-up. It was a module of the agent crate, which made the orchestrator reach into the
+//! agent crate for its own exporter.
 //!
 //! Every [`Envelope`](conclave_protocol::Envelope) carries a [`TraceContext`]: the W3C
 //! `traceparent` / `tracestate` (and `baggage`) fields of the span that sent it. The sender
@@ -24,6 +35,12 @@
 //! `OTEL_RESOURCE_ATTRIBUTES`, `OTEL_BSP_*`, ...); `OTEL_SERVICE_NAME` overrides the binary's
 //! default service name. [`TelemetryGuard`] flushes and shuts the exporter down at exit,
 //! within [`SHUTDOWN_TIMEOUT`].
+//!
+//! Problems with export itself (the exporter cannot be built, the last spans cannot be sent)
+//! are `tracing` warnings. They are only ever logged while the stderr log subscriber is
+//! installed: [`init`] installs the log-only subscriber *before* it reports an exporter it
+//! could not build, and a [`TelemetryGuard`] exists only once [`init`] has installed the
+//! subscriber, so neither warning can be lost to a process without one.
 
 use std::sync::OnceLock;
 use std::sync::atomic::{AtomicBool, Ordering};
@@ -159,7 +176,7 @@ pub fn otel_layer<S>(provider: &SdkTracerProvider) -> impl Layer<S>
 where
     S: tracing::Subscriber + for<'span> tracing_subscriber::registry::LookupSpan<'span>,
 {
-    // `conclave` also covers `conclave_agent`: targets match by prefix.
+    // `conclave` also covers `conclave_agent`, `conclave_cluster`, ...: targets match by prefix.
     let filter = Targets::new().with_target("conclave", Level::INFO);
     tracing_opentelemetry::layer()
         .with_tracer(provider.tracer(SCOPE))
@@ -177,14 +194,15 @@ pub struct TelemetryGuard {
 }
 
 impl TelemetryGuard {
-    pub fn new(provider: SdkTracerProvider) -> Self {
+    /// Only [`init`] makes a guard, after installing the subscriber its warning goes to.
+    fn new(provider: SdkTracerProvider) -> Self {
         Self {
             provider: Some(provider),
         }
     }
 
     /// Exports what is left and stops the exporter. A failure (the collector is unreachable)
-    /// is reported once on stderr; it never changes the exit code.
+    /// is logged once as a warning; it never changes the exit code.
     pub fn shutdown(mut self) {
         self.shutdown_now();
     }
@@ -193,7 +211,7 @@ impl TelemetryGuard {
         if let Some(provider) = self.provider.take()
             && let Err(error) = provider.shutdown_with_timeout(SHUTDOWN_TIMEOUT)
         {
-            eprintln!("warning: traces could not all be exported over OTLP: {error}");
+            tracing::warn!("traces could not all be exported over OTLP: {error}");
         }
     }
 }
@@ -231,8 +249,9 @@ pub fn init(
     let provider = match tracer_provider(None, default_service_name) {
         Ok(provider) => provider,
         Err(error) => {
-            eprintln!("warning: trace export disabled: {error}");
+            // The log first, so the warning has somewhere to go.
             init_log_only(log_filter, style);
+            tracing::warn!("trace export disabled: {error}");
             return None;
         }
     };
@@ -438,6 +457,10 @@ mod tests {
         assert!(!export_requested(&env(&[
             ("OTEL_EXPORTER_OTLP_ENDPOINT", "http://127.0.0.1:4317"),
             ("OTEL_SDK_DISABLED", "TRUE"),
+        ])));
+        assert!(export_requested(&env(&[
+            ("OTEL_EXPORTER_OTLP_ENDPOINT", "http://127.0.0.1:4317"),
+            ("OTEL_SDK_DISABLED", "false"),
         ])));
     }
 
