@@ -230,6 +230,12 @@ pub struct OrchestratorSettings {
     pub inject_fallback: RestartPolicy,
 }
 
+/// The restart policy of a config that names none: `inject` (with the `cancel` fallback), the
+/// cheapest in `conclave-restart-bench` (README, "Restart policies"): a tool-using agent keeps
+/// its work and decides on the new answers; an agent without tools is cancelled and restarted
+/// at once, as under `cancel`.
+pub const DEFAULT_RESTART_POLICY: RestartPolicy = RestartPolicy::Inject;
+
 /// The default of [`OrchestratorSettings::max_midstream_injections_per_round`] (MassGen's).
 pub const DEFAULT_MAX_INJECTIONS: u32 = 2;
 
@@ -266,7 +272,7 @@ impl Default for OrchestratorSettings {
         Self {
             max_new_answers_per_agent: None,
             max_total_answers: None,
-            restart_policy: RestartPolicy::Cancel,
+            restart_policy: DEFAULT_RESTART_POLICY,
             max_workflow_retries: 3,
             skip_final_presentation: false,
             max_cost_usd: None,

@@ -346,7 +346,7 @@ fn restart_policy(
         )),
         (Some(policy), _) => Ok(policy),
         (None, Some((implied, _))) => Ok(implied),
-        (None, None) => Ok(RestartPolicy::default()),
+        (None, None) => Ok(conclave_protocol::config::DEFAULT_RESTART_POLICY),
     }
 }
 

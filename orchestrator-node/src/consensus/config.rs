@@ -42,7 +42,8 @@ pub struct ConsensusConfig {
 }
 
 impl ConsensusConfig {
-    /// Defaults for `agents` agents: no caps, cancel stale turns, present the winner.
+    /// Defaults for `agents` agents: no caps, inject new answers into stale turns (cancel those
+    /// that cannot take them), present the winner.
     pub fn new(agents: u32) -> Self {
         Self::from_settings(agents, &OrchestratorSettings::default())
     }

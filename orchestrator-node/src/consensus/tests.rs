@@ -7,6 +7,8 @@ use super::*;
 
 fn machine_with(agents: u32, tweak: impl FnOnce(&mut ConsensusConfig)) -> Consensus {
     let mut config = ConsensusConfig::new(agents);
+    // The stories below are told under `cancel`; the inject stories set their policy.
+    config.restart_policy = RestartPolicy::Cancel;
     tweak(&mut config);
     Consensus::new(config).expect("valid test config")
 }

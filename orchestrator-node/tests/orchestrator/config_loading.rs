@@ -1997,7 +1997,7 @@ fn midstream_injection_keys_map_onto_the_restart_policy() {
             config.max_midstream_injections_per_round,
         )
     };
-    assert_eq!(policy_of("{}"), (RestartPolicy::Cancel, 2));
+    assert_eq!(policy_of("{}"), (RestartPolicy::Inject, 2));
     assert_eq!(
         policy_of("{restart_policy: inject}"),
         (RestartPolicy::Inject, 2)

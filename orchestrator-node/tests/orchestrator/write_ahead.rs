@@ -186,7 +186,12 @@ async fn start(agents: &[&str], capacity: usize, budget: Budget) -> Harness {
                 question: "What is 6 x 7?".into(),
                 history: Vec::new(),
             }),
-            machine: Consensus::new(ConsensusConfig::new(agents.len() as u32)).unwrap(),
+            machine: Consensus::new(ConsensusConfig {
+                // These stories are told under `cancel`: a stale turn is cancelled at once.
+                restart_policy: conclave_protocol::config::RestartPolicy::Cancel,
+                ..ConsensusConfig::new(agents.len() as u32)
+            })
+            .unwrap(),
             journal,
             display,
             timeout: Duration::from_secs(3600),
