@@ -85,7 +85,7 @@ pub fn with_demo_tools(mut config: SessionConfig, command: &std::path::Path) -> 
                 exclude_tools: Vec::new(),
                 optional: false,
             }],
-            limits: Default::default(),
+            ..AgentTools::default()
         };
     }
     config

@@ -51,7 +51,7 @@ pub fn host_group(instance: u64) -> String {
 }
 
 /// The version of this cluster protocol; a node with another version is refused.
-pub const CLUSTER_PROTOCOL_VERSION: u32 = 3;
+pub const CLUSTER_PROTOCOL_VERSION: u32 = 4;
 
 /// What ractor_cluster adds around one of our frames (node message, target pid, variant
 /// name, length prefix). Generous: the real overhead is a few dozen bytes.

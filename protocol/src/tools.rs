@@ -26,13 +26,124 @@ pub struct AgentTools {
     /// MCP servers, started on the node that runs the agent (`backend.mcp_servers`).
     pub mcp_servers: Vec<McpServerSpec>,
     pub limits: ToolLimits,
+    /// The agent's file workspace and file tools (`backend.cwd`, `orchestrator.context_paths`);
+    /// `None`: the agent has no files.
+    #[serde(default)]
+    pub workspace: Option<WorkspaceSpec>,
+    /// The command tool (`enable_mcp_command_line`); `None`: the agent cannot run commands.
+    #[serde(default)]
+    pub command_line: Option<CommandLineSpec>,
 }
 
 impl AgentTools {
     /// Whether the agent has any tool beyond the workflow ones.
     pub fn is_empty(&self) -> bool {
-        self.mcp_servers.is_empty()
+        self.mcp_servers.is_empty() && self.workspace.is_none() && self.command_line.is_none()
     }
+}
+
+/// Default cap on one answer's workspace snapshot, in bytes (`snapshot_max_bytes`).
+pub const DEFAULT_SNAPSHOT_MAX_BYTES: u64 = 64 * 1024 * 1024;
+/// Default cap on the number of files in one snapshot (`snapshot_max_files`).
+pub const DEFAULT_SNAPSHOT_MAX_FILES: u32 = 2_000;
+/// Default cap on the bytes of one file read into a prompt by a file tool
+/// (`max_file_read_bytes`).
+pub const DEFAULT_MAX_FILE_READ_BYTES: u64 = 256 * 1024;
+
+/// An agent's file workspace (MassGen semantics): the directory the agent works in, the shared
+/// project directories it may see, and the bounds on what moves between agents.
+///
+/// Where the directory is: `cwd` as the orchestrator resolved it. For an agent in the
+/// orchestrator process it is absolute (the configured `backend.cwd` resolved against the
+/// config's directory, or `<session dir>/workspaces/<agent id>` when none is configured). For an
+/// agent on an agent node a relative `cwd` is resolved on that node, against the node's work
+/// directory, so the orchestrator never needs the node's file system layout.
+#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
+pub struct WorkspaceSpec {
+    /// The agent's own working directory (created if missing).
+    pub cwd: String,
+    /// Whether `cwd` was configured (`backend.cwd`): the winner's final presentation leaves its
+    /// files there and `final.md` names it. `false`: conclave chose it under the session dir.
+    pub configured: bool,
+    /// Shared project directories (`orchestrator.context_paths`).
+    pub context_paths: Vec<ContextPath>,
+    pub limits: WorkspaceLimits,
+}
+
+/// One shared directory (`orchestrator.context_paths` entry).
+#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
+pub struct ContextPath {
+    pub path: String,
+    pub permission: ContextPermission,
+}
+
+/// What an agent may do in a context path.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Serialize, Deserialize)]
+pub enum ContextPermission {
+    /// Read, always.
+    Read,
+    /// Read always; write only during the final presentation (as in MassGen).
+    Write,
+}
+
+/// Bounds on workspaces and snapshots; each is a config key named in the error that hits it.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Serialize, Deserialize)]
+pub struct WorkspaceLimits {
+    /// One answer's snapshot, all files together (`snapshot_max_bytes`).
+    pub snapshot_max_bytes: u64,
+    /// Files in one snapshot (`snapshot_max_files`).
+    pub snapshot_max_files: u32,
+    /// One file read into a prompt by a file tool (`max_file_read_bytes`).
+    pub max_file_read_bytes: u64,
+}
+
+impl Default for WorkspaceLimits {
+    fn default() -> Self {
+        Self {
+            snapshot_max_bytes: DEFAULT_SNAPSHOT_MAX_BYTES,
+            snapshot_max_files: DEFAULT_SNAPSHOT_MAX_FILES,
+            max_file_read_bytes: DEFAULT_MAX_FILE_READ_BYTES,
+        }
+    }
+}
+
+/// Default bound on one command, in seconds (`command_line_timeout_seconds`).
+pub const DEFAULT_COMMAND_TIMEOUT_SECONDS: u64 = 120;
+/// Default cap on a command's captured output (stdout and stderr together), in bytes
+/// (`command_line_max_output_bytes`).
+pub const DEFAULT_COMMAND_MAX_OUTPUT_BYTES: u64 = 64 * 1024;
+
+/// The command tool of an agent (MassGen's `enable_mcp_command_line` and its
+/// `command_line_*` keys). Commands run in the agent's workspace (`WorkspaceSpec::cwd`), with an
+/// environment that holds none of the node's API keys.
+#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
+pub struct CommandLineSpec {
+    pub mode: CommandMode,
+    /// `command_line_allowed_commands`: when non-empty, a command must match one of these
+    /// (MassGen: regular expressions matched against the command line).
+    pub allowed_commands: Vec<String>,
+    /// `command_line_blocked_commands`: a command matching one of these is refused.
+    pub blocked_commands: Vec<String>,
+    pub timeout_seconds: u64,
+    pub max_output_bytes: u64,
+}
+
+/// Where commands run.
+#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
+pub enum CommandMode {
+    /// A child process on the node that runs the agent.
+    Local,
+    /// A container per agent, the workspace mounted.
+    Docker {
+        /// `command_line_docker_image`.
+        image: String,
+        /// `command_line_docker_network_mode` (`none` by default).
+        network_mode: String,
+        /// `command_line_docker_memory_limit`, as docker takes it (`512m`); `None`: no limit.
+        memory_limit: Option<String>,
+        /// `command_line_docker_cpu_limit` (`1.5`); `None`: no limit.
+        cpu_limit: Option<String>,
+    },
 }
 
 /// One MCP server of an agent (MassGen's `mcp_servers` entry).

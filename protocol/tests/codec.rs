@@ -212,6 +212,27 @@ fn config_round_trips() {
                     },
                 ],
                 limits: Default::default(),
+                workspace: Some(conclave_protocol::tools::WorkspaceSpec {
+                    cwd: "work/alpha".into(),
+                    configured: true,
+                    context_paths: vec![conclave_protocol::tools::ContextPath {
+                        path: "/srv/project".into(),
+                        permission: conclave_protocol::tools::ContextPermission::Write,
+                    }],
+                    limits: Default::default(),
+                }),
+                command_line: Some(conclave_protocol::tools::CommandLineSpec {
+                    mode: conclave_protocol::tools::CommandMode::Docker {
+                        image: "conclave-runner:latest".into(),
+                        network_mode: "none".into(),
+                        memory_limit: Some("512m".into()),
+                        cpu_limit: None,
+                    },
+                    allowed_commands: vec!["^python".into()],
+                    blocked_commands: Vec::new(),
+                    timeout_seconds: 30,
+                    max_output_bytes: 4096,
+                }),
             },
         }],
         orchestrator: OrchestratorSettings::default(),

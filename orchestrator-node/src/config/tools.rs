@@ -188,6 +188,7 @@ pub(crate) fn resolve(
     Ok(AgentTools {
         mcp_servers: servers,
         limits,
+        ..AgentTools::default()
     })
 }
 

@@ -69,6 +69,7 @@ async fn toolbox(server: McpServerSpec) -> anyhow::Result<ToolBox> {
     let tools = AgentTools {
         mcp_servers: vec![server],
         limits: ToolLimits::default(),
+        ..AgentTools::default()
     };
     let env = |_: &str| None;
     Ok(ToolBox::start("bench", &tools, &env).await?)

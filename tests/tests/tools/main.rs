@@ -36,6 +36,7 @@ fn tools(servers: Vec<McpServerSpec>, limits: ToolLimits) -> AgentTools {
     AgentTools {
         mcp_servers: servers,
         limits,
+        ..AgentTools::default()
     }
 }
 
