@@ -65,6 +65,11 @@ pub struct WorkspaceSpec {
     /// Whether `cwd` was configured (`backend.cwd`): the winner's final presentation leaves its
     /// files there and `final.md` names it. `false`: conclave chose it under the session dir.
     pub configured: bool,
+    /// Where peers' answer snapshots are shown to this agent, read-only and anonymous
+    /// (`<peers_dir>/agent1.1/...`): MassGen's temporary workspace
+    /// (`orchestrator.agent_temporary_workspace`). Resolved like `cwd`; by default
+    /// `<session dir>/peers/<agent id>` (or relative, on an agent node).
+    pub peers_dir: String,
     /// Shared project directories (`orchestrator.context_paths`).
     pub context_paths: Vec<ContextPath>,
     pub limits: WorkspaceLimits,

@@ -215,6 +215,7 @@ fn config_round_trips() {
                 workspace: Some(conclave_protocol::tools::WorkspaceSpec {
                     cwd: "work/alpha".into(),
                     configured: true,
+                    peers_dir: "work/alpha.peers".into(),
                     context_paths: vec![conclave_protocol::tools::ContextPath {
                         path: "/srv/project".into(),
                         permission: conclave_protocol::tools::ContextPermission::Write,
