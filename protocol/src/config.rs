@@ -228,6 +228,11 @@ pub struct OrchestratorSettings {
     /// (`orchestrator.inject_fallback`).
     #[serde(default)]
     pub inject_fallback: RestartPolicy,
+    /// Where answer snapshots of agent workspaces are stored (`orchestrator.snapshot_storage`,
+    /// MassGen's key), resolved against the config file's directory. `None`: the session
+    /// chooses (under its session dir). Read by the snapshot layer.
+    #[serde(default)]
+    pub snapshot_storage: Option<String>,
 }
 
 /// The restart policy of a config that names none: `inject` (with the `cancel` fallback), the
@@ -284,6 +289,7 @@ impl Default for OrchestratorSettings {
             single_call: false,
             max_midstream_injections_per_round: DEFAULT_MAX_INJECTIONS,
             inject_fallback: RestartPolicy::Cancel,
+            snapshot_storage: None,
         }
     }
 }

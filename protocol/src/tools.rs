@@ -70,16 +70,35 @@ pub struct WorkspaceSpec {
     /// (`orchestrator.agent_temporary_workspace`). Resolved like `cwd`; by default
     /// `<session dir>/peers/<agent id>` (or relative, on an agent node).
     pub peers_dir: String,
-    /// Shared project directories (`orchestrator.context_paths`).
+    /// Shared project directories or files (`orchestrator.context_paths` and the agent's own
+    /// `backend.context_paths`). Resolved like `cwd`; each must exist when the agent starts.
     pub context_paths: Vec<ContextPath>,
     pub limits: WorkspaceLimits,
+    /// `Some`: only these file tools are offered (bare names such as `write_file`, or full
+    /// `mcp__filesystem__write_file`); from MassGen's backend-level `allowed_tools` when it
+    /// names a `mcp__filesystem__` tool. `None` offers all.
+    #[serde(default)]
+    pub allowed_tools: Option<Vec<String>>,
+    /// File tools never offered (same naming; from `exclude_tools` / `disallowed_tools`).
+    #[serde(default)]
+    pub exclude_tools: Vec<String>,
 }
 
-/// One shared directory (`orchestrator.context_paths` entry).
+/// The name under which the file tools are offered: `mcp__filesystem__{tool}`, as MassGen's
+/// filesystem MCP server names them.
+pub const FILESYSTEM_TOOLS: &str = "filesystem";
+
+/// One shared directory or file (`orchestrator.context_paths` entry). A file grants that file
+/// only, never its siblings.
 #[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
 pub struct ContextPath {
     pub path: String,
     pub permission: ContextPermission,
+    /// MassGen's `protected_paths`: files or directories inside a `write` context path that
+    /// stay read-only (relative ones are relative to the context path, or to its directory
+    /// when the context path is a file).
+    #[serde(default)]
+    pub protected_paths: Vec<String>,
 }
 
 /// What an agent may do in a context path.

@@ -219,8 +219,11 @@ fn config_round_trips() {
                     context_paths: vec![conclave_protocol::tools::ContextPath {
                         path: "/srv/project".into(),
                         permission: conclave_protocol::tools::ContextPermission::Write,
+                        protected_paths: vec!["Cargo.lock".into()],
                     }],
                     limits: Default::default(),
+                    allowed_tools: Some(vec!["read_text_file".into()]),
+                    exclude_tools: vec!["mcp__filesystem__delete_file".into()],
                 }),
                 command_line: Some(conclave_protocol::tools::CommandLineSpec {
                     mode: conclave_protocol::tools::CommandMode::Docker {
