@@ -383,6 +383,20 @@ fn error_kind(error: &ProviderError) -> TurnErrorKind {
     }
 }
 
+/// The agent's own system message with what its tools tell the model for a turn of `mode`
+/// appended (the workspace: where the agent works, the peers' files, the context paths and
+/// what it may write now).
+fn system_with_tools(context: &AgentContext, mode: TurnMode) -> Option<String> {
+    match (
+        context.system_message.as_deref(),
+        context.tools.prompt_note(mode),
+    ) {
+        (own, None) => own.map(str::to_owned),
+        (None, Some(note)) => Some(note),
+        (Some(own), Some(note)) => Some(format!("{own}\n\n{note}")),
+    }
+}
+
 /// Runs one turn to its final report (Decided, Presented or a TurnFailed for an invalid
 /// decision). Provider failures past the retry policy come back as errors.
 async fn run_turn(
@@ -391,7 +405,8 @@ async fn run_turn(
     session: &SessionId,
     injections: &Injections,
 ) -> Result<AgentReport, CallError> {
-    let own_system = context.system_message.as_deref();
+    let own_system = system_with_tools(context, spec.mode);
+    let own_system = own_system.as_deref();
     match spec.mode {
         TurnMode::Present => {
             // The presenter may use its own tools (never the workflow ones).
@@ -444,7 +459,9 @@ async fn coordinate(
     session: &SessionId,
     injections: &Injections,
 ) -> Result<AgentReport, CallError> {
+    // The text protocol offers no tools, so only a tool request hears about them.
     let own_system = context.system_message.as_deref();
+    let with_tools = system_with_tools(context, TurnMode::Coordinate);
     let mut text_mode = context.workflow.uses_text();
     let mut request = if text_mode {
         text_request(&spec, own_system)
@@ -452,7 +469,7 @@ async fn coordinate(
         let mut tools = workflow::workflow_tools(&spec);
         tools.extend(context.tools.specs());
         ChatRequest {
-            messages: workflow::coordination_messages(&spec, own_system),
+            messages: workflow::coordination_messages(&spec, with_tools.as_deref()),
             tools,
             tool_choice: ToolChoice::Auto,
         }
@@ -629,7 +646,7 @@ async fn call_with_tools(
             .iter()
             .cloned()
             .partition(|call| !workflow::is_workflow_tool(&call.name));
-        let records = context.tools.call_batch(&tool_calls).await;
+        let records = context.tools.call_batch(&tool_calls, spec.mode).await;
         request.messages.push(ChatMessage::Assistant {
             content: (!output.text.is_empty()).then(|| output.text.clone()),
             tool_calls: output.tool_calls.clone(),

@@ -1,7 +1,7 @@
 //! The tool layer: the tools an agent may call besides the workflow tools (`new_answer`,
 //! `vote`), and how a call is run.
 //!
-//! A [`ToolKind`] is one source of tools (today: one MCP server, module [`mcp`]). A
+//! A [`ToolKind`] is one source of tools (one MCP server, module [`mcp`]; the agent's file workspace, module [`workspace`]). A
 //! [`ToolBox`] aggregates an agent's kinds for the agent's whole life and is what the turn
 //! worker talks to: [`ToolBox::specs`] lists the tools as [`ToolSpec`]s to offer the model,
 //! [`ToolBox::call_batch`] runs the calls of one model reply and returns, in call order, one
@@ -46,13 +46,14 @@
 //! back as "there is no tool named ..." results listing the offered tools.
 
 pub mod mcp;
+pub mod workspace;
 
 use std::collections::HashMap;
 use std::sync::Arc;
 use std::time::{Duration, Instant};
 
-use conclave_protocol::ToolCall;
 use conclave_protocol::tools::{AgentTools, ToolCallReport, ToolLimits};
+use conclave_protocol::{ToolCall, TurnMode};
 use futures::StreamExt;
 use futures::future::BoxFuture;
 use serde_json::{Map as JsonMap, Value as Json};
@@ -101,6 +102,24 @@ pub trait ToolKind: Send + Sync {
         tool: &str,
         arguments: JsonMap<String, Json>,
     ) -> BoxFuture<'_, Result<ToolOutput, ToolError>>;
+    /// Calls `tool` during a turn of `mode`. Kinds whose permissions depend on the phase
+    /// override it (the workspace: context paths are writable only in the final
+    /// presentation); the others answer as [`Self::call`] does.
+    fn call_during(
+        &self,
+        mode: TurnMode,
+        tool: &str,
+        arguments: JsonMap<String, Json>,
+    ) -> BoxFuture<'_, Result<ToolOutput, ToolError>> {
+        let _ = mode;
+        self.call(tool, arguments)
+    }
+    /// What the model should be told about this kind in a turn of `mode` (the workspace: where
+    /// it works and what it may write), added to the turn's system message. `None`: nothing.
+    fn prompt_note(&self, mode: TurnMode) -> Option<String> {
+        let _ = mode;
+        None
+    }
     /// Stops whatever the kind runs (child processes, connections). Idempotent.
     fn shutdown(&self) -> BoxFuture<'_, ()>;
 }
@@ -215,18 +234,30 @@ impl ToolBox {
         Self::from_kinds(Vec::new(), ToolLimits::default())
     }
 
-    /// Starts every MCP server of `tools` concurrently (module [`mcp`]): fails with the first
-    /// required server that cannot start, naming the agent, the server and its stderr tail;
-    /// an optional one that cannot start is left out and reported in [`Self::starts`].
-    /// `env` resolves `${VAR}` in the servers' command, args, env, cwd, url and headers (the
-    /// environment of the node that runs the agent).
+    /// Sets up the agent's workspace when it has one (module [`workspace`]; its paths must be
+    /// absolute by now) and starts every MCP server of `tools` concurrently (module [`mcp`]):
+    /// fails with a workspace that cannot be set up, or with the first required server that
+    /// cannot start, naming the agent, the server and its stderr tail; an optional server that
+    /// cannot start is left out and reported in [`Self::starts`]. `env` resolves `${VAR}` in
+    /// the servers' command, args, env, cwd, url and headers (the environment of the node that
+    /// runs the agent).
     pub async fn start(
         agent_id: &str,
         tools: &AgentTools,
         env: &EnvFn<'_>,
     ) -> Result<ToolBox, ToolStartError> {
-        let started = mcp::start_all(agent_id, &tools.mcp_servers, env).await?;
         let mut kinds: Vec<(Arc<dyn ToolKind>, ToolFilter)> = Vec::new();
+        if let Some(spec) = &tools.workspace {
+            let workspace = workspace::Workspace::open(spec).map_err(|error| ToolStartError {
+                agent: agent_id.to_owned(),
+                server: conclave_protocol::tools::FILESYSTEM_TOOLS.to_owned(),
+                problem: error.to_string(),
+                stderr_tail: String::new(),
+            })?;
+            let filter = workspace.filter();
+            kinds.push((Arc::new(workspace), filter));
+        }
+        let started = mcp::start_all(agent_id, &tools.mcp_servers, env).await?;
         let mut starts = Vec::new();
         for (server, start) in started {
             if let Some(server) = server {
@@ -315,14 +346,26 @@ impl ToolBox {
         &self.starts
     }
 
-    /// Runs the calls of one model reply, at most `max_concurrent_tools` at a time; the
-    /// records come back in call order. Never fails: every problem is an error result.
-    pub async fn call_batch(&self, calls: &[ToolCall]) -> Vec<ToolCallRecord> {
+    /// What the kinds tell the model for a turn of `mode` (see [`ToolKind::prompt_note`]),
+    /// joined; `None` when no kind has anything to say.
+    pub fn prompt_note(&self, mode: TurnMode) -> Option<String> {
+        let notes: Vec<String> = self
+            .kinds
+            .iter()
+            .filter_map(|k| k.prompt_note(mode))
+            .collect();
+        (!notes.is_empty()).then(|| notes.join("\n"))
+    }
+
+    /// Runs the calls of one model reply of a turn of `mode`, at most `max_concurrent_tools`
+    /// at a time; the records come back in call order. Never fails: every problem is an
+    /// error result.
+    pub async fn call_batch(&self, calls: &[ToolCall], mode: TurnMode) -> Vec<ToolCallRecord> {
         let width = usize::try_from(self.limits.max_concurrent_tools.max(1)).unwrap_or(1);
         // Owned calls: a future borrowing its argument through the closure would not be
         // `Send` for every lifetime, which a turn worker (an actor) needs.
         futures::stream::iter(calls.to_vec())
-            .map(|call| async move { self.call(&call).await })
+            .map(|call| async move { self.call(&call, mode).await })
             .buffered(width)
             .collect()
             .await
@@ -330,14 +373,17 @@ impl ToolBox {
 
     /// Runs one call (see [`Self::call_batch`]) inside its `execute_tool {name}` span
     /// ([`tool_span`]), a child of whatever span is current (the turn's `invoke_agent`).
-    pub async fn call(&self, call: &ToolCall) -> ToolCallRecord {
+    pub async fn call(&self, call: &ToolCall, mode: TurnMode) -> ToolCallRecord {
         let span = tool_span(call);
-        let record = self.call_untraced(call).instrument(span.clone()).await;
+        let record = self
+            .call_untraced(call, mode)
+            .instrument(span.clone())
+            .await;
         finish_tool_span(&span, &record);
         record
     }
 
-    async fn call_untraced(&self, call: &ToolCall) -> ToolCallRecord {
+    async fn call_untraced(&self, call: &ToolCall, mode: TurnMode) -> ToolCallRecord {
         let started = Instant::now();
         let mut record = ToolCallRecord {
             call_id: call.id.clone(),
@@ -350,7 +396,7 @@ impl ToolBox {
             error_type: None,
             content: String::new(),
         };
-        let outcome = self.run(call).await;
+        let outcome = self.run(call, mode).await;
         record.duration = started.elapsed();
         match outcome {
             Ok(output) => {
@@ -378,7 +424,11 @@ impl ToolBox {
 
     /// Looks the tool up, checks the arguments and calls it under the timeout. `Err` is the
     /// kind of problem (see [`ToolCallRecord::error_type`]) and the text told to the model.
-    async fn run(&self, call: &ToolCall) -> Result<ToolOutput, (&'static str, String)> {
+    async fn run(
+        &self,
+        call: &ToolCall,
+        mode: TurnMode,
+    ) -> Result<ToolOutput, (&'static str, String)> {
         let Some(&index) = self.by_name.get(&call.name) else {
             return Err(("unknown_tool", self.unknown_tool(&call.name)));
         };
@@ -394,7 +444,7 @@ impl ToolBox {
         })?;
         let kind = &self.kinds[entry.kind];
         let timeout = Duration::from_secs(self.limits.tool_timeout_seconds.max(1));
-        match tokio::time::timeout(timeout, kind.call(&entry.tool, arguments)).await {
+        match tokio::time::timeout(timeout, kind.call_during(mode, &entry.tool, arguments)).await {
             Ok(Ok(output)) => Ok(output),
             Ok(Err(ToolError::Failed(problem))) => Err((
                 "tool_unavailable",
@@ -740,12 +790,15 @@ mod tests {
             runtime.block_on(
                 async {
                     toolbox
-                        .call_batch(&[
-                            call("c1", "mcp__demo__echo", r#"{"text": "hi"}"#),
-                            call("c2", "mcp__demo__echo", r#"{"text": "fail"}"#),
-                            call("c3", "mcp__demo__nope", "{}"),
-                            call("c4", "mcp__demo__echo", "{}"),
-                        ])
+                        .call_batch(
+                            &[
+                                call("c1", "mcp__demo__echo", r#"{"text": "hi"}"#),
+                                call("c2", "mcp__demo__echo", r#"{"text": "fail"}"#),
+                                call("c3", "mcp__demo__nope", "{}"),
+                                call("c4", "mcp__demo__echo", "{}"),
+                            ],
+                            TurnMode::Coordinate,
+                        )
                         .await
                 }
                 .instrument(turn),

@@ -86,7 +86,9 @@ fn percentile(sorted: &[Duration], p: f64) -> Duration {
 async fn measure(label: &str, toolbox: &ToolBox, tool: &str, calls: usize) -> anyhow::Result<()> {
     let call = |i: usize| ToolCall::new(format!("c{i}"), tool, format!("{{\"a\": {i}, \"b\": 1}}"));
     for i in 0..calls.min(100) {
-        let record = toolbox.call(&call(i)).await;
+        let record = toolbox
+            .call(&call(i), conclave_protocol::TurnMode::Coordinate)
+            .await;
         if let Some(error) = record.error {
             bail!("{label}: warm-up call failed: {error}");
         }
@@ -94,7 +96,9 @@ async fn measure(label: &str, toolbox: &ToolBox, tool: &str, calls: usize) -> an
     let mut times = Vec::with_capacity(calls);
     for i in 0..calls {
         let started = Instant::now();
-        let record = toolbox.call(&call(i)).await;
+        let record = toolbox
+            .call(&call(i), conclave_protocol::TurnMode::Coordinate)
+            .await;
         times.push(started.elapsed());
         if let Some(error) = record.error {
             bail!("{label}: call {i} failed: {error}");
@@ -286,7 +290,10 @@ async fn main() -> anyhow::Result<()> {
     if args.hold {
         let toolbox = toolbox(spec("demo", stdio)).await?;
         let record = toolbox
-            .call(&ToolCall::new("p", "mcp__demo__pid", "{}"))
+            .call(
+                &ToolCall::new("p", "mcp__demo__pid", "{}"),
+                conclave_protocol::TurnMode::Coordinate,
+            )
             .await;
         if let Some(error) = record.error {
             bail!("pid call failed: {error}");

@@ -55,9 +55,15 @@ fn call(id: &str, name: &str, arguments: &str) -> ToolCall {
 }
 
 async fn run(toolbox: &ToolBox, name: &str, arguments: &str) -> ToolCallRecord {
-    tokio::time::timeout(WAIT, toolbox.call(&call("c1", name, arguments)))
-        .await
-        .expect("the call ends within the deadline")
+    tokio::time::timeout(
+        WAIT,
+        toolbox.call(
+            &call("c1", name, arguments),
+            conclave_protocol::TurnMode::Coordinate,
+        ),
+    )
+    .await
+    .expect("the call ends within the deadline")
 }
 
 /// Whether a process is gone (no /proc entry, or a zombie waiting to be reaped).
@@ -288,9 +294,12 @@ async fn a_batch_runs_concurrently_and_answers_in_call_order() {
         call("c", "mcp__demo__nope", "{}"),
         call("d", "mcp__demo__add", r#"{"a": 1, "b": 2}"#),
     ];
-    let records = tokio::time::timeout(WAIT, toolbox.call_batch(&calls))
-        .await
-        .expect("in time");
+    let records = tokio::time::timeout(
+        WAIT,
+        toolbox.call_batch(&calls, conclave_protocol::TurnMode::Coordinate),
+    )
+    .await
+    .expect("in time");
     let ids: Vec<&str> = records.iter().map(|r| r.call_id.as_str()).collect();
     assert_eq!(ids, ["a", "b", "c", "d"]);
     assert_eq!(records[0].content, "slept 300 ms");
@@ -330,9 +339,12 @@ async fn a_server_that_dies_is_restarted_on_the_next_call() {
     let calls: Vec<ToolCall> = (0..3)
         .map(|i| call(&format!("p{i}"), "mcp__demo__pid", "{}"))
         .collect();
-    let records = tokio::time::timeout(WAIT, toolbox.call_batch(&calls))
-        .await
-        .expect("in time");
+    let records = tokio::time::timeout(
+        WAIT,
+        toolbox.call_batch(&calls, conclave_protocol::TurnMode::Coordinate),
+    )
+    .await
+    .expect("in time");
     let pids: std::collections::HashSet<&str> =
         records.iter().map(|r| r.content.as_str()).collect();
     assert_eq!(pids.len(), 1, "{records:?}");
