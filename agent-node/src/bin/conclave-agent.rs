@@ -81,6 +81,11 @@ struct Args {
     /// are always allowed.
     #[arg(long, value_name = "VAR")]
     allow_key_env: Vec<String>,
+    /// The directory against which the relative workspace paths of agents placed here
+    /// (`backend.cwd`, context paths, peers' dirs) are resolved; created if missing.
+    /// Default: the current directory.
+    #[arg(long, value_name = "DIR")]
+    work_dir: Option<PathBuf>,
     /// More logging on stderr (-v debug). RUST_LOG overrides.
     #[arg(long, short = 'v', action = clap::ArgAction::Count)]
     verbose: u8,
@@ -139,6 +144,15 @@ fn options(args: &Args) -> anyhow::Result<HostOptions> {
         allow.allow_key_env(var.clone());
     }
     let cwd = std::env::current_dir().context("cannot read the current directory")?;
+    let work_dir = match &args.work_dir {
+        Some(dir) => {
+            std::fs::create_dir_all(dir)
+                .with_context(|| format!("--work-dir {}: cannot create it", dir.display()))?;
+            std::fs::canonicalize(dir)
+                .with_context(|| format!("--work-dir {}: cannot resolve it", dir.display()))?
+        }
+        None => cwd.clone(),
+    };
     let instance = new_instance();
     Ok(HostOptions {
         name: args.name.clone(),
@@ -159,6 +173,7 @@ fn options(args: &Args) -> anyhow::Result<HostOptions> {
         join_timeout: Duration::from_secs(10),
         env: Arc::new(NodeEnv::from_process_and_dotenv(&cwd)),
         allow,
+        work_dir,
     })
 }
 

@@ -37,6 +37,10 @@
 //!   started (for the orchestrator's journal) or why a required one did not. A start whose
 //!   agent was replaced, whose session ended or whose link was lost meanwhile is stopped and
 //!   not answered.
+//! - **Workspaces live here.** An agent's workspace paths come relative from the orchestrator
+//!   (it does not know this machine's layout) and are resolved against
+//!   [`HostOptions::work_dir`] (`--work-dir`, default the current directory) before its tools
+//!   start; the workspace is created then, on this node.
 
 use std::collections::HashMap;
 use std::sync::Arc;
@@ -87,6 +91,9 @@ pub struct HostOptions {
     pub env: Arc<NodeEnv>,
     /// Which providers this node's operator lets the orchestrator's agent specs call.
     pub allow: ProviderAllowList,
+    /// Where relative workspace paths of the agents placed here are resolved (`--work-dir`,
+    /// absolute; see `tools::workspace::resolve_spec`).
+    pub work_dir: std::path::PathBuf,
 }
 
 /// Messages of the host.
@@ -362,9 +369,13 @@ impl AgentHost {
         let env = state.opts.env.clone();
         let reply = myself.clone();
         let link = state.link;
+        let mut tools = request.spec.tools.clone();
+        if let Some(workspace) = &mut tools.workspace {
+            crate::tools::workspace::resolve_spec(workspace, &state.opts.work_dir);
+        }
         tokio::spawn(async move {
             let lookup = |key: &str| env.get(key);
-            let result = ToolBox::start(&request.spec.id, &request.spec.tools, &lookup).await;
+            let result = ToolBox::start(&request.spec.id, &tools, &lookup).await;
             // A host that is gone drops the message, and with it the servers.
             let _ = reply.send_message(HostMsg::ToolsStarted(Box::new(ToolsStarted {
                 request,
