@@ -147,6 +147,10 @@ pub struct CoordinatorArgs {
     /// Set when the session continues from its journal after a crash.
     pub resumed: Option<Resumed>,
     pub budget: Budget,
+    /// Where each agent with a workspace leaves its files (agent id, the directory as
+    /// `final.md` names it): the presenter's (or, without a presentation, the winner's) is
+    /// named in `final.md`.
+    pub final_files: Vec<(String, String)>,
 }
 
 /// A session's spending limits and the price of each agent's model (by agent index).
@@ -176,6 +180,8 @@ enum Effect {
     /// The final answer's file, then the final display line.
     Final {
         content: Option<String>,
+        /// Where the final files are (the presenter's workspace), for `final.md`.
+        files: Option<String>,
         shown: Shown,
     },
     /// The session is over: close the journal and hand the outcome over.
@@ -213,6 +219,7 @@ pub struct CoordinatorState {
     turns: u64,
     resumed: Option<Resumed>,
     budget: Budget,
+    final_files: Vec<(String, String)>,
     /// The session's root span `invoke_workflow conclave`, from Begin to finish; every command
     /// carries its trace context.
     span: tracing::Span,
@@ -327,9 +334,13 @@ impl CoordinatorState {
                         warn!(agent = %link.id, "agent unreachable; command dropped");
                     }
                 }
-                Effect::Final { content, shown } => {
+                Effect::Final {
+                    content,
+                    files,
+                    shown,
+                } => {
                     if let Some(content) = content {
-                        self.write_final(&content);
+                        self.write_final(&content, files.as_deref());
                     }
                     self.display.show(shown);
                 }
@@ -341,12 +352,16 @@ impl CoordinatorState {
         }
     }
 
-    /// `final.md`: a copy of the final answer for people (the journal has it too).
-    fn write_final(&self, content: &str) {
+    /// `final.md`: a copy of the final answer for people (the journal has it too), ending
+    /// with where the final files are when the presenter has a workspace.
+    fn write_final(&self, content: &str, files: Option<&str>) {
         let path = self.session_dir.join(FINAL_FILE);
         let mut text = content.to_owned();
         if !text.ends_with('\n') {
             text.push('\n');
+        }
+        if let Some(files) = files {
+            text.push_str(&format!("\n---\n\nThe final files are in {files}.\n"));
         }
         if let Err(error) = std::fs::write(&path, text) {
             error!(%error, path = %path.display(), "could not write the final answer file");
@@ -735,8 +750,15 @@ impl CoordinatorState {
             };
             self.journal_only(&ended);
         }
+        let files = outcome
+            .presented_by
+            .as_ref()
+            .or(outcome.winner.as_ref())
+            .and_then(|id| self.final_files.iter().find(|(agent, _)| agent == id))
+            .map(|(_, files)| files.clone());
         self.pending.push(Effect::Final {
             content: outcome.final_answer.clone(),
+            files,
             shown: Shown::Final {
                 content: outcome
                     .final_answer
@@ -911,6 +933,7 @@ impl Actor for Coordinator {
             done: Some(args.done),
             resumed: args.resumed,
             budget: args.budget,
+            final_files: args.final_files,
             span: tracing::Span::none(),
             timeout_timer: None,
             agents: Vec::new(),

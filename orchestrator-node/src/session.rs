@@ -139,6 +139,56 @@ pub fn session_dir(root: &Path, session: &SessionId) -> PathBuf {
     root.join(session.as_str())
 }
 
+/// Chooses the directories the config left to the session (see `config::workspace`): an agent
+/// with a workspace but no `cwd` works in `<session dir>/workspaces/<agent id>`, and sees its
+/// peers' files in `<session dir>/peers/<agent id>` unless `agent_temporary_workspace` was
+/// set. For an agent on a node the same paths are relative, `workspaces/<session>/<agent id>`
+/// and `peers/<session>/<agent id>`, and the node resolves them against its `--work-dir`.
+/// Done before the session is journaled, so a resumed session finds the same directories.
+pub fn place_workspaces(config: &mut SessionConfig, session: &SessionId, dir: &Path) {
+    let dir = std::path::absolute(dir).unwrap_or_else(|_| dir.to_path_buf());
+    for agent in &mut config.agents {
+        let name = crate::config::agent_dir_name(&agent.id);
+        let Some(workspace) = &mut agent.tools.workspace else {
+            continue;
+        };
+        let place = |kind: &str| match agent.node {
+            Some(_) => Path::new(kind)
+                .join(session.as_str())
+                .join(&name)
+                .display()
+                .to_string(),
+            None => dir.join(kind).join(&name).display().to_string(),
+        };
+        if workspace.cwd.is_empty() {
+            workspace.cwd = place("workspaces");
+        }
+        if workspace.peers_dir.is_empty() {
+            workspace.peers_dir = place("peers");
+        }
+    }
+}
+
+/// Where each agent with a workspace leaves its files, as `final.md` names them.
+fn final_files(config: &SessionConfig) -> Vec<(String, String)> {
+    config
+        .agents
+        .iter()
+        .filter_map(|agent| {
+            let workspace = agent.tools.workspace.as_ref()?;
+            let place = match &agent.node {
+                Some(node) if Path::new(&workspace.cwd).is_relative() => format!(
+                    "`{}` under the work directory of node `{node}`",
+                    workspace.cwd
+                ),
+                Some(node) => format!("`{}` on node `{node}`", workspace.cwd),
+                None => format!("`{}`", workspace.cwd),
+            };
+            Some((agent.id.clone(), place))
+        })
+        .collect()
+}
+
 /// The turn limits of a session's agents, from its config: the same for local agents and,
 /// as `TurnLimits`, for agents placed on nodes.
 pub fn turn_settings(config: &SessionConfig) -> TurnSettings {
@@ -362,13 +412,14 @@ pub async fn run_session(
     let SessionPlan {
         session,
         dir,
-        config,
+        mut config,
         task,
         env,
         http,
         cluster,
     } = plan;
     crate::pricing::check_budget(&config)?;
+    place_workspaces(&mut config, &session, &dir);
     let http = match http {
         Some(http) => http,
         None => http_client(Duration::from_secs(
@@ -551,6 +602,7 @@ async fn drive(
             done: done_tx,
             resumed,
             budget: budget_of(&config),
+            final_files: final_files(&config),
         },
         agents: config
             .agents

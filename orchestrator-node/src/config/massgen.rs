@@ -102,16 +102,6 @@ pub(crate) const ORCHESTRATOR: &[KnownKey] = &[
     not_yet("voting_sensitivity"),
     not_yet("answer_novelty_requirement"),
     KnownKey {
-        name: "snapshot_storage",
-        note: "MassGen's workspace snapshots are not supported yet by conclave, ignored (they \
-               only matter with agent workspaces, `cwd`, which conclave refuses)",
-    },
-    KnownKey {
-        name: "agent_temporary_workspace",
-        note: "MassGen's shared temporary workspaces are not supported yet by conclave, ignored \
-               (they only matter with agent workspaces, `cwd`, which conclave refuses)",
-    },
-    KnownKey {
         name: "session_storage",
         note: "conclave keeps sessions under `--session-dir` instead, ignored",
     },
@@ -123,12 +113,9 @@ pub(crate) const ORCHESTRATOR: &[KnownKey] = &[
     not_yet("dspy"),
 ];
 
-/// `orchestrator:` keys conclave refuses when set.
-pub(crate) const ORCHESTRATOR_REFUSED: &[(&str, &str)] = &[(
-    "context_paths",
-    "MassGen's file-system context paths (which give agents read or write access to \
-     directories) are not supported yet by conclave; remove the key",
-)];
+/// `orchestrator:` keys conclave refuses when set. (`context_paths`,
+/// `agent_temporary_workspace` and `snapshot_storage` are read, module `workspace`.)
+pub(crate) const ORCHESTRATOR_REFUSED: &[(&str, &str)] = &[];
 
 /// `orchestrator.coordination` keys that give agents abilities (planning, memory and skill
 /// files, subagents, broadcasts to peers or a human, workspace writes) or limit what their

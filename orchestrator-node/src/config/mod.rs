@@ -41,6 +41,7 @@ mod options;
 mod session;
 mod tools;
 mod tree;
+mod workspace;
 
 #[cfg(test)]
 mod tests;
@@ -61,6 +62,7 @@ pub use options::{
     REASONING_EFFORTS, REASONING_SUMMARIES, VERBOSITIES,
 };
 pub use session::MAX_TIMEOUT_SECONDS;
+pub use workspace::agent_dir_name;
 
 use tree::{Ctx, Expansion};
 
@@ -81,7 +83,13 @@ pub fn load_file(
     env: &dyn Fn(&str) -> Option<String>,
 ) -> Result<LoadedConfig, ConfigError> {
     let text = read(path)?;
-    let mut loaded = load_str(&text, &path.display().to_string(), env)?;
+    let mut loaded = load(
+        &text,
+        &path.display().to_string(),
+        env,
+        Expansion::On,
+        path.parent(),
+    )?;
     loaded.source = Some(path.to_path_buf());
     Ok(loaded)
 }
@@ -92,7 +100,7 @@ pub fn load_str(
     origin: &str,
     env: &dyn Fn(&str) -> Option<String>,
 ) -> Result<LoadedConfig, ConfigError> {
-    load(yaml, origin, env, Expansion::On)
+    load(yaml, origin, env, Expansion::On, None)
 }
 
 /// Loads a config someone other than the operator wrote (a config submitted to `conclave
@@ -102,7 +110,7 @@ pub fn load_str(
 /// `api_key_env: VAR` still *name* a key variable; the caller checks the name against its
 /// allow-list ([`conclave_protocol::trust::ProviderAllowList`]).
 pub fn load_str_untrusted(yaml: &str, origin: &str) -> Result<LoadedConfig, ConfigError> {
-    load(yaml, origin, &|_| None, Expansion::Off)
+    load(yaml, origin, &|_| None, Expansion::Off, None)
 }
 
 /// [`load_str_untrusted`] for a file; `origin` names it in errors (the name the request gave,
@@ -126,9 +134,18 @@ fn load(
     origin: &str,
     env: &dyn Fn(&str) -> Option<String>,
     expansion: Expansion,
+    base_dir: Option<&Path>,
 ) -> Result<LoadedConfig, ConfigError> {
     let root = tree::parse_yaml(yaml, origin)?;
     let mut ctx = Ctx::new(origin, env, expansion);
+    // A config file in the current directory has an empty parent: `.`.
+    ctx.base_dir = base_dir.map(|dir| {
+        if dir.as_os_str().is_empty() {
+            PathBuf::from(".")
+        } else {
+            dir.to_path_buf()
+        }
+    });
     match session::resolve(&root, &mut ctx) {
         Ok(config) => Ok(LoadedConfig {
             config,

@@ -50,6 +50,7 @@ use conclave_protocol::config::{
 use super::backend;
 use super::error::ConfigError;
 use super::massgen;
+use super::workspace;
 use super::tree::{Ctx, Field, Fields, KnownKey, Node, optional};
 
 /// The longest timeout accepted, in seconds (30 days).
@@ -79,14 +80,18 @@ pub(crate) fn resolve(root: &Node, ctx: &mut Ctx<'_>) -> Result<SessionConfig, C
         ));
     }
 
-    let agents = agents(&mut top, ctx)?;
+    let mut agents = agents(&mut top, ctx)?;
 
     let mut timeouts = TimeoutSettings::default();
     let mut orchestrator = OrchestratorSettings::default();
     let mut legacy_timeout = None;
+    let mut shared = workspace::SharedWorkspace::default();
     if let Some(node) = top.take("orchestrator") {
-        (orchestrator, legacy_timeout) = orchestrator_settings(node, ctx)?;
+        (orchestrator, legacy_timeout, shared) = orchestrator_settings(node, ctx)?;
     }
+    let base = base_dir(ctx)?;
+    workspace::finish(&mut agents, &shared, &base, ctx)?;
+    orchestrator.snapshot_storage = workspace::storage_dir(orchestrator.snapshot_storage, &base);
     let explicit_timeout = match top.take("timeout_settings") {
         Some(node) => timeout_settings(node, &mut timeouts, &mut orchestrator, ctx)?,
         None => false,
@@ -351,12 +356,33 @@ fn restart_policy(
 }
 
 /// `orchestrator:`; also returns MassGen's `orchestrator.timeout.orchestrator_timeout_seconds`.
+/// What relative paths of the config are relative to (see module `workspace`), absolute.
+fn base_dir(ctx: &Ctx<'_>) -> Result<std::path::PathBuf, ConfigError> {
+    let current = || {
+        std::env::current_dir().map_err(|error| {
+            ctx.invalid(
+                "",
+                format!("cannot read the current directory to resolve relative paths: {error}"),
+            )
+        })
+    };
+    match &ctx.base_dir {
+        Some(dir) if dir.is_absolute() => Ok(dir.clone()),
+        Some(dir) => Ok(current()?.join(dir)),
+        None => current(),
+    }
+}
+
+/// `orchestrator:`: the settings, MassGen's legacy `timeout.orchestrator_timeout_seconds`, and
+/// the workspace keys every agent shares (module `workspace`).
 fn orchestrator_settings(
     node: &Node,
     ctx: &mut Ctx<'_>,
-) -> Result<(OrchestratorSettings, Option<u64>), ConfigError> {
+) -> Result<(OrchestratorSettings, Option<u64>, workspace::SharedWorkspace), ConfigError> {
     let mut fields = Fields::new(node, "orchestrator", "a mapping", ctx)?;
     let mut settings = OrchestratorSettings::default();
+    let (shared, storage) = workspace::orchestrator_keys(&mut fields, ctx)?;
+    settings.snapshot_storage = storage;
 
     let answer_limit = |f: Field<'_, '_>| {
         f.integer_in(ctx, 1, u64::from(u32::MAX), ANSWER_LIMIT_ALLOWED)
@@ -463,7 +489,7 @@ fn orchestrator_settings(
     }
 
     fields.finish(massgen::ORCHESTRATOR, ctx);
-    Ok((settings, legacy_timeout))
+    Ok((settings, legacy_timeout, shared))
 }
 
 /// MassGen's `orchestrator.coordination`: the settings that give agents abilities are refused

@@ -28,9 +28,11 @@
 //!   its base-URL allow-list.
 //! - **No MassGen key that changes what an agent can do loads with only a warning**:
 //!   `custom_tools`, `enable_mcp_command_line`, `enable_*_generation`, `command_line_*`,
-//!   `cwd` / `context_paths` (file-system tools), `mcp_servers` on `claude_code` (the CLI
-//!   runs its own tool loop) are refused, naming the key, until conclave supports them. A key
-//!   that is set to its "off" value (`false`, an empty list) is accepted.
+//!   `mcp_servers` on `claude_code` (the CLI runs its own tool loop) are refused, naming the
+//!   key, until conclave supports them. A key that is set to its "off" value (`false`, an
+//!   empty list) is accepted. `cwd`, `context_paths` and `max_file_read_bytes` (the agent's
+//!   file workspace) are read in module `workspace`; on `claude_code`, whose CLI has its own
+//!   file tools, `cwd` is refused with a hint to pass it as `extra_body: {cwd: ...}`.
 //! - MassGen's legacy `type: sse` is refused with a hint to use `streamable-http`: rmcp, the
 //!   official Rust SDK, no longer has an SSE client.
 
@@ -68,16 +70,6 @@ const REFUSED: &[(&str, &str)] = &[
     (
         "enable_file_generation",
         "file generation is not supported yet by conclave; remove the key or set it to false",
-    ),
-    (
-        "context_paths",
-        "MassGen's file-system context paths are not supported yet by conclave; remove the key",
-    ),
-    (
-        "cwd",
-        "MassGen's agent workspace (`cwd`, which gives the agent file-system tools) is not \
-         supported yet by conclave; remove the key (for `claude_code`, pass the CLI's working \
-         directory as `extra_body: {cwd: ...}`)",
     ),
 ];
 
@@ -145,6 +137,16 @@ pub(crate) fn resolve(
         excluded.extend(disallowed.into_iter().filter(|n| n.starts_with("mcp__")));
     }
 
+    if wire == WireFormat::ClaudeCode && fields.has("cwd") {
+        return Err(ctx.invalid(
+            &fields.child_path("cwd"),
+            "the `claude_code` backend runs the Claude Code CLI with its own file tools; \
+             pass its working directory as `extra_body: {cwd: ...}` instead of `cwd`",
+        ));
+    }
+    let workspace =
+        super::workspace::backend_keys(fields, ctx, allowed.as_deref(), &excluded)?;
+
     let servers_path = fields.child_path("mcp_servers");
     let mut servers = match fields.take("mcp_servers") {
         None => Vec::new(),
@@ -188,6 +190,8 @@ pub(crate) fn resolve(
     Ok(AgentTools {
         mcp_servers: servers,
         limits,
+        // A draft until the whole config is read (`workspace::finish`).
+        workspace: Some(workspace),
         ..AgentTools::default()
     })
 }

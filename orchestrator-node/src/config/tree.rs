@@ -182,6 +182,9 @@ pub(crate) struct Ctx<'e> {
     /// Key paths whose value was taken from the environment, with the variables: an error
     /// about such a key names them instead of the value (see `super::redact`).
     pub from_env: RefCell<Vec<(String, Vec<String>)>>,
+    /// What relative paths in the config are relative to: the config file's directory, or
+    /// `None` for text that is no file (then the current directory).
+    pub base_dir: Option<std::path::PathBuf>,
 }
 
 /// Whether a load expands `${VAR}` references.
@@ -206,6 +209,7 @@ impl<'e> Ctx<'e> {
             warnings: Vec::new(),
             expansion,
             from_env: RefCell::new(Vec::new()),
+            base_dir: None,
         }
     }
 }

@@ -215,6 +215,7 @@ async fn measure(
             done,
             resumed: None,
             budget: Budget::default(),
+            final_files: Vec::new(),
         },
     )
     .await?;
