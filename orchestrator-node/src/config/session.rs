@@ -50,8 +50,8 @@ use conclave_protocol::config::{
 use super::backend;
 use super::error::ConfigError;
 use super::massgen;
-use super::workspace;
 use super::tree::{Ctx, Field, Fields, KnownKey, Node, optional};
+use super::workspace;
 
 /// The longest timeout accepted, in seconds (30 days).
 pub const MAX_TIMEOUT_SECONDS: u64 = 30 * 24 * 3600;
@@ -378,7 +378,14 @@ fn base_dir(ctx: &Ctx<'_>) -> Result<std::path::PathBuf, ConfigError> {
 fn orchestrator_settings(
     node: &Node,
     ctx: &mut Ctx<'_>,
-) -> Result<(OrchestratorSettings, Option<u64>, workspace::SharedWorkspace), ConfigError> {
+) -> Result<
+    (
+        OrchestratorSettings,
+        Option<u64>,
+        workspace::SharedWorkspace,
+    ),
+    ConfigError,
+> {
     let mut fields = Fields::new(node, "orchestrator", "a mapping", ctx)?;
     let mut settings = OrchestratorSettings::default();
     let (shared, storage) = workspace::orchestrator_keys(&mut fields, ctx)?;

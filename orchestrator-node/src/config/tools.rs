@@ -144,8 +144,7 @@ pub(crate) fn resolve(
              pass its working directory as `extra_body: {cwd: ...}` instead of `cwd`",
         ));
     }
-    let workspace =
-        super::workspace::backend_keys(fields, ctx, allowed.as_deref(), &excluded)?;
+    let workspace = super::workspace::backend_keys(fields, ctx, allowed.as_deref(), &excluded)?;
 
     let servers_path = fields.child_path("mcp_servers");
     let mut servers = match fields.take("mcp_servers") {

@@ -98,7 +98,12 @@ pub(crate) fn orchestrator_keys(
     shared.temporary_root = optional(fields, "agent_temporary_workspace", |f| directory(f, ctx))?;
     let storage = optional(fields, "snapshot_storage", |f| directory(f, ctx))?;
     if let Some(n) = optional(fields, "snapshot_max_bytes", |f| {
-        f.integer_in(ctx, 1024, 1 << 40, "a whole number of bytes from 1024 to 2^40")
+        f.integer_in(
+            ctx,
+            1024,
+            1 << 40,
+            "a whole number of bytes from 1024 to 2^40",
+        )
     })? {
         shared.limits.snapshot_max_bytes = n;
     }
@@ -107,7 +112,9 @@ pub(crate) fn orchestrator_keys(
     })? {
         shared.limits.snapshot_max_files = u32::try_from(n).unwrap_or(u32::MAX);
     }
-    if let Some(n) = optional(fields, "max_file_read_bytes", |f| max_file_read_bytes(f, ctx))? {
+    if let Some(n) = optional(fields, "max_file_read_bytes", |f| {
+        max_file_read_bytes(f, ctx)
+    })? {
         shared.limits.max_file_read_bytes = n;
     }
     Ok((shared, storage))
@@ -128,7 +135,9 @@ pub(crate) fn backend_keys(
         Some(node) => context_paths(node, &path, ctx)?,
         None => Vec::new(),
     };
-    let read_bytes = optional(fields, "max_file_read_bytes", |f| max_file_read_bytes(f, ctx))?;
+    let read_bytes = optional(fields, "max_file_read_bytes", |f| {
+        max_file_read_bytes(f, ctx)
+    })?;
     let prefix = format!("mcp__{FILESYSTEM_TOOLS}__");
     let allowed_tools = allowed
         .map(|names| {

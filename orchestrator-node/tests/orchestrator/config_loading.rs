@@ -375,9 +375,19 @@ fn massgen_style_config_resolves_to_the_expected_session() {
         config.orchestrator,
         OrchestratorSettings {
             max_new_answers_per_agent: Some(2),
+            // Relative to the config file's directory.
+            snapshot_storage: Some(
+                std::fs::canonicalize(configs_dir())
+                    .unwrap()
+                    .join("snapshots")
+                    .display()
+                    .to_string()
+            ),
             ..OrchestratorSettings::default()
         }
     );
+    // `agent_temporary_workspace` alone gives no agent a workspace (none has a `cwd`).
+    assert!(config.agents.iter().all(|a| a.tools.workspace.is_none()));
     assert_eq!(
         config.timeouts,
         TimeoutSettings {
@@ -389,8 +399,6 @@ fn massgen_style_config_resolves_to_the_expected_session() {
 
     let warnings = warning_texts(&loaded);
     for path in [
-        "orchestrator.snapshot_storage",
-        "orchestrator.agent_temporary_workspace",
         "orchestrator.voting_sensitivity",
         "orchestrator.answer_novelty_requirement",
     ] {
@@ -502,6 +510,7 @@ ui:
             single_call: false,
             max_midstream_injections_per_round: 2,
             inject_fallback: RestartPolicy::Cancel,
+            snapshot_storage: None,
         }
     );
     assert_eq!(

@@ -6,6 +6,7 @@
 
 mod config_loading;
 mod config_tools;
+mod config_workspace;
 mod consensus_props;
 mod massgen_configs;
 mod probe;
