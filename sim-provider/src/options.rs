@@ -137,6 +137,7 @@ pub const KNOWN_KEYS: &[&str] = &[
     "stall_after",
     "tool",
     "tool_calls",
+    "tool_args",
 ];
 
 /// Upper bound for `tokens`: a reply is held in memory while it streams, so a typo like
@@ -176,6 +177,10 @@ pub struct ModelOptions {
     /// How many times the `tools` policy calls its tool in one turn (one call per reply,
     /// counted by the tool results in the conversation) before it decides. Default 1.
     pub tool_calls: u32,
+    /// The arguments the `tools` policy calls its tool with (`tool_args=KEY~VALUE|KEY~VALUE`,
+    /// string values; `{n}` in a value becomes the call's number in the turn, from 1). Empty:
+    /// the tool's first required parameter set to the question.
+    pub tool_args: Vec<(String, String)>,
 }
 
 /// The retry headers a status fault carries, in the forms real providers use: OpenAI's
@@ -272,6 +277,7 @@ impl ModelOptions {
             stall_after: None,
             tool: "lookup".to_owned(),
             tool_calls: 1,
+            tool_args: Vec::new(),
         };
         for item in options.unwrap_or("").split(',') {
             let item = item.trim();
@@ -401,6 +407,21 @@ impl ModelOptions {
             "tool_calls" => {
                 let calls = parse_number(key, value, 1, MAX_TOOL_CALLS, TOOL_CALLS_RANGE)?;
                 self.tool_calls = u32::try_from(calls).unwrap_or(1);
+            }
+            "tool_args" => {
+                self.tool_args = value
+                    .split('|')
+                    .map(|pair| {
+                        pair.split_once('~')
+                            .filter(|(k, _)| !k.trim().is_empty())
+                            .map(|(k, v)| (k.trim().to_owned(), v.to_owned()))
+                    })
+                    .collect::<Option<Vec<_>>>()
+                    .ok_or_else(|| OptionError::BadValue {
+                        key: key.to_owned(),
+                        value: value.to_owned(),
+                        expected: "KEY~VALUE pairs separated by `|`, e.g. path~notes.md|content~hi",
+                    })?;
             }
             _ => {
                 return Err(OptionError::UnknownKey {

@@ -20,8 +20,8 @@
 //!   corrective one ("... was not accepted ..."), the way a real model usually does.
 //! - [`Policy::Tools`] is a model that uses tools: while the conversation holds fewer tool
 //!   results than its `tool_calls` option (default 1), it calls the offered non-workflow tool named by the `tool` option (exactly, or as
-//!   the `{tool}` of MassGen's `mcp__{server}__{tool}`), its first required parameter set to
-//!   the question; once enough results are there (Chat `tool` message, Responses
+//!   the `{tool}` of MassGen's `mcp__{server}__{tool}`), with the `tool_args` option's
+//!   arguments, or else its first required parameter set to the question; once enough results are there (Chat `tool` message, Responses
 //!   `function_call_output`, Anthropic `tool_result`, Gemini `functionResponse`), it decides as
 //!   the default policy does and quotes the result in the vote's reason, the answer or the
 //!   text. Without a matching tool it is the default policy.
@@ -182,9 +182,19 @@ impl Reply {
                     && (*name == options.tool || name.ends_with(&suffix))
             })?;
             let name = request.tool_names[index].clone();
-            let arguments = match request.tool_params.get(index).cloned().flatten() {
-                Some(param) => json!({ param: request.last_user_text }),
-                None => json!({}),
+            let call_number = (request.tool_results.len() + 1).to_string();
+            let arguments = if options.tool_args.is_empty() {
+                match request.tool_params.get(index).cloned().flatten() {
+                    Some(param) => json!({ param: request.last_user_text }),
+                    None => json!({}),
+                }
+            } else {
+                options
+                    .tool_args
+                    .iter()
+                    .map(|(key, value)| (key.clone(), json!(value.replace("{n}", &call_number))))
+                    .collect::<serde_json::Map<String, serde_json::Value>>()
+                    .into()
             }
             .to_string();
             let mut reply = Reply::call(DecisionKind::Tool, None, arguments, tokens);
