@@ -9,7 +9,9 @@
 //! `max_retries`, `extra_body`, `thinking_budget`, and the tool-loop bounds `max_tool_rounds`,
 //! `tool_timeout_seconds`, `max_tool_result_bytes`, `max_concurrent_tools`). MassGen's
 //! `mcp_servers`, `allowed_tools`, `exclude_tools` and `concurrent_tool_execution` are read
-//! (module `tools`).
+//! (module `tools`); `backend.cwd`, `context_paths`, `orchestrator.agent_temporary_workspace`,
+//! `snapshot_storage` and the workspace limits (`snapshot_max_bytes`, `snapshot_max_files`,
+//! `max_file_read_bytes`) in module `workspace`.
 //!
 //! How a load goes, and why:
 //! 1. The `config` crate parses the YAML (module `tree`); the loader then walks the values itself,
