@@ -36,6 +36,9 @@ pub struct SessionEntry {
     /// The session's directory (its journal).
     pub dir: PathBuf,
     pub question: String,
+    /// The conversation this session is a turn of: its own id for a first turn, the first
+    /// session's for a continued one (see [`super::conversations`]).
+    pub conversation: String,
     pub started: SystemTime,
     /// Cancelling it interrupts the session: it ends with its best answer so far.
     pub cancel: CancellationToken,
@@ -128,6 +131,7 @@ impl SessionEntry {
             .unwrap_or(0);
         let mut status = json!({
             "session": self.id,
+            "conversation": self.conversation,
             "question": self.question,
             "started_at_ms": started,
             "events": state.kept_count.max(state.kept.len()),
@@ -169,6 +173,7 @@ impl Registry {
     pub(super) fn insert(
         &self,
         id: &str,
+        conversation: &str,
         dir: &Path,
         question: &str,
         timeout: Duration,
@@ -182,6 +187,7 @@ impl Registry {
             id: id.to_owned(),
             dir: dir.to_owned(),
             question: question.to_owned(),
+            conversation: conversation.to_owned(),
             started: SystemTime::now(),
             cancel,
             done: CancellationToken::new(),
@@ -229,6 +235,16 @@ impl Registry {
             inner.by_id.remove(id);
             inner.order.retain(|o| o != id);
         }
+    }
+
+    /// A session of `conversation` that has not ended (a turn still running or queued).
+    pub fn unfinished_turn(&self, conversation: &str) -> Option<String> {
+        let inner = self.inner();
+        inner
+            .by_id
+            .values()
+            .find(|entry| entry.conversation == conversation && !entry.done.is_cancelled())
+            .map(|entry| entry.id.clone())
     }
 
     pub fn get(&self, id: &str) -> Option<Arc<SessionEntry>> {
@@ -308,6 +324,7 @@ mod tests {
         registry
             .insert(
                 id,
+                id,
                 Path::new("/nonexistent"),
                 "q",
                 Duration::from_secs(60),
@@ -364,6 +381,7 @@ mod tests {
         assert!(
             registry
                 .insert(
+                    "first",
                     "first",
                     Path::new("/x"),
                     "q",

@@ -6,6 +6,7 @@
 
 mod e2e_any_model;
 mod e2e_batch;
+mod e2e_batch_cluster;
 mod e2e_budget;
 mod e2e_cluster;
 mod e2e_cluster_hardening;
