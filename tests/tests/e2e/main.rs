@@ -21,6 +21,7 @@ mod e2e_openai;
 mod e2e_quick;
 mod e2e_resume;
 mod e2e_server;
+mod e2e_server_conversations;
 mod e2e_server_trust;
 mod e2e_session;
 mod e2e_tools;
