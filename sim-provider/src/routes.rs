@@ -101,15 +101,7 @@ async fn chat_completions(
 async fn responses(State(state): State<Arc<SimState>>, switch: Switch, body: Bytes) -> Response {
     let started = Instant::now();
     let parsed = Wire::OpenAiResponses.parse(&body, None);
-    serve(
-        state,
-        Wire::OpenAiResponses,
-        parsed,
-        started,
-        &body,
-        switch,
-    )
-    .await
+    serve(state, Wire::OpenAiResponses, parsed, started, &body, switch).await
 }
 
 /// `POST /v1/messages`.

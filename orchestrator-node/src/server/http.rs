@@ -8,7 +8,7 @@
 //! | `POST /sessions` | body `{"question", "config"?, "config_yaml"?, "session_id"?, "conversation"?}` (`config`: a file name inside `--config-dir`; `conversation`: continue that conversation, as `.../continue` below): validates (400 with the config error or the allow-list rule broken, 404 for a config name not in the config directory, 409 for a taken id, 429 when `--max-queued` sessions wait) and starts the session: 202 with its status and a `Location`. With `?wait=true` it answers 200 once the session has ended |
 //! | `POST /sessions/{id}/continue` | a follow-up question in the conversation of session `id` (its first session or any later turn): body `{"question", "config"?, "config_yaml"?}`; runs as session `<conversation>-N` whose agents get the earlier questions and final answers (see [`super::conversations`]); 202 (or 200 with `?wait=true`), 404 when `id` has no conversation, 409 while one of its turns has not ended |
 //! | `GET /sessions?limit=N&offset=M` | a page of the sessions, newest first: this server's and those on disk under `--session-dir` (earlier runs, the CLI); `{"sessions", "total", "offset", "limit", "next_offset"}` (see [`super::listing`]; `limit` 1 to 500, default 50) |
-//! | `GET /sessions/{id}` | `{"session", "conversation", "state": "queued"\|"running"\|"cancelling"\|"done", "question", "started_at_ms", "events", "result"?}`; `result` is the line printed on stdout. A session this process did not run is read from its journal: `done` with its result, or `unfinished` (resumable) |
+//! | `GET /sessions/{id}` | `{"session", "conversation", "history", "state": "queued"\|"running"\|"cancelling"\|"done", "question", "started_at_ms", "events", "result"?}`; `result` is the line printed on stdout. A session this process did not run is read from its journal: `done` with its result, or `unfinished` (resumable) |
 //! | `GET /sessions/{id}/events` | Server-Sent Events: each `data:` is one object of `--display json` (journal events, stream chunks, then `final`). A late watcher first gets the journal events so far (for an ended session, read from its journal, which also holds its start, usage and end); chunks are live only. `event: lagged` says how many items a slow watcher missed. The stream ends when the session does. A session this process did not run is replayed from its journal (and its `final` rebuilt from it) |
 //! | `POST /sessions/{id}/resume` | continues a session whose orchestrator died before it ended, from its journal (no journaled decision is asked for again): 202 (or 200 with `?wait=true`); 409 when it is running or has ended, 404 when there is no such journal |
 //! | `POST /sessions/{id}/cancel` | interrupts the session: it presents its best answer so far (exit code 130); 202, or 409 when it has already ended |
@@ -556,7 +556,10 @@ fn unknown(id: &str) -> Response {
 
 async fn status(State(api): State<Api>, Path(id): Path<String>) -> Response {
     if let Some(entry) = api.server.registry().get(&id) {
-        return axum::Json(entry.status()).into_response();
+        // The earlier turns its agents got: here, not in every row of the list.
+        let mut status = entry.status();
+        status["history"] = json!(entry.history);
+        return axum::Json(status).into_response();
     }
     // Not run by this server process (or forgotten): what its journal says, read off disk.
     let server = api.server.clone();

@@ -412,17 +412,17 @@ impl Server {
         start: Start,
         conversation: &str,
     ) -> Result<Arc<SessionEntry>, SubmitError> {
-        let (id, dir, question, timeout) = match &start {
+        let (id, dir, task, timeout) = match &start {
             Start::New(plan) => (
                 plan.session.to_string(),
-                plan.dir.clone(),
-                plan.task.question.clone(),
+                &plan.dir,
+                &plan.task,
                 plan.config.timeouts.orchestrator_timeout_seconds,
             ),
             Start::Resume(plan) => (
                 plan.session.to_string(),
-                plan.dir.clone(),
-                plan.task.question.clone(),
+                &plan.dir,
+                &plan.task,
                 plan.config.timeouts.orchestrator_timeout_seconds,
             ),
         };
@@ -432,8 +432,8 @@ impl Server {
             .insert(
                 &id,
                 conversation,
-                &dir,
-                &question,
+                dir,
+                task,
                 timeout,
                 self.stop.child_token(),
             )
@@ -521,6 +521,7 @@ impl Server {
                     "session": id,
                     "state": "done",
                     "question": plan.task.question,
+                    "history": plan.task.history,
                     "result": {
                         "session": id,
                         "exit_code": ended.exit_code,
@@ -533,6 +534,7 @@ impl Server {
                     "session": id,
                     "state": "unfinished",
                     "question": plan.task.question,
+                    "history": plan.task.history,
                     "hint": format!("the orchestrator stopped before this session ended; POST /sessions/{id}/resume continues it"),
                 }),
             },

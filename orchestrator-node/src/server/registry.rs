@@ -36,6 +36,8 @@ pub struct SessionEntry {
     /// The session's directory (its journal).
     pub dir: PathBuf,
     pub question: String,
+    /// The earlier (question, final answer) turns its agents were given.
+    pub history: Vec<(String, String)>,
     /// The conversation this session is a turn of: its own id for a first turn, the first
     /// session's for a continued one (see [`super::conversations`]).
     pub conversation: String,
@@ -175,7 +177,7 @@ impl Registry {
         id: &str,
         conversation: &str,
         dir: &Path,
-        question: &str,
+        task: &conclave_protocol::TaskSpec,
         timeout: Duration,
         cancel: CancellationToken,
     ) -> Option<Arc<SessionEntry>> {
@@ -186,7 +188,8 @@ impl Registry {
         let entry = Arc::new(SessionEntry {
             id: id.to_owned(),
             dir: dir.to_owned(),
-            question: question.to_owned(),
+            question: task.question.clone(),
+            history: task.history.clone(),
             conversation: conversation.to_owned(),
             started: SystemTime::now(),
             cancel,
@@ -320,13 +323,20 @@ impl Write for HubWriter {
 mod tests {
     use super::*;
 
+    fn task() -> conclave_protocol::TaskSpec {
+        conclave_protocol::TaskSpec {
+            question: "q".to_owned(),
+            history: Vec::new(),
+        }
+    }
+
     fn entry(registry: &Registry, id: &str) -> Arc<SessionEntry> {
         registry
             .insert(
                 id,
                 id,
                 Path::new("/nonexistent"),
-                "q",
+                &task(),
                 Duration::from_secs(60),
                 CancellationToken::new(),
             )
@@ -384,7 +394,7 @@ mod tests {
                     "first",
                     "first",
                     Path::new("/x"),
-                    "q",
+                    &task(),
                     Duration::from_secs(60),
                     CancellationToken::new()
                 )

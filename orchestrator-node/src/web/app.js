@@ -323,6 +323,7 @@ async function watch(id) {
     if (!status.ok) { $("session-state").textContent = info.error || "no such session"; return; }
     $("session-question").textContent = info.question || "";
     $("session-state").textContent = info.state;
+    view.history(info.history);
     if (info.result) view.ended(info.result);
     const response = await api("/sessions/" + encodeURIComponent(id) + "/events", { signal: controller.signal });
     if (!response.ok) {

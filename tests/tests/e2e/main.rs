@@ -27,3 +27,4 @@ mod e2e_session;
 mod e2e_tools;
 mod e2e_tui;
 mod e2e_web;
+mod e2e_web_conversations;
