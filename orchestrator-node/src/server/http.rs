@@ -399,29 +399,29 @@ struct SubmitQuery {
 }
 
 /// The session request in a body; an error response that says what to fix otherwise.
-fn read_job(body: Result<Bytes, BytesRejection>) -> Result<Job, Response> {
+fn read_job(body: Result<Bytes, BytesRejection>) -> Result<Job, Box<Response>> {
     let body = match body {
         Ok(body) => body,
         Err(rejected) if rejected.status() == StatusCode::PAYLOAD_TOO_LARGE => {
-            return Err(error(
+            return Err(Box::new(error(
                 StatusCode::PAYLOAD_TOO_LARGE,
                 format!("the body is larger than {MAX_BODY_BYTES} bytes"),
-            ));
+            )));
         }
         Err(rejected) => {
-            return Err(error(
+            return Err(Box::new(error(
                 rejected.status(),
                 format!("the body could not be read: {}", rejected.body_text()),
-            ));
+            )));
         }
     };
     serde_json::from_slice(&body).map_err(|e| {
-        error(
+        Box::new(error(
             StatusCode::BAD_REQUEST,
             format!(
                 "the body must be JSON {{\"question\", \"config\"?, \"config_yaml\"?, \"session_id\"?, \"conversation\"?}}: {e}"
             ),
-        )
+        ))
     })
 }
 
@@ -432,7 +432,7 @@ async fn submit(
 ) -> Response {
     let job = match read_job(body) {
         Ok(job) => job,
-        Err(response) => return response,
+        Err(response) => return *response,
     };
     start_job(api, job, query.wait).await
 }
@@ -446,7 +446,7 @@ async fn follow_up(
 ) -> Response {
     let mut job = match read_job(body) {
         Ok(job) => job,
-        Err(response) => return response,
+        Err(response) => return *response,
     };
     if job.conversation.as_ref().is_some_and(|named| *named != id) {
         return error(

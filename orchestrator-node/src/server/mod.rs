@@ -981,7 +981,7 @@ pub async fn run(args: ServerArgs, env: EnvFn) -> Result<u8, Failure> {
         );
     }
     eprintln!(
-        "conclave server: one session per stdin line (a question, or JSON {{\"question\", \"config\", \"config_yaml\", \"session_id\"}}); SIGTERM or Ctrl-C stops"
+        "conclave server: one session per stdin line (a question, or JSON {{\"question\", \"config\", \"config_yaml\", \"session_id\", \"conversation\"}}); SIGTERM or Ctrl-C stops"
     );
     let (lines_tx, mut lines) = tokio::sync::mpsc::unbounded_channel::<String>();
     std::thread::spawn(move || {
