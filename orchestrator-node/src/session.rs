@@ -10,7 +10,8 @@
 //!
 //! Remote agents (`node: NAME` in the config) need the orchestrator's cluster (`--listen`):
 //! the session first waits for their nodes (up to `timeout_settings.node_join_timeout_seconds`,
-//! then fails naming the missing ones, before any journal is written), has each node start its
+//! then fails naming the missing ones, before any journal is written; a node this orchestrator
+//! lost earlier is not waited for, its agents start down: see [`crate::cluster`]), has each node start its
 //! agents with the node's own API keys, and only then starts the coordinator. A remote agent's
 //! command channel goes through the cluster gateway; its reports come back to the coordinator
 //! as ordinary `CoordinatorMsg::Report`s, and its node's loss as `CoordinatorMsg::AgentDown`

@@ -51,8 +51,8 @@ pub use error::SimError;
 pub use fault::{Fault, MAX_STALL, SLOW_FIRST_BYTE_DEFAULT};
 pub use log::{RequestRecord, SimStats, critical_path};
 pub use options::{
-    KNOWN_KEYS, MAX_DELAY_MS, MAX_FAULT_TIMES, MAX_RETRY_AFTER_S, MAX_TOKENS, ModelOptions,
-    OptionError, Policy, RetryHint, SimConfig,
+    KNOWN_KEYS, MAX_DELAY_MS, MAX_FAULT_TIMES, MAX_RECORDED_BODY, MAX_RETRY_AFTER_S, MAX_TOKENS,
+    ModelOptions, OptionError, Policy, RetryHint, SimConfig,
 };
 pub use policy::DecisionKind;
 pub use server::{SHUTDOWN_GRACE, SimServer};

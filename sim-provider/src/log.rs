@@ -61,6 +61,10 @@ pub struct RequestRecord {
     /// `fault_times`); `None` for a normal response.
     #[serde(default)]
     pub fault: Option<Fault>,
+    /// The request body as sent (UTF-8, cut at `MAX_RECORDED_BODY` bytes), kept only when the
+    /// model string asks for it with `record_body=true`.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub body: Option<String>,
 }
 
 impl RequestRecord {
@@ -276,6 +280,7 @@ mod tests {
             prompt_tokens: 0,
             output_tokens: 0,
             fault: None,
+            body: None,
         }
     }
 

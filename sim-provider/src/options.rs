@@ -36,6 +36,11 @@
 //! | `retry_after_date=S` | `retry-after: <HTTP date S seconds from now, rounded up to a whole second>` on a status fault | none |
 //! | `stall_after=N` | pieces delivered before a mid-stream fault strikes (0 to `tokens`) | `tokens / 2` |
 //!
+//! `record_body=true` keeps each request body of this model string in the request log
+//! ([`crate::RequestRecord::body`], at most [`MAX_RECORDED_BODY`] bytes): a test reads what a
+//! client really sent (a prompt's history, say) without a proxy. Off by default, so a long
+//! bench does not hold every prompt in memory.
+//!
 //! `fault=slow_first_byte` holds the response headers for `first_byte_ms` (5 s when that is
 //! 0) instead of delaying the first event.
 //!
@@ -137,7 +142,11 @@ pub const KNOWN_KEYS: &[&str] = &[
     "stall_after",
     "tool",
     "tool_calls",
+<<<<<<< HEAD
     "tool_args",
+=======
+    "record_body",
+>>>>>>> wip-ui
 ];
 
 /// Upper bound for `tokens`: a reply is held in memory while it streams, so a typo like
@@ -145,6 +154,8 @@ pub const KNOWN_KEYS: &[&str] = &[
 pub const MAX_TOKENS: u32 = 100_000;
 /// Upper bound for the millisecond options (one hour): larger values are certainly typos.
 pub const MAX_DELAY_MS: u64 = 3_600_000;
+/// The most of a request body `record_body=true` keeps; the rest is cut off.
+pub const MAX_RECORDED_BODY: usize = 256 * 1024;
 /// Upper bound for `fault_times`: a fault meant to last longer than this is `fault` alone.
 pub const MAX_FAULT_TIMES: u32 = 1_000_000;
 /// Upper bound for the second-valued retry hints (one day).
@@ -177,10 +188,15 @@ pub struct ModelOptions {
     /// How many times the `tools` policy calls its tool in one turn (one call per reply,
     /// counted by the tool results in the conversation) before it decides. Default 1.
     pub tool_calls: u32,
+<<<<<<< HEAD
     /// The arguments the `tools` policy calls its tool with (`tool_args=KEY~VALUE|KEY~VALUE`,
     /// string values; `{n}` in a value becomes the call's number in the turn, from 1). Empty:
     /// the tool's first required parameter set to the question.
     pub tool_args: Vec<(String, String)>,
+=======
+    /// Whether the request body is kept in the request log (`record_body=true`).
+    pub record_body: bool,
+>>>>>>> wip-ui
 }
 
 /// The retry headers a status fault carries, in the forms real providers use: OpenAI's
@@ -216,7 +232,7 @@ pub enum OptionError {
     #[error(
         "unknown model option `{key}` in model `{model}`; known options: tokens, token_delay_ms, \
          first_byte_ms, policy, fault, fault_times, retry_after_ms, retry_after, retry_after_date, \
-         stall_after"
+         stall_after, tool, tool_calls, record_body"
     )]
     UnknownKey {
         /// The unknown key.
@@ -277,7 +293,11 @@ impl ModelOptions {
             stall_after: None,
             tool: "lookup".to_owned(),
             tool_calls: 1,
+<<<<<<< HEAD
             tool_args: Vec::new(),
+=======
+            record_body: false,
+>>>>>>> wip-ui
         };
         for item in options.unwrap_or("").split(',') {
             let item = item.trim();
@@ -408,6 +428,7 @@ impl ModelOptions {
                 let calls = parse_number(key, value, 1, MAX_TOOL_CALLS, TOOL_CALLS_RANGE)?;
                 self.tool_calls = u32::try_from(calls).unwrap_or(1);
             }
+<<<<<<< HEAD
             "tool_args" => {
                 self.tool_args = value
                     .split('|')
@@ -422,6 +443,20 @@ impl ModelOptions {
                         value: value.to_owned(),
                         expected: "KEY~VALUE pairs separated by `|`, e.g. path~notes.md|content~hi",
                     })?;
+=======
+            "record_body" => {
+                self.record_body = match value {
+                    "true" => true,
+                    "false" => false,
+                    _ => {
+                        return Err(OptionError::BadValue {
+                            key: key.to_owned(),
+                            value: value.to_owned(),
+                            expected: "true or false",
+                        });
+                    }
+                };
+>>>>>>> wip-ui
             }
             _ => {
                 return Err(OptionError::UnknownKey {

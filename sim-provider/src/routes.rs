@@ -94,29 +94,21 @@ async fn chat_completions(
 ) -> Response {
     let started = Instant::now();
     let parsed = Wire::OpenAiChat.parse(&body, None);
-    serve(state, Wire::OpenAiChat, parsed, started, body.len(), switch).await
+    serve(state, Wire::OpenAiChat, parsed, started, &body, switch).await
 }
 
 /// `POST /v1/responses`.
 async fn responses(State(state): State<Arc<SimState>>, switch: Switch, body: Bytes) -> Response {
     let started = Instant::now();
     let parsed = Wire::OpenAiResponses.parse(&body, None);
-    serve(
-        state,
-        Wire::OpenAiResponses,
-        parsed,
-        started,
-        body.len(),
-        switch,
-    )
-    .await
+    serve(state, Wire::OpenAiResponses, parsed, started, &body, switch).await
 }
 
 /// `POST /v1/messages`.
 async fn messages(State(state): State<Arc<SimState>>, switch: Switch, body: Bytes) -> Response {
     let started = Instant::now();
     let parsed = Wire::Anthropic.parse(&body, None);
-    serve(state, Wire::Anthropic, parsed, started, body.len(), switch).await
+    serve(state, Wire::Anthropic, parsed, started, &body, switch).await
 }
 
 /// `POST /v1beta/models/{model}:{method}`: the model (options included) is the path up to
@@ -166,7 +158,7 @@ async fn gemini(
     let parsed = Wire::Gemini
         .parse(&body, Some(model))
         .map(|request| SimRequest { stream, ..request });
-    serve(state, Wire::Gemini, parsed, started, body.len(), switch).await
+    serve(state, Wire::Gemini, parsed, started, &body, switch).await
 }
 
 /// Serves one parsed request in any format: options, fault decision, policy, log record,
@@ -176,7 +168,7 @@ async fn serve(
     wire: Wire,
     parsed: Result<SimRequest, String>,
     started: Instant,
-    request_bytes: usize,
+    body: &[u8],
     switch: Switch,
 ) -> Response {
     let request = match parsed {
@@ -191,7 +183,11 @@ async fn serve(
         .fault
         .filter(|_| state.faults.strikes(&request.model, options.fault_times));
     let reply = Reply::decide(&options, &request);
-    let request_bytes = request_bytes as u64;
+    let request_bytes = body.len() as u64;
+    let recorded_body = options.record_body.then(|| {
+        let kept = &body[..body.len().min(crate::options::MAX_RECORDED_BODY)];
+        String::from_utf8_lossy(kept).into_owned()
+    });
     let usage = Usage {
         prompt_tokens: request_bytes.div_ceil(4),
         completion_tokens: reply.pieces() as u64,
@@ -212,6 +208,7 @@ async fn serve(
         prompt_tokens: usage.prompt_tokens,
         output_tokens: 0,
         fault,
+        body: recorded_body,
     });
     tracing::debug!(
         request_id = id,

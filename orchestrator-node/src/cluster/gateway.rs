@@ -26,6 +26,10 @@
 //!   the `hosts` pg group, or when its node session closes, whichever comes first. Its node
 //!   session is then torn down (a half-open link would otherwise linger), and every live agent
 //!   it hosted gets `CoordinatorMsg::AgentDown`: the session goes on with the others.
+//! - **Lost before a session.** A node lost while the orchestrator runs is remembered (until
+//!   it returns). A session placed on it later does not fail: its agents there are placed
+//!   `Down` without a spawn, the coordinator gets `AgentDown` on attach, and a return spawns
+//!   them like any lost agent's. A node never seen is still an error (it may be a typo).
 //! - **Return.** When a node with agents in a running session says hello again, each of those
 //!   agents is spawned anew under a fresh *incarnation* number; once the node confirms,
 //!   the coordinator gets `CoordinatorMsg::AgentBack` (its machine gives the agent a fresh
@@ -125,6 +129,8 @@ pub struct GatewayArgs {
     pub node: NodeHandle,
     pub heartbeat: HeartbeatConfig,
     pub nodes: watch::Sender<BTreeMap<String, NodeInfo>>,
+    /// The nodes lost while this orchestrator runs and not back yet, with why.
+    pub lost: watch::Sender<BTreeMap<String, String>>,
     pub tls: bool,
     pub listen: SocketAddr,
 }
@@ -170,6 +176,27 @@ struct Route {
     placing: Option<(PlaceReply, HashSet<u32>)>,
 }
 
+impl Route {
+    /// Answers the placement once no agent is still starting: how each agent's MCP servers
+    /// started (none for an agent that starts down).
+    fn answer_placing_when_done(&mut self) {
+        if self
+            .placing
+            .as_ref()
+            .is_some_and(|(_, pending)| pending.is_empty())
+            && let Some((reply, _)) = self.placing.take()
+        {
+            let mut started: PlacedTools = self
+                .agents
+                .iter()
+                .map(|(agent, placed)| (*agent, placed.tools.clone()))
+                .collect();
+            started.sort_by_key(|(agent, _)| *agent);
+            let _ = reply.send(Ok(started));
+        }
+    }
+}
+
 /// A connection the node server opened, before and after authentication.
 struct Peer {
     addr: String,
@@ -181,6 +208,8 @@ pub struct GatewayState {
     node: NodeHandle,
     heartbeat: HeartbeatConfig,
     nodes_tx: watch::Sender<BTreeMap<String, NodeInfo>>,
+    /// Nodes that were joined and are lost (see the module docs, "Loss"), until they return.
+    lost_tx: watch::Sender<BTreeMap<String, String>>,
     joined: HashMap<String, Joined>,
     peers: HashMap<ActorId, Peer>,
     sessions_by_node: HashMap<NodeId, NodeServerSessionInformation>,
@@ -260,6 +289,11 @@ impl GatewayState {
         };
         self.links.remove(&joined.link);
         warn!(node = %name, %reason, "agent node lost");
+        // Known lost before the joined list changes: a session waiting for nodes then sees
+        // both at once.
+        self.lost_tx.send_modify(|lost| {
+            lost.insert(name.to_owned(), reason.to_owned());
+        });
         self.publish();
         if let Some(session) = self.sessions_by_node.get(&joined.node_id) {
             session.actor.stop(Some(format!("node lost: {reason}")));
@@ -280,18 +314,20 @@ impl GatewayState {
                         }
                         None => placed.untold_loss = Some(why),
                     },
+                    // Lost while the session is being placed: the agent starts down, like one
+                    // whose node was lost before (told on attach; spawned if the node returns).
                     Link::Spawning { rejoin: false } => {
-                        if let Some((reply, _)) = route.placing.take() {
-                            let _ = reply.send(Err(PlaceError::Cluster(format!(
-                                "{why} while starting agent `{}`",
-                                placed.spec.id
-                            ))));
+                        placed.untold_loss =
+                            Some(format!("{why} while starting agent `{}`", placed.spec.id));
+                        if let Some((_, pending)) = &mut route.placing {
+                            pending.remove(&agent);
                         }
                     }
                     Link::Spawning { rejoin: true } | Link::Down => {}
                 }
                 debug!(%session, agent, "agent marked down");
             }
+            route.answer_placing_when_done();
         }
     }
 
@@ -388,6 +424,8 @@ impl GatewayState {
             },
         );
         self.links.insert(link, hello.name.clone());
+        self.lost_tx
+            .send_if_modified(|lost| lost.remove(&hello.name).is_some());
         self.joined.insert(
             hello.name.clone(),
             Joined {
@@ -462,18 +500,8 @@ impl GatewayState {
                 }
                 if let Some((_, pending)) = &mut route.placing {
                     pending.remove(&agent);
-                    if pending.is_empty()
-                        && let Some((reply, _)) = route.placing.take()
-                    {
-                        let mut started: PlacedTools = route
-                            .agents
-                            .iter()
-                            .map(|(agent, placed)| (*agent, placed.tools.clone()))
-                            .collect();
-                        started.sort_by_key(|(agent, _)| *agent);
-                        let _ = reply.send(Ok(started));
-                    }
                 }
+                route.answer_placing_when_done();
             }
             Some(message) => {
                 placed.link = Link::Down;
@@ -725,6 +753,7 @@ impl Actor for Gateway {
             node: args.node,
             heartbeat: args.heartbeat,
             nodes_tx: args.nodes,
+            lost_tx: args.lost,
             joined: HashMap::new(),
             peers: HashMap::new(),
             sessions_by_node: HashMap::new(),
@@ -762,22 +791,43 @@ impl Actor for Gateway {
                 let mut pending = HashSet::new();
                 let mut requests = Vec::new();
                 for placement in placements {
-                    if !state.joined.contains_key(&placement.node) {
-                        let _ = reply.send(Err(PlaceError::Cluster(format!(
-                            "node `{}` of agent `{}` is not joined",
-                            placement.node, placement.spec.id
-                        ))));
-                        return Ok(());
-                    }
+                    // A node lost earlier (in a batch, or between a server's sessions) does
+                    // not stop the session: its agents start down, the coordinator is told on
+                    // attach, and they are spawned if the node returns (as in a session
+                    // that lost the node while running).
+                    let lost = match state.joined.contains_key(&placement.node) {
+                        true => None,
+                        false => match state.lost_tx.borrow().get(&placement.node) {
+                            Some(reason) => Some(format!(
+                                "node `{}` lost before this session: {reason}",
+                                placement.node
+                            )),
+                            None => {
+                                let _ = reply.send(Err(PlaceError::Cluster(format!(
+                                    "node `{}` of agent `{}` is not joined",
+                                    placement.node, placement.spec.id
+                                ))));
+                                return Ok(());
+                            }
+                        },
+                    };
                     let placed = Placed {
                         node: placement.node,
                         spec: placement.spec,
                         limits: placement.limits,
                         incarnation: state.incarnation(),
-                        link: Link::Spawning { rejoin: false },
-                        untold_loss: None,
+                        link: match lost {
+                            Some(_) => Link::Down,
+                            None => Link::Spawning { rejoin: false },
+                        },
+                        untold_loss: lost,
                         tools: Vec::new(),
                     };
+                    if placed.untold_loss.is_some() {
+                        info!(%session, agent = %placed.spec.id, node = %placed.node, "agent starts down: its node was lost");
+                        route.agents.insert(placement.agent, placed);
+                        continue;
+                    }
                     requests.push((
                         placed.node.clone(),
                         GatewayState::spawn_request(&session, placement.agent, &placed),
@@ -786,6 +836,8 @@ impl Actor for Gateway {
                     route.agents.insert(placement.agent, placed);
                 }
                 route.placing = Some((reply, pending));
+                // Every agent's node may be lost: then there is nothing to wait for.
+                route.answer_placing_when_done();
                 state.routes.insert(session.clone(), route);
                 for (node, request) in requests {
                     state.send(&node, request);
@@ -1062,10 +1114,12 @@ mod tests {
         let (tx, rx) = mpsc::unbounded_channel();
         let (coordinator, _) = Actor::spawn(None, Recorder, tx).await.unwrap();
         let (nodes_tx, _) = watch::channel(BTreeMap::new());
+        let (lost_tx, _) = watch::channel(BTreeMap::new());
         let mut state = GatewayState {
             node,
             heartbeat: HeartbeatConfig::default(),
             nodes_tx,
+            lost_tx,
             joined: HashMap::new(),
             peers: HashMap::new(),
             sessions_by_node: HashMap::new(),

@@ -6,7 +6,11 @@
 //! 1. [`Cluster::wait_for_nodes`]: a session whose config places agents on nodes (`node:`)
 //!    waits for those nodes up to `timeout_settings.node_join_timeout_seconds` (default 30 s),
 //!    then fails naming the nodes that never came ([`crate::session::SessionError::NodesMissing`],
-//!    exit code 2: the config was valid, the cluster did not come up).
+//!    exit code 2: the config was valid, the cluster did not come up). A node that was joined
+//!    and has been lost since (a batch, or a server between sessions) is not waited for: the
+//!    session starts with that node's agents down, as if it had lost the node while running,
+//!    and they are spawned if the node returns. So a node lost mid-batch fails only its
+//!    agents' turns, in the sessions running then and in the ones that start after.
 //! 2. [`Cluster::place`]: each remote agent is spawned on its node, which builds the backend
 //!    from its own environment; an error there (a key missing on that node) fails the session
 //!    before any turn, like a missing key does for a local agent.
@@ -87,6 +91,8 @@ pub struct Placement {
 pub struct Cluster {
     gateway: ActorRef<GatewayMsg>,
     nodes: watch::Receiver<BTreeMap<String, NodeInfo>>,
+    /// Nodes lost while this orchestrator runs and not back yet, with why.
+    lost: watch::Receiver<BTreeMap<String, String>>,
     listen: SocketAddr,
 }
 
@@ -119,6 +125,7 @@ impl Cluster {
         })
         .await?;
         let (nodes_tx, nodes) = watch::channel(BTreeMap::new());
+        let (lost_tx, lost) = watch::channel(BTreeMap::new());
         let listen = node.listen;
         let (gateway, _) = ractor::Actor::spawn(
             None,
@@ -127,6 +134,7 @@ impl Cluster {
                 node,
                 heartbeat: options.heartbeat,
                 nodes: nodes_tx,
+                lost: lost_tx,
                 tls: options.tls.is_some(),
                 listen,
             },
@@ -136,6 +144,7 @@ impl Cluster {
         Ok(Cluster {
             gateway,
             nodes,
+            lost,
             listen,
         })
     }
@@ -150,18 +159,25 @@ impl Cluster {
         self.nodes.borrow().clone()
     }
 
-    /// Waits until every node in `names` has joined, for at most `timeout`. On timeout, the
-    /// names still missing.
+    /// The nodes lost while this orchestrator runs (they had joined) and not back yet.
+    pub fn lost_nodes(&self) -> BTreeMap<String, String> {
+        self.lost.borrow().clone()
+    }
+
+    /// Waits until every node in `names` has joined or is known lost (see the module docs),
+    /// for at most `timeout`. On timeout, the names still missing.
     pub async fn wait_for_nodes(
         &self,
         names: &[String],
         timeout: Duration,
     ) -> Result<(), Vec<String>> {
         let mut nodes = self.nodes.clone();
+        let lost = self.lost.clone();
         let missing = |nodes: &BTreeMap<String, NodeInfo>| -> Vec<String> {
+            let lost = lost.borrow();
             names
                 .iter()
-                .filter(|n| !nodes.contains_key(n.as_str()))
+                .filter(|n| !nodes.contains_key(n.as_str()) && !lost.contains_key(n.as_str()))
                 .cloned()
                 .collect()
         };

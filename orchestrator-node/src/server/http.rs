@@ -5,9 +5,10 @@
 //! |---|---|
 //! | `GET /`, `/app.js`, `/app.css` | the web page (see [`crate::web`]); needs no token (the page asks for it, and sends it with every API call) |
 //! | `GET /healthz` | `{"status": "ok", "running": N, "nodes": N}`; needs no token |
-//! | `POST /sessions` | body `{"question", "config"?, "config_yaml"?, "session_id"?}` (`config`: a file name inside `--config-dir`): validates (400 with the config error or the allow-list rule broken, 404 for a config name not in the config directory, 409 for a taken id, 429 when `--max-queued` sessions wait) and starts the session: 202 with its status and a `Location`. With `?wait=true` it answers 200 once the session has ended |
-//! | `GET /sessions` | every session this server remembers, oldest first |
-//! | `GET /sessions/{id}` | `{"session", "state": "queued"\|"running"\|"cancelling"\|"done", "question", "started_at_ms", "events", "result"?}`; `result` is the line printed on stdout. A session this process did not run is read from its journal: `done` with its result, or `unfinished` (resumable) |
+//! | `POST /sessions` | body `{"question", "config"?, "config_yaml"?, "session_id"?, "conversation"?}` (`config`: a file name inside `--config-dir`; `conversation`: continue that conversation, as `.../continue` below): validates (400 with the config error or the allow-list rule broken, 404 for a config name not in the config directory, 409 for a taken id, 429 when `--max-queued` sessions wait) and starts the session: 202 with its status and a `Location`. With `?wait=true` it answers 200 once the session has ended |
+//! | `POST /sessions/{id}/continue` | a follow-up question in the conversation of session `id` (its first session or any later turn): body `{"question", "config"?, "config_yaml"?}`; runs as session `<conversation>-N` whose agents get the earlier questions and final answers (see [`super::conversations`]); 202 (or 200 with `?wait=true`), 404 when `id` has no conversation, 409 while one of its turns has not ended |
+//! | `GET /sessions?limit=N&offset=M` | a page of the sessions, newest first: this server's and those on disk under `--session-dir` (earlier runs, the CLI); `{"sessions", "total", "offset", "limit", "next_offset"}` (see [`super::listing`]; `limit` 1 to 500, default 50) |
+//! | `GET /sessions/{id}` | `{"session", "conversation", "history", "state": "queued"\|"running"\|"cancelling"\|"done", "question", "started_at_ms", "events", "result"?}`; `result` is the line printed on stdout. A session this process did not run is read from its journal: `done` with its result, or `unfinished` (resumable) |
 //! | `GET /sessions/{id}/events` | Server-Sent Events: each `data:` is one object of `--display json` (journal events, stream chunks, then `final`). A late watcher first gets the journal events so far (for an ended session, read from its journal, which also holds its start, usage and end); chunks are live only. `event: lagged` says how many items a slow watcher missed. The stream ends when the session does. A session this process did not run is replayed from its journal (and its `final` rebuilt from it) |
 //! | `POST /sessions/{id}/resume` | continues a session whose orchestrator died before it ended, from its journal (no journaled decision is asked for again): 202 (or 200 with `?wait=true`); 409 when it is running or has ended, 404 when there is no such journal |
 //! | `POST /sessions/{id}/cancel` | interrupts the session: it presents its best answer so far (exit code 130); 202, or 409 when it has already ended |
@@ -200,6 +201,7 @@ fn router(
         .route("/sessions/{id}/events", get(events))
         .route("/sessions/{id}/cancel", post(cancel))
         .route("/sessions/{id}/resume", post(resume))
+        .route("/sessions/{id}/continue", post(follow_up))
         .route("/nodes", get(nodes))
         .route_layer(middleware::from_fn_with_state(api.clone(), authorize));
     Router::new()
@@ -396,43 +398,81 @@ struct SubmitQuery {
     wait: bool,
 }
 
+/// The session request in a body; an error response that says what to fix otherwise.
+fn read_job(body: Result<Bytes, BytesRejection>) -> Result<Job, Box<Response>> {
+    let body = match body {
+        Ok(body) => body,
+        Err(rejected) if rejected.status() == StatusCode::PAYLOAD_TOO_LARGE => {
+            return Err(Box::new(error(
+                StatusCode::PAYLOAD_TOO_LARGE,
+                format!("the body is larger than {MAX_BODY_BYTES} bytes"),
+            )));
+        }
+        Err(rejected) => {
+            return Err(Box::new(error(
+                rejected.status(),
+                format!("the body could not be read: {}", rejected.body_text()),
+            )));
+        }
+    };
+    serde_json::from_slice(&body).map_err(|e| {
+        Box::new(error(
+            StatusCode::BAD_REQUEST,
+            format!(
+                "the body must be JSON {{\"question\", \"config\"?, \"config_yaml\"?, \"session_id\"?, \"conversation\"?}}: {e}"
+            ),
+        ))
+    })
+}
+
 async fn submit(
     State(api): State<Api>,
     Query(query): Query<SubmitQuery>,
     body: Result<Bytes, BytesRejection>,
 ) -> Response {
-    let body = match body {
-        Ok(body) => body,
-        Err(rejected) if rejected.status() == StatusCode::PAYLOAD_TOO_LARGE => {
-            return error(
-                StatusCode::PAYLOAD_TOO_LARGE,
-                format!("the body is larger than {MAX_BODY_BYTES} bytes"),
-            );
-        }
-        Err(rejected) => {
-            return error(
-                rejected.status(),
-                format!("the body could not be read: {}", rejected.body_text()),
-            );
-        }
-    };
-    let job: Job = match serde_json::from_slice(&body) {
+    let job = match read_job(body) {
         Ok(job) => job,
-        Err(e) => {
-            return error(
-                StatusCode::BAD_REQUEST,
-                format!(
-                    "the body must be JSON {{\"question\", \"config\"?, \"config_yaml\"?, \"session_id\"?}}: {e}"
-                ),
-            );
-        }
+        Err(response) => return *response,
     };
-    let entry = match api.server.submit(job, Submitter::Client) {
+    start_job(api, job, query.wait).await
+}
+
+/// `POST /sessions/{id}/continue`: the next turn of the conversation of session `id`.
+async fn follow_up(
+    State(api): State<Api>,
+    Path(id): Path<String>,
+    Query(query): Query<SubmitQuery>,
+    body: Result<Bytes, BytesRejection>,
+) -> Response {
+    let mut job = match read_job(body) {
+        Ok(job) => job,
+        Err(response) => return *response,
+    };
+    if job.conversation.as_ref().is_some_and(|named| *named != id) {
+        return error(
+            StatusCode::BAD_REQUEST,
+            "the body names another conversation than the route; leave out \"conversation\"",
+        );
+    }
+    job.conversation = Some(id);
+    start_job(api, job, query.wait).await
+}
+
+/// Submits a job (reading a conversation's file or a config off the async workers) and
+/// answers with the session's status.
+async fn start_job(api: Api, job: Job, wait: bool) -> Response {
+    let server = api.server.clone();
+    let submitted =
+        match tokio::task::spawn_blocking(move || server.submit(job, Submitter::Client)).await {
+            Ok(submitted) => submitted,
+            Err(_) => return error(StatusCode::INTERNAL_SERVER_ERROR, "the submit task failed"),
+        };
+    let entry = match submitted {
         Ok(entry) => entry,
         Err(refused) => return refusal(refused),
     };
-    info!(session = %entry.id, "session submitted over HTTP");
-    started(entry, query.wait).await
+    info!(session = %entry.id, conversation = %entry.conversation, "session submitted over HTTP");
+    started(entry, wait).await
 }
 
 fn refusal(refused: SubmitError) -> Response {
@@ -466,15 +506,42 @@ async fn started(entry: Arc<SessionEntry>, wait: bool) -> Response {
     response
 }
 
-async fn list(State(api): State<Api>) -> Response {
-    let sessions: Vec<Value> = api
-        .server
-        .registry()
-        .all()
-        .iter()
-        .map(|entry| entry.status())
-        .collect();
-    axum::Json(json!({ "sessions": sessions })).into_response()
+#[derive(Deserialize)]
+struct ListQuery {
+    limit: Option<usize>,
+    #[serde(default)]
+    offset: usize,
+}
+
+async fn list(
+    State(api): State<Api>,
+    query: Result<Query<ListQuery>, axum::extract::rejection::QueryRejection>,
+) -> Response {
+    use super::listing::{DEFAULT_LIMIT, MAX_LIMIT};
+    let bad = || {
+        error(
+            StatusCode::BAD_REQUEST,
+            format!(
+                "limit must be a number from 1 to {MAX_LIMIT} and offset a number from 0 (GET /sessions?limit=N&offset=M)"
+            ),
+        )
+    };
+    let Ok(Query(query)) = query else {
+        return bad();
+    };
+    let limit = query.limit.unwrap_or(DEFAULT_LIMIT);
+    if !(1..=MAX_LIMIT).contains(&limit) {
+        return bad();
+    }
+    // The session directory is read: off the async workers.
+    let server = api.server.clone();
+    match tokio::task::spawn_blocking(move || server.list(query.offset, limit)).await {
+        Ok(page) => axum::Json(page).into_response(),
+        Err(_) => error(
+            StatusCode::INTERNAL_SERVER_ERROR,
+            "listing the sessions failed",
+        ),
+    }
 }
 
 fn unknown(id: &str) -> Response {
@@ -489,7 +556,10 @@ fn unknown(id: &str) -> Response {
 
 async fn status(State(api): State<Api>, Path(id): Path<String>) -> Response {
     if let Some(entry) = api.server.registry().get(&id) {
-        return axum::Json(entry.status()).into_response();
+        // The earlier turns its agents got: here, not in every row of the list.
+        let mut status = entry.status();
+        status["history"] = json!(entry.history);
+        return axum::Json(status).into_response();
     }
     // Not run by this server process (or forgotten): what its journal says, read off disk.
     let server = api.server.clone();

@@ -8,7 +8,8 @@
 //!
 //! * **stdin**: each line is one session: a plain question (run with `--config`), or a JSON
 //!   object `{"question": "...", "config": "other.yaml", "session_id": "name"}` (`config` and
-//!   `session_id` optional; `config_yaml` gives the YAML inline instead of a path).
+//!   `session_id` optional; `config_yaml` gives the YAML inline instead of a path;
+//!   `"conversation": ID` continues a conversation, see [`conversations`]).
 //! * **HTTP** (`--http IP:PORT`): the API of [`http`]: submit, list, inspect, watch live (SSE)
 //!   and cancel sessions, list the joined agent nodes; and an OpenAI-compatible
 //!   `POST /v1/chat/completions` / `GET /v1/models` ([`openai`]), whose `model` names a config
@@ -55,9 +56,16 @@
 //! again (see [`crate::resume`]).
 //!
 //! The server remembers the sessions it ran (state, result, the journal events for replay) for
-//! its lifetime, up to [`MAX_FINISHED_KEPT`] finished ones; older ones are still on disk.
+//! its lifetime, up to [`MAX_FINISHED_KEPT`] finished ones; older ones, and those of earlier
+//! server runs, are read from disk: `GET /sessions` lists them too ([`listing`]).
+//!
+//! **Conversations.** Every session is a turn of a conversation, recorded in the session
+//! directory as the CLI records them; a follow-up continues it with the earlier questions and
+//! final answers as history, across server restarts ([`conversations`]).
 
+pub mod conversations;
 pub mod http;
+pub mod listing;
 pub mod openai;
 mod registry;
 
@@ -163,6 +171,10 @@ pub struct Job {
     pub config_yaml: Option<String>,
     #[serde(default)]
     pub session_id: Option<String>,
+    /// Continue this conversation (named by any of its sessions): the new session is its next
+    /// turn, and its agents get the earlier questions and final answers ([`conversations`]).
+    #[serde(default)]
+    pub conversation: Option<String>,
     /// Earlier (question, answer) exchanges: set by the OpenAI-compatible endpoint from a
     /// request's messages ([`openai`]); not a field of `POST /sessions` or of a stdin line.
     #[serde(default, skip_deserializing)]
@@ -178,6 +190,7 @@ fn parse_job(line: &str) -> Result<Job, String> {
             config: None,
             config_yaml: None,
             session_id: None,
+            conversation: None,
             history: Vec::new(),
         })
     }
@@ -291,15 +304,20 @@ impl Server {
     /// Validates a job and starts its session. The returned entry reports its progress.
     pub fn submit(
         self: &Arc<Self>,
-        job: Job,
+        mut job: Job,
         from: Submitter,
     ) -> Result<Arc<SessionEntry>, SubmitError> {
         if self.stop.is_cancelled() {
             return Err(SubmitError::Stopping);
         }
         self.check_queue(from)?;
+        let conversation = match job.conversation.take() {
+            Some(id) => Some(self.follow_up(&id, &mut job)?),
+            None => None,
+        };
         let plan = self.plan(job, from)?;
-        self.start(Start::New(Box::new(plan)))
+        let conversation = conversation.unwrap_or_else(|| plan.session.to_string());
+        self.start(Start::New(Box::new(plan)), &conversation)
     }
 
     /// Continues a session that did not end (the orchestrator died under it) from its
@@ -346,7 +364,8 @@ impl Server {
         // A finished entry of an earlier attempt (one that failed before it could journal
         // its end) gives way to the resumed run.
         self.registry.forget_finished(id);
-        self.start(Start::Resume(Box::new(plan)))
+        let conversation = conversations::of_session(&self.args.common.session_dir, id);
+        self.start(Start::Resume(Box::new(plan)), &conversation)
     }
 
     /// Refuses a client's session when `--max-queued` sessions wait already. Only HTTP
@@ -388,25 +407,36 @@ impl Server {
     }
 
     /// Registers and spawns a session.
-    fn start(self: &Arc<Self>, start: Start) -> Result<Arc<SessionEntry>, SubmitError> {
-        let (id, dir, question, timeout) = match &start {
+    fn start(
+        self: &Arc<Self>,
+        start: Start,
+        conversation: &str,
+    ) -> Result<Arc<SessionEntry>, SubmitError> {
+        let (id, dir, task, timeout) = match &start {
             Start::New(plan) => (
                 plan.session.to_string(),
-                plan.dir.clone(),
-                plan.task.question.clone(),
+                &plan.dir,
+                &plan.task,
                 plan.config.timeouts.orchestrator_timeout_seconds,
             ),
             Start::Resume(plan) => (
                 plan.session.to_string(),
-                plan.dir.clone(),
-                plan.task.question.clone(),
+                &plan.dir,
+                &plan.task,
                 plan.config.timeouts.orchestrator_timeout_seconds,
             ),
         };
         let timeout = Duration::from_secs(timeout);
         let entry = self
             .registry
-            .insert(&id, &dir, &question, timeout, self.stop.child_token())
+            .insert(
+                &id,
+                conversation,
+                dir,
+                task,
+                timeout,
+                self.stop.child_token(),
+            )
             .ok_or_else(|| exists(&id))?;
         let task_entry = entry.clone();
         let server = self.clone();
@@ -465,13 +495,15 @@ impl Server {
             if tokio::time::timeout(DISPLAY_FLUSH, flush).await.is_err() {
                 warn!(session = %task_entry.id, "the display did not flush in time");
             }
-            let line = match result {
+            let mut line = match result {
                 Ok(outcome) => outcome_json(&outcome),
                 Err(error) => {
                     let Failure { code, error } = session_failure(error);
                     json!({"session": task_entry.id, "exit_code": code, "error": conclave_protocol::error_text(&*error)})
                 }
             };
+            // Recorded before the result is visible: a client that saw it can continue.
+            conversations::record(&server, &task_entry, &mut line).await;
             println!("{line}");
             server.registry.finish(&task_entry, line);
             trim_heap_when_idle(&server.registry);
@@ -482,17 +514,14 @@ impl Server {
     /// A session this server does not remember, as its journal tells it: ended (with its
     /// result) or unfinished (resumable). `None` when there is no such journal.
     pub fn from_disk(&self, id: &str) -> Option<Value> {
-        let session = SessionId::parse(id).ok()?;
-        let dir = session_dir(&self.args.common.session_dir, &session);
-        if !dir.join(crate::journal::EVENTS_FILE).is_file() {
-            return None;
-        }
+        let dir = self.journal_dir(id)?;
         let status = match crate::resume::load(&dir) {
             Ok(plan) => match plan.ended {
                 Some(ended) => json!({
                     "session": id,
                     "state": "done",
                     "question": plan.task.question,
+                    "history": plan.task.history,
                     "result": {
                         "session": id,
                         "exit_code": ended.exit_code,
@@ -505,6 +534,7 @@ impl Server {
                     "session": id,
                     "state": "unfinished",
                     "question": plan.task.question,
+                    "history": plan.task.history,
                     "hint": format!("the orchestrator stopped before this session ended; POST /sessions/{id}/resume continues it"),
                 }),
             },
@@ -518,13 +548,21 @@ impl Server {
     }
 
     /// The directory of session `id` under `--session-dir` when it has a journal (an id that
-    /// is not a valid session id, and so could name a path, is never looked up).
+    /// is not a valid session id, and so could name a path, is never looked up; a symlink
+    /// that could lead out of the session directory is not followed).
     pub fn journal_dir(&self, id: &str) -> Option<PathBuf> {
-        let session = SessionId::parse(id).ok()?;
-        let dir = session_dir(&self.args.common.session_dir, &session);
-        dir.join(crate::journal::EVENTS_FILE)
-            .is_file()
-            .then_some(dir)
+        listing::own_journal(&self.args.common.session_dir, id)
+            .and_then(|journal| journal.parent().map(Path::to_path_buf))
+    }
+
+    /// One page of `GET /sessions`: this server's sessions and those on disk ([`listing`]).
+    pub fn list(&self, offset: usize, limit: usize) -> Value {
+        listing::page(
+            &self.registry.all(),
+            &self.args.common.session_dir,
+            offset,
+            limit,
+        )
     }
 
     /// Resumes every session under the session directory that has a journal but no end.
@@ -943,7 +981,7 @@ pub async fn run(args: ServerArgs, env: EnvFn) -> Result<u8, Failure> {
         );
     }
     eprintln!(
-        "conclave server: one session per stdin line (a question, or JSON {{\"question\", \"config\", \"config_yaml\", \"session_id\"}}); SIGTERM or Ctrl-C stops"
+        "conclave server: one session per stdin line (a question, or JSON {{\"question\", \"config\", \"config_yaml\", \"session_id\", \"conversation\"}}); SIGTERM or Ctrl-C stops"
     );
     let (lines_tx, mut lines) = tokio::sync::mpsc::unbounded_channel::<String>();
     std::thread::spawn(move || {
@@ -1071,6 +1109,7 @@ pub async fn run_web(
         config: None,
         config_yaml: None,
         session_id,
+        conversation: None,
         history: Vec::new(),
     };
     let entry = match server.submit(job, Submitter::Operator) {
@@ -1111,27 +1150,8 @@ pub async fn run_web(
     if let Some(cluster) = &server.cluster {
         cluster.shutdown().await;
     }
-    // Like any run, a `--web` session starts a conversation `--continue` can pick up.
-    if let Some(result) = entry.result()
-        && result.get("error").is_none()
-    {
-        let text = |key: &str| result[key].as_str().map(str::to_owned);
-        let tokens = |key: &str| result["usage"][key].as_u64().unwrap_or(0);
-        let turn = crate::conversation::Turn {
-            question: entry.question.clone(),
-            session: entry.id.clone(),
-            final_answer: text("final_answer"),
-            winner: text("winner"),
-            label: text("label"),
-            reason: text("reason").unwrap_or_default(),
-            input_tokens: tokens("input_tokens"),
-            output_tokens: tokens("output_tokens"),
-            cost_usd: result["cost_usd"].as_f64(),
-            unix_ms: crate::conversation::now_ms(),
-        };
-        crate::conversation::append(&server.args.common.session_dir, &entry.id, &turn)
-            .map_err(|e| execution(e.into()))?;
-    }
+    // Like any server session, a `--web` session has recorded its turn: `--continue` picks
+    // it up.
     let code = entry
         .result()
         .and_then(|r| r["exit_code"].as_i64())

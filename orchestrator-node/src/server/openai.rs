@@ -380,6 +380,7 @@ async fn completions(State(api): State<OpenAi>, body: Result<Bytes, BytesRejecti
         config,
         config_yaml: None,
         session_id: None,
+        conversation: None,
         history,
     };
     let entry = match api.server.submit(job, Submitter::Client) {

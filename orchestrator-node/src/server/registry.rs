@@ -36,6 +36,11 @@ pub struct SessionEntry {
     /// The session's directory (its journal).
     pub dir: PathBuf,
     pub question: String,
+    /// The earlier (question, final answer) turns its agents were given.
+    pub history: Vec<(String, String)>,
+    /// The conversation this session is a turn of: its own id for a first turn, the first
+    /// session's for a continued one (see [`super::conversations`]).
+    pub conversation: String,
     pub started: SystemTime,
     /// Cancelling it interrupts the session: it ends with its best answer so far.
     pub cancel: CancellationToken,
@@ -128,6 +133,7 @@ impl SessionEntry {
             .unwrap_or(0);
         let mut status = json!({
             "session": self.id,
+            "conversation": self.conversation,
             "question": self.question,
             "started_at_ms": started,
             "events": state.kept_count.max(state.kept.len()),
@@ -169,8 +175,9 @@ impl Registry {
     pub(super) fn insert(
         &self,
         id: &str,
+        conversation: &str,
         dir: &Path,
-        question: &str,
+        task: &conclave_protocol::TaskSpec,
         timeout: Duration,
         cancel: CancellationToken,
     ) -> Option<Arc<SessionEntry>> {
@@ -181,7 +188,9 @@ impl Registry {
         let entry = Arc::new(SessionEntry {
             id: id.to_owned(),
             dir: dir.to_owned(),
-            question: question.to_owned(),
+            question: task.question.clone(),
+            history: task.history.clone(),
+            conversation: conversation.to_owned(),
             started: SystemTime::now(),
             cancel,
             done: CancellationToken::new(),
@@ -229,6 +238,16 @@ impl Registry {
             inner.by_id.remove(id);
             inner.order.retain(|o| o != id);
         }
+    }
+
+    /// A session of `conversation` that has not ended (a turn still running or queued).
+    pub fn unfinished_turn(&self, conversation: &str) -> Option<String> {
+        let inner = self.inner();
+        inner
+            .by_id
+            .values()
+            .find(|entry| entry.conversation == conversation && !entry.done.is_cancelled())
+            .map(|entry| entry.id.clone())
     }
 
     pub fn get(&self, id: &str) -> Option<Arc<SessionEntry>> {
@@ -304,12 +323,20 @@ impl Write for HubWriter {
 mod tests {
     use super::*;
 
+    fn task() -> conclave_protocol::TaskSpec {
+        conclave_protocol::TaskSpec {
+            question: "q".to_owned(),
+            history: Vec::new(),
+        }
+    }
+
     fn entry(registry: &Registry, id: &str) -> Arc<SessionEntry> {
         registry
             .insert(
                 id,
+                id,
                 Path::new("/nonexistent"),
-                "q",
+                &task(),
                 Duration::from_secs(60),
                 CancellationToken::new(),
             )
@@ -365,8 +392,9 @@ mod tests {
             registry
                 .insert(
                     "first",
+                    "first",
                     Path::new("/x"),
-                    "q",
+                    &task(),
                     Duration::from_secs(60),
                     CancellationToken::new()
                 )

@@ -113,17 +113,22 @@ function el(tag, className, text) {
 }
 
 // ---- The session list -----------------------------------------------------------------------
+// Newest first, this server's sessions and those found in its session directory, a page at a
+// time: "Older sessions" asks for a longer page.
+const PAGE = 50;
+let listLimit = PAGE;
 let selected = null;
 let watching = null; // AbortController of the open event feed
 
 async function refreshSessions() {
   try {
-    const response = await api("/sessions");
+    const response = await api("/sessions?limit=" + listLimit);
     const body = await response.json();
     $("server-status").textContent = "";
+    $("more-sessions").hidden = body.next_offset == null || listLimit >= 500;
     const list = $("sessions");
     list.replaceChildren();
-    for (const s of (body.sessions || []).slice().reverse()) {
+    for (const s of body.sessions || []) {
       const item = el("li");
       item.dataset.session = s.session;
       if (s.session === selected) item.className = "selected";
@@ -168,9 +173,30 @@ class SessionView {
     $("votes").replaceChildren();
     $("final").hidden = true;
     $("final-answer").replaceChildren();
+    $("history").hidden = true;
+    $("history-turns").replaceChildren();
+    $("follow-up-form").hidden = true;
+    $("follow-up-error").textContent = "";
+  }
+
+  // The earlier turns of this session's conversation (the history its agents got).
+  history(turns) {
+    const list = $("history-turns");
+    list.replaceChildren();
+    for (const [question, answer] of turns || []) {
+      const item = el("li");
+      item.append(el("div", "earlier-question", question));
+      const body = el("div", "markdown");
+      body.innerHTML = markdown(answer);
+      item.append(body);
+      list.append(item);
+    }
+    $("history").hidden = list.children.length === 0;
   }
 
   ended(result) {
+    // A session that ran can be continued (one that could not run has only an error).
+    $("follow-up-form").hidden = Boolean(result.error);
     const usage = result.usage || {};
     const tokens = (usage.input_tokens || 0) + (usage.output_tokens || 0);
     $("session-state").textContent = "ended: " + (result.reason || result.error || "unknown") +
@@ -205,6 +231,7 @@ class SessionView {
     switch (event.type) {
       case "session_started":
         $("session-question").textContent = event.question;
+        this.history(event.history);
         for (const a of event.agents || []) this.column(a.id).model.textContent = a.model + (a.node ? " @ " + a.node : "");
         break;
       case "turn_started": {
@@ -296,6 +323,8 @@ async function watch(id) {
     if (!status.ok) { $("session-state").textContent = info.error || "no such session"; return; }
     $("session-question").textContent = info.question || "";
     $("session-state").textContent = info.state;
+    view.history(info.history);
+    if (info.result) view.ended(info.result);
     const response = await api("/sessions/" + encodeURIComponent(id) + "/events", { signal: controller.signal });
     if (!response.ok) {
       const body = await response.json().catch(() => ({}));
@@ -336,6 +365,24 @@ async function watch(id) {
   }
 }
 
+// A follow-up question: the next turn of the viewed session's conversation.
+async function askFollowUp(event) {
+  event.preventDefault();
+  const question = $("follow-up").value.trim();
+  if (!question || !selected) return;
+  $("follow-up-error").textContent = "";
+  try {
+    const response = await api("/sessions/" + encodeURIComponent(selected) + "/continue", { method: "POST", headers: { "Content-Type": "application/json" }, body: JSON.stringify({ question }) });
+    const body = await response.json().catch(() => ({}));
+    if (!response.ok) { $("follow-up-error").textContent = body.error || "the server refused the follow-up"; return; }
+    $("follow-up").value = "";
+    location.hash = "#/s/" + encodeURIComponent(body.session);
+    refreshSessions();
+  } catch (e) {
+    if (!(e instanceof Unauthorized)) $("follow-up-error").textContent = "the server does not answer";
+  }
+}
+
 function route() {
   // A token pasted into the address of an open page arrives as a fragment change.
   if (takeTokenFromFragment()) {
@@ -363,6 +410,8 @@ document.addEventListener("DOMContentLoaded", () => {
     if (current) { location.hash = "#/s/" + encodeURIComponent(current); route(); }
   });
   $("submit-form").addEventListener("submit", submitQuestion);
+  $("follow-up-form").addEventListener("submit", askFollowUp);
+  $("more-sessions").addEventListener("click", () => { listLimit = Math.min(listLimit + PAGE, 500); refreshSessions(); });
   window.addEventListener("hashchange", route);
   refreshSessions();
   route();

@@ -19,6 +19,7 @@ fn record(started_ms: f64, ended_ms: f64, completed: bool) -> RequestRecord {
         prompt_tokens: 25,
         output_tokens: 40,
         fault: None,
+        body: None,
     }
 }
 

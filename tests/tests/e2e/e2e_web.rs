@@ -24,8 +24,12 @@ use serde_json::{Value, json};
 
 use crate::e2e_server::{DEADLINE, Server, TOKEN, sim, team_yaml};
 
+/// One browser test at a time: two headless Chromiums starting at once on a small machine can
+/// take longer than a simulated session, and the live-stream check would miss the stream.
+pub(crate) static ONE_BROWSER: tokio::sync::Mutex<()> = tokio::sync::Mutex::const_new(());
+
 /// The browser binary: `CONCLAVE_CHROMIUM`, else the first of the usual names on PATH.
-fn chromium() -> Option<PathBuf> {
+pub(crate) fn chromium() -> Option<PathBuf> {
     if let Some(path) = std::env::var_os("CONCLAVE_CHROMIUM") {
         return Some(PathBuf::from(path));
     }
@@ -42,7 +46,7 @@ fn chromium() -> Option<PathBuf> {
 }
 
 /// A headless Chromium spoken to over its DevTools pipe. Killed on drop.
-struct Browser {
+pub(crate) struct Browser {
     child: Child,
     to_browser: std::fs::File,
     from_browser: mpsc::Receiver<Value>,
@@ -60,7 +64,7 @@ fn pipe() -> (OwnedFd, OwnedFd) {
 }
 
 impl Browser {
-    fn start(binary: &Path, profile: &Path, log: &Path) -> Browser {
+    pub(crate) fn start(binary: &Path, profile: &Path, log: &Path) -> Browser {
         let (command_read, command_write) = pipe();
         let (reply_read, reply_write) = pipe();
         let (child_in, child_out) = (command_read.as_raw_fd(), reply_write.as_raw_fd());
@@ -133,7 +137,7 @@ impl Browser {
     }
 
     /// Sends one command (to the attached page, once there is one) and waits for its reply.
-    fn call(&mut self, method: &str, params: Value) -> Value {
+    pub(crate) fn call(&mut self, method: &str, params: Value) -> Value {
         self.next_id += 1;
         let id = self.next_id;
         let mut message = json!({"id": id, "method": method, "params": params});
@@ -164,7 +168,7 @@ impl Browser {
     }
 
     /// Opens a page target and attaches to it (flat sessions).
-    fn open_page(&mut self) {
+    pub(crate) fn open_page(&mut self) {
         let created = self.call("Target.createTarget", json!({"url": "about:blank"}));
         let target = created["targetId"]
             .as_str()
@@ -189,7 +193,7 @@ impl Browser {
     }
 
     /// Evaluates `expression` in the page and returns its JSON value.
-    fn eval(&mut self, expression: &str) -> Value {
+    pub(crate) fn eval(&mut self, expression: &str) -> Value {
         let result = self.call(
             "Runtime.evaluate",
             json!({"expression": expression, "returnByValue": true}),
@@ -206,7 +210,7 @@ impl Drop for Browser {
 }
 
 /// Decodes standard base64 (what `Page.captureScreenshot` returns).
-fn base64_decode(text: &str) -> Vec<u8> {
+pub(crate) fn base64_decode(text: &str) -> Vec<u8> {
     let value = |c: u8| -> Option<u32> {
         Some(match c {
             b'A'..=b'Z' => c - b'A',
@@ -246,7 +250,7 @@ const READ_DOM: &str = r#"JSON.stringify({
 })"#;
 
 /// The end of a log, for a failure message.
-fn tail(log: &str) -> &str {
+pub(crate) fn tail(log: &str) -> &str {
     let start = log.len().saturating_sub(2000);
     let start = (start..=log.len())
         .find(|i| log.is_char_boundary(*i))
@@ -254,7 +258,7 @@ fn tail(log: &str) -> &str {
     &log[start..]
 }
 
-fn squash(text: &str) -> String {
+pub(crate) fn squash(text: &str) -> String {
     text.split_whitespace().collect::<Vec<_>>().join(" ")
 }
 
@@ -270,6 +274,7 @@ async fn the_web_page_shows_agents_votes_and_the_final_answer_in_a_real_browser(
         );
         return;
     };
+    let _one = ONE_BROWSER.lock().await;
     let sim = sim().await;
     let dir = tempfile::tempdir().unwrap();
     let config = dir.path().join("team.yaml");

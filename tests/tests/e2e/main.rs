@@ -6,6 +6,7 @@
 
 mod e2e_any_model;
 mod e2e_batch;
+mod e2e_batch_cluster;
 mod e2e_budget;
 mod e2e_cluster;
 mod e2e_cluster_hardening;
@@ -20,9 +21,11 @@ mod e2e_openai;
 mod e2e_quick;
 mod e2e_resume;
 mod e2e_server;
+mod e2e_server_conversations;
 mod e2e_server_trust;
 mod e2e_session;
 mod e2e_tools;
 mod e2e_tui;
 mod e2e_web;
+mod e2e_web_conversations;
 mod e2e_workspace;
