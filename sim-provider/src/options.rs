@@ -142,11 +142,8 @@ pub const KNOWN_KEYS: &[&str] = &[
     "stall_after",
     "tool",
     "tool_calls",
-<<<<<<< HEAD
     "tool_args",
-=======
     "record_body",
->>>>>>> wip-ui
 ];
 
 /// Upper bound for `tokens`: a reply is held in memory while it streams, so a typo like
@@ -188,15 +185,12 @@ pub struct ModelOptions {
     /// How many times the `tools` policy calls its tool in one turn (one call per reply,
     /// counted by the tool results in the conversation) before it decides. Default 1.
     pub tool_calls: u32,
-<<<<<<< HEAD
     /// The arguments the `tools` policy calls its tool with (`tool_args=KEY~VALUE|KEY~VALUE`,
     /// string values; `{n}` in a value becomes the call's number in the turn, from 1). Empty:
     /// the tool's first required parameter set to the question.
     pub tool_args: Vec<(String, String)>,
-=======
     /// Whether the request body is kept in the request log (`record_body=true`).
     pub record_body: bool,
->>>>>>> wip-ui
 }
 
 /// The retry headers a status fault carries, in the forms real providers use: OpenAI's
@@ -232,7 +226,7 @@ pub enum OptionError {
     #[error(
         "unknown model option `{key}` in model `{model}`; known options: tokens, token_delay_ms, \
          first_byte_ms, policy, fault, fault_times, retry_after_ms, retry_after, retry_after_date, \
-         stall_after, tool, tool_calls, record_body"
+         stall_after, tool, tool_calls, tool_args, record_body"
     )]
     UnknownKey {
         /// The unknown key.
@@ -293,11 +287,8 @@ impl ModelOptions {
             stall_after: None,
             tool: "lookup".to_owned(),
             tool_calls: 1,
-<<<<<<< HEAD
             tool_args: Vec::new(),
-=======
             record_body: false,
->>>>>>> wip-ui
         };
         for item in options.unwrap_or("").split(',') {
             let item = item.trim();
@@ -428,7 +419,6 @@ impl ModelOptions {
                 let calls = parse_number(key, value, 1, MAX_TOOL_CALLS, TOOL_CALLS_RANGE)?;
                 self.tool_calls = u32::try_from(calls).unwrap_or(1);
             }
-<<<<<<< HEAD
             "tool_args" => {
                 self.tool_args = value
                     .split('|')
@@ -443,7 +433,7 @@ impl ModelOptions {
                         value: value.to_owned(),
                         expected: "KEY~VALUE pairs separated by `|`, e.g. path~notes.md|content~hi",
                     })?;
-=======
+            }
             "record_body" => {
                 self.record_body = match value {
                     "true" => true,
@@ -456,7 +446,6 @@ impl ModelOptions {
                         });
                     }
                 };
->>>>>>> wip-ui
             }
             _ => {
                 return Err(OptionError::UnknownKey {
