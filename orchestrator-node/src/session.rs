@@ -34,6 +34,7 @@ use conclave_agent::providers::{Backend, ProviderError, http_client};
 use conclave_agent::tools::ToolBox;
 use conclave_agent::turn::{AgentContext, TurnSettings, WorkflowState};
 use conclave_protocol::config::{SessionConfig, WorkflowMode};
+use conclave_protocol::tools::AgentTools;
 use conclave_protocol::{CoordinatorCommand, Envelope, SessionId, TaskSpec};
 use ractor::{Actor, ActorCell, ActorProcessingErr, ActorRef, SupervisionEvent};
 use tokio::sync::oneshot;
@@ -200,22 +201,59 @@ pub fn build_backends(
 /// Starts the tools (MCP servers) of every local agent, concurrently; an agent placed on a
 /// node starts its own there and gets an empty toolbox here. Fails with the first required
 /// server that cannot start (naming the agent, the server and its stderr tail).
+///
+/// A local agent's workspace directories given relative (the default the config loader gives
+/// an agent with the command tool and no `cwd`) are taken under the session directory `dir`
+/// ([`workspace_under_session_dir`]).
 pub async fn start_tools(
+    session: &SessionId,
+    dir: &Path,
     config: &SessionConfig,
     env: &EnvFn,
 ) -> Result<Vec<Arc<ToolBox>>, SessionError> {
     let lookup = |key: &str| env(key);
+    let session = session.to_string();
+    let session = session.as_str();
     let starts = config.agents.iter().map(|agent| async {
         if agent.node.is_some() {
             return Ok(Arc::new(ToolBox::empty()));
         }
-        ToolBox::start(&agent.id, &agent.tools, &lookup)
+        let tools = workspace_under_session_dir(&agent.tools, dir);
+        ToolBox::start(session, &agent.id, &tools, &lookup)
             .await
             .map(Arc::new)
     });
     futures::future::try_join_all(starts)
         .await
         .map_err(SessionError::from)
+}
+
+/// `tools` with a relative workspace `cwd` / `peers_dir` taken under the session directory
+/// `dir` (for an agent run in this process). Absolute paths are kept.
+pub fn workspace_under_session_dir(tools: &AgentTools, dir: &Path) -> AgentTools {
+    let mut tools = tools.clone();
+    if let Some(workspace) = &mut tools.workspace {
+        for path in [&mut workspace.cwd, &mut workspace.peers_dir] {
+            if !path.is_empty() && Path::new(path.as_str()).is_relative() {
+                *path = dir.join(path.as_str()).display().to_string();
+            }
+        }
+    }
+    tools
+}
+
+/// Stops every toolbox of a session that ended (MCP servers, runner containers), each within
+/// a bound.
+async fn shutdown_tools(toolboxes: &[Arc<ToolBox>]) {
+    let stops = toolboxes.iter().map(|tools| async move {
+        if tokio::time::timeout(Duration::from_secs(30), tools.shutdown())
+            .await
+            .is_err()
+        {
+            warn!("an agent's tools did not stop within 30 s");
+        }
+    });
+    futures::future::join_all(stops).await;
 }
 
 /// The distinct nodes a config places agents on, in config order.
@@ -380,7 +418,7 @@ pub async fn run_session(
         })?,
     };
     let backends = build_backends(&config, &env, http, cluster.as_ref())?;
-    let tools = start_tools(&config, &env).await?;
+    let tools = start_tools(&session, &dir, &config, &env).await?;
     let consensus_config =
         ConsensusConfig::from_settings(config.agents.len() as u32, &config.orchestrator);
     let machine = Consensus::new(consensus_config)?;
@@ -463,7 +501,7 @@ pub async fn resume_session(
         source,
     })?;
     let backends = build_backends(&plan.config, &env, http, cluster.as_ref())?;
-    let tools = start_tools(&plan.config, &env).await?;
+    let tools = start_tools(&plan.session, &plan.dir, &plan.config, &env).await?;
     wait_for_nodes(&plan.config, cluster.as_ref()).await?;
     let remote = place_remote(&plan.session, &plan.config, cluster.as_ref()).await?;
     let journal = Journal::reopen(&plan.dir, plan.valid_len, Some(lock))?;
@@ -538,6 +576,7 @@ async fn drive(
         cluster,
     } = run;
     let (done_tx, done_rx) = oneshot::channel();
+    let toolboxes = tools.clone();
     let timeout = Duration::from_secs(config.timeouts.orchestrator_timeout_seconds.max(1));
     let args = SupervisorArgs {
         coordinator: CoordinatorArgs {
@@ -607,6 +646,7 @@ async fn drive(
         warn!("session actors did not stop within 5 s; killing them");
         supervisor.kill();
     }
+    shutdown_tools(&toolboxes).await;
     match outcome {
         Ok(Ok(outcome)) => Ok(outcome),
         Ok(Err(journal)) => Err(SessionError::Journal(journal)),

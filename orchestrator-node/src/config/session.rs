@@ -198,7 +198,7 @@ fn agent(
 
     let backend_path = fields.child_path("backend");
     let mut backend_workflow = None;
-    let (backend, tools) = match fields.take("backend") {
+    let (backend, mut tools) = match fields.take("backend") {
         Some(node) => {
             // `workflow` may sit under `backend:` too (backend.rs marks it read).
             if let Node::Map(entries) = node
@@ -237,6 +237,7 @@ fn agent(
 
     super::tools::refuse_keys(&mut fields, massgen::AGENT_REFUSED, ctx)?;
     fields.finish(massgen::AGENT, ctx);
+    super::command_line::give_command_tool_a_workspace(&id, &mut tools);
     Ok(AgentSpec {
         id,
         backend,

@@ -27,10 +27,12 @@
 //!   is off (an untrusted config); its `streamable-http` URLs are checked by the server against
 //!   its base-URL allow-list.
 //! - **No MassGen key that changes what an agent can do loads with only a warning**:
-//!   `custom_tools`, `enable_mcp_command_line`, `enable_*_generation`, `command_line_*`,
+//!   `custom_tools`, `enable_*_generation`,
 //!   `cwd` / `context_paths` (file-system tools), `mcp_servers` on `claude_code` (the CLI
 //!   runs its own tool loop) are refused, naming the key, until conclave supports them. A key
 //!   that is set to its "off" value (`false`, an empty list) is accepted.
+//! - The command tool (`enable_mcp_command_line`, `command_line_*`) is read in module
+//!   `command_line`.
 //! - MassGen's legacy `type: sse` is refused with a hint to use `streamable-http`: rmcp, the
 //!   official Rust SDK, no longer has an SSE client.
 
@@ -47,11 +49,6 @@ const REFUSED: &[(&str, &str)] = &[
         "custom_tools",
         "MassGen's Python custom tools are not supported yet by conclave; use an MCP server \
          (`mcp_servers`) for the tool, or remove the key",
-    ),
-    (
-        "enable_mcp_command_line",
-        "MassGen's command-line MCP tool is not supported yet by conclave; remove the key or \
-         set it to false",
     ),
     (
         "enable_image_generation",
@@ -80,9 +77,6 @@ const REFUSED: &[(&str, &str)] = &[
          directory as `extra_body: {cwd: ...}`)",
     ),
 ];
-
-/// Prefix of MassGen's command-line execution keys (`command_line_execution_mode`, ...).
-const COMMAND_LINE_PREFIX: &str = "command_line_";
 
 /// Whether a value turns a feature on: anything but null, `false`, `""`, `[]` or `{}`.
 pub(crate) fn is_on(node: &Node) -> bool {
@@ -121,18 +115,7 @@ pub(crate) fn resolve(
 ) -> Result<AgentTools, ConfigError> {
     refuse_keys(fields, REFUSED, ctx)?;
     refuse_keys(fields, super::massgen::BACKEND_REFUSED, ctx)?;
-    for key in fields.keys_with_prefix(COMMAND_LINE_PREFIX) {
-        let path = fields.child_path(&key);
-        if let Some(node) = fields.take(&key)
-            && is_on(node)
-        {
-            return Err(ctx.invalid(
-                &path,
-                "MassGen's command-line execution is not supported yet by conclave; remove \
-                 the `command_line_*` keys",
-            ));
-        }
-    }
+    let command_line = super::command_line::resolve(fields, wire, ctx)?;
 
     let limits = limits(fields, ctx)?;
     let allowed = optional(fields, "allowed_tools", |f| name_list(f, ctx))?;
@@ -188,6 +171,7 @@ pub(crate) fn resolve(
     Ok(AgentTools {
         mcp_servers: servers,
         limits,
+        command_line,
         ..AgentTools::default()
     })
 }

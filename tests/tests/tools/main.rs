@@ -44,7 +44,7 @@ async fn start(servers: Vec<McpServerSpec>, limits: ToolLimits) -> Result<ToolBo
     let env = |_: &str| None;
     tokio::time::timeout(
         WAIT,
-        ToolBox::start("agent-a", &tools(servers, limits), &env),
+        ToolBox::start("test-session", "agent-a", &tools(servers, limits), &env),
     )
     .await
     .expect("the toolbox starts within the deadline")
@@ -130,6 +130,7 @@ async fn streamable_http_server_works_and_headers_are_expanded_on_the_node() {
     let toolbox = tokio::time::timeout(
         WAIT,
         ToolBox::start(
+            "test-session",
             "agent-a",
             &tools(vec![spec.clone()], ToolLimits::default()),
             &env,
@@ -147,7 +148,7 @@ async fn streamable_http_server_works_and_headers_are_expanded_on_the_node() {
 
     // A header whose variable is not set on the node: the start fails naming the variable.
     let none = |_: &str| None;
-    let error = ToolBox::start("agent-a", &tools(vec![spec], ToolLimits::default()), &none)
+    let error = ToolBox::start("test-session", "agent-a", &tools(vec![spec], ToolLimits::default()), &none)
         .await
         .expect_err("unset variable");
     let text = error.to_string();
