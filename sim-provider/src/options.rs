@@ -17,7 +17,8 @@
 //!
 //! `policy=tools,tool=NAME` makes a model that uses tools (see `policy`): it calls the offered
 //! tool `NAME` (or `mcp__{server}__NAME`; default `lookup`) once, then answers quoting its
-//! result.
+//! result. `tool_args=` gives the call's arguments as a percent-encoded JSON object (default:
+//! the tool's first required parameter set to the question).
 //!
 //! New options are added as one field on [`ModelOptions`] and one arm in
 //! [`ModelOptions::apply`]; [`KNOWN_KEYS`] lists them for the error message.
@@ -137,6 +138,7 @@ pub const KNOWN_KEYS: &[&str] = &[
     "stall_after",
     "tool",
     "tool_calls",
+    "tool_args",
 ];
 
 /// Upper bound for `tokens`: a reply is held in memory while it streams, so a typo like
@@ -176,6 +178,11 @@ pub struct ModelOptions {
     /// How many times the `tools` policy calls its tool in one turn (one call per reply,
     /// counted by the tool results in the conversation) before it decides. Default 1.
     pub tool_calls: u32,
+    /// The arguments the `tools` policy sends (a JSON object as text), from `tool_args=`:
+    /// the object percent-encoded (`%7B%22command%22%3A%22ls%22%7D` is `{"command":"ls"}`), so
+    /// a test can call a tool whose first parameter is not free text. `None`: the first
+    /// required parameter set to the question.
+    pub tool_args: Option<String>,
 }
 
 /// The retry headers a status fault carries, in the forms real providers use: OpenAI's
@@ -272,6 +279,7 @@ impl ModelOptions {
             stall_after: None,
             tool: "lookup".to_owned(),
             tool_calls: 1,
+            tool_args: None,
         };
         for item in options.unwrap_or("").split(',') {
             let item = item.trim();
@@ -402,6 +410,19 @@ impl ModelOptions {
                 let calls = parse_number(key, value, 1, MAX_TOOL_CALLS, TOOL_CALLS_RANGE)?;
                 self.tool_calls = u32::try_from(calls).unwrap_or(1);
             }
+            "tool_args" => {
+                let object = percent_decode(value)
+                    .and_then(|text| serde_json::from_str::<serde_json::Value>(&text).ok())
+                    .filter(serde_json::Value::is_object);
+                let Some(object) = object else {
+                    return Err(OptionError::BadValue {
+                        key: key.to_owned(),
+                        value: value.to_owned(),
+                        expected: "a percent-encoded JSON object, e.g. %7B%22command%22%3A%22ls%22%7D",
+                    });
+                };
+                self.tool_args = Some(object.to_string());
+            }
             _ => {
                 return Err(OptionError::UnknownKey {
                     key: key.to_owned(),
@@ -411,6 +432,29 @@ impl ModelOptions {
         }
         Ok(())
     }
+}
+
+/// Decodes `%XX` escapes; `None` for a bad escape, a raw `,`, `:` or `=` (which the model
+/// string grammar would have split on) or text that is not UTF-8.
+fn percent_decode(value: &str) -> Option<String> {
+    let bytes = value.as_bytes();
+    let mut out = Vec::with_capacity(bytes.len());
+    let mut i = 0;
+    while i < bytes.len() {
+        match bytes[i] {
+            b'%' => {
+                let hex = std::str::from_utf8(bytes.get(i + 1..i + 3)?).ok()?;
+                out.push(u8::from_str_radix(hex, 16).ok()?);
+                i += 3;
+            }
+            b',' | b':' | b'=' => return None,
+            byte => {
+                out.push(byte);
+                i += 1;
+            }
+        }
+    }
+    String::from_utf8(out).ok()
 }
 
 const TOKENS_RANGE: &str = "an integer from 1 to 100000";
@@ -473,6 +517,17 @@ mod tests {
         assert_eq!(options.token_delay, Duration::from_millis(20));
         assert_eq!(options.first_byte_delay, Duration::from_millis(7));
         assert_eq!(options.policy, Policy::Answer);
+    }
+
+    #[test]
+    fn tool_args_are_a_percent_encoded_json_object() {
+        let options = parse("m:policy=tools,tool=execute_command,tool_args=%7B%22command%22%3A%22echo%20a%2Cb%22%7D")
+            .expect("valid options");
+        assert_eq!(options.tool_args.as_deref(), Some(r#"{"command":"echo a,b"}"#));
+        for bad in ["%5B1%5D", "%7Bnot", "%ZZ"] {
+            let error = parse(&format!("m:tool_args={bad}")).expect_err(bad);
+            assert!(error.to_string().contains("percent-encoded JSON object"), "{error}");
+        }
     }
 
     #[test]

@@ -21,7 +21,7 @@
 //! - [`Policy::Tools`] is a model that uses tools: while the conversation holds fewer tool
 //!   results than its `tool_calls` option (default 1), it calls the offered non-workflow tool named by the `tool` option (exactly, or as
 //!   the `{tool}` of MassGen's `mcp__{server}__{tool}`), its first required parameter set to
-//!   the question; once enough results are there (Chat `tool` message, Responses
+//!   the question (or the `tool_args` option's object); once enough results are there (Chat `tool` message, Responses
 //!   `function_call_output`, Anthropic `tool_result`, Gemini `functionResponse`), it decides as
 //!   the default policy does and quotes the result in the vote's reason, the answer or the
 //!   text. Without a matching tool it is the default policy.
@@ -182,11 +182,11 @@ impl Reply {
                     && (*name == options.tool || name.ends_with(&suffix))
             })?;
             let name = request.tool_names[index].clone();
-            let arguments = match request.tool_params.get(index).cloned().flatten() {
-                Some(param) => json!({ param: request.last_user_text }),
-                None => json!({}),
-            }
-            .to_string();
+            let arguments = match (&options.tool_args, request.tool_params.get(index)) {
+                (Some(arguments), _) => arguments.clone(),
+                (None, Some(Some(param))) => json!({ param: request.last_user_text }).to_string(),
+                (None, _) => json!({}).to_string(),
+            };
             let mut reply = Reply::call(DecisionKind::Tool, None, arguments, tokens);
             reply.tool = Some(name);
             return Some(reply);

@@ -6,6 +6,9 @@
 //! interpreter from `CONCLAVE_TEST_PYTHON` (a venv with `mcp` installed; `.ci/run` makes one);
 //! without it the test says it did not run, except under `CI=true`, where that is a failure.
 
+mod command;
+mod command_docker;
+
 use std::time::Duration;
 
 use conclave_agent::tools::{ToolBox, ToolCallRecord, ToolStartError};
