@@ -7,6 +7,7 @@
 mod e2e_any_model;
 mod e2e_batch;
 mod e2e_budget;
+mod e2e_commands;
 mod e2e_cluster;
 mod e2e_cluster_hardening;
 mod e2e_continue;

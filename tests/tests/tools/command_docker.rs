@@ -1,51 +1,16 @@
 //! The command tool in docker mode against this machine's Docker engine, with the minimal
-//! runner image (`deploy/runner-image/build.sh --flavour minimal`, built here when missing).
-//! Without a Docker engine the tests say they did not run, except under `CI=true`, where that
-//! is a failure.
+//! runner image (`deploy/runner-image/build.sh --flavour minimal`, built when missing, see
+//! `conclave_tests::docker_ready`). Without a Docker engine the tests say they did not run,
+//! except under `CI=true`, where that is a failure.
 
-use std::process::Command;
 use std::time::Duration;
 
 use conclave_agent::tools::ToolBox;
 use conclave_protocol::tools::{CommandLineSpec, CommandMode};
-use conclave_tests::poll_until;
+use conclave_tests::{RUNNER_IMAGE as IMAGE, docker_ready, poll_until};
 
 use super::command::{command_tools, exec, spec, start_tools};
 use super::WAIT;
-
-/// The image the tests use.
-pub(crate) const IMAGE: &str = "conclave-runner:minimal";
-
-/// Whether docker tests can run: an engine answers and the minimal image exists (built with
-/// the script when it does not). Panics under `CI=true` when they cannot.
-pub(crate) fn docker_ready() -> bool {
-    let engine = Command::new("docker")
-        .args(["info", "--format", "{{.ServerVersion}}"])
-        .output()
-        .is_ok_and(|o| o.status.success());
-    if !engine {
-        if std::env::var("CI").as_deref() == Ok("true") {
-            panic!("CI=true: no Docker engine answers `docker info`; the docker-mode command tool tests need one");
-        }
-        eprintln!("skipped: no Docker engine answers `docker info`");
-        return false;
-    }
-    let present = || {
-        Command::new("docker")
-            .args(["image", "inspect", IMAGE])
-            .output()
-            .is_ok_and(|o| o.status.success())
-    };
-    if !present() {
-        let script = concat!(env!("CARGO_MANIFEST_DIR"), "/../deploy/runner-image/build.sh");
-        let built = Command::new("bash")
-            .args([script, "--flavour", "minimal", "--tag", IMAGE])
-            .status()
-            .is_ok_and(|s| s.success());
-        assert!(built && present(), "deploy/runner-image/build.sh could not build {IMAGE}");
-    }
-    true
-}
 
 pub(crate) fn docker_mode(network: &str) -> CommandMode {
     CommandMode::Docker {
@@ -56,23 +21,8 @@ pub(crate) fn docker_mode(network: &str) -> CommandMode {
     }
 }
 
-/// Names of the runner containers of `session` (running or not).
-pub(crate) fn containers_of(session: &str) -> Vec<String> {
-    let output = Command::new("docker")
-        .args([
-            "ps",
-            "-a",
-            "--filter",
-            &format!("label=conclave.session={session}"),
-            "--format",
-            "{{.Names}}",
-        ])
-        .output()
-        .expect("docker ps");
-    String::from_utf8_lossy(&output.stdout)
-        .lines()
-        .map(str::to_owned)
-        .collect()
+fn containers_of(session: &str) -> Vec<String> {
+    conclave_tests::runner_containers(&format!("conclave.session={session}"))
 }
 
 fn unique(name: &str) -> String {
