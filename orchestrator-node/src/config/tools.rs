@@ -73,8 +73,8 @@ const REFUSED: &[(&str, &str)] = &[
     (
         "cwd",
         "MassGen's agent workspace (`cwd`, which gives the agent file-system tools) is not \
-         supported yet by conclave; remove the key (for `claude_code`, pass the CLI's working \
-         directory as `extra_body: {cwd: ...}`)",
+         supported yet by conclave; remove the key (a `claude_code` backend takes it: the CLI's \
+         working directory)",
     ),
 ];
 
@@ -113,8 +113,16 @@ pub(crate) fn resolve(
     wire: WireFormat,
     ctx: &mut Ctx<'_>,
 ) -> Result<AgentTools, ConfigError> {
-    refuse_keys(fields, REFUSED, ctx)?;
-    refuse_keys(fields, super::massgen::BACKEND_REFUSED, ctx)?;
+    // A key the backend's wire format takes as a parameter (`cwd` and `system_prompt` of
+    // `claude_code`) was read already and is not refused.
+    let taken = super::backend::passthrough_params(wire);
+    let refused: Vec<(&str, &str)> = REFUSED
+        .iter()
+        .chain(super::massgen::BACKEND_REFUSED)
+        .filter(|(key, _)| !taken.contains(key))
+        .copied()
+        .collect();
+    refuse_keys(fields, &refused, ctx)?;
     let command_line = super::command_line::resolve(fields, wire, ctx)?;
 
     let limits = limits(fields, ctx)?;

@@ -145,3 +145,24 @@ fn a_submitted_config_may_run_commands_only_in_a_container() {
     let docker = agent_yaml("enable_mcp_command_line: true\ncommand_line_execution_mode: docker\n");
     assert!(load_str_untrusted(&docker, "submitted").is_ok());
 }
+
+#[test]
+fn claude_code_takes_massgens_cwd_and_system_prompt() {
+    let yaml = "agents:\n  - id: c\n    backend:\n      type: claude_code\n      cwd: claude_ws\n      \
+                system_prompt: You are terse.\n      permission_mode: acceptEdits\n      \
+                allowed_tools: [Read, Write]\n      disallowed_tools: [Bash]\n";
+    let loaded = load_str(yaml, "cmd.yaml", &no_env).unwrap_or_else(|e| panic!("{e}"));
+    assert!(loaded.warnings.is_empty(), "{:?}", loaded.warnings);
+    let extra: serde_json::Value = serde_json::from_str(
+        loaded.config.agents[0].backend.extra_body.as_deref().expect("CLI options"),
+    )
+    .expect("JSON");
+    assert_eq!(extra["cwd"], "claude_ws");
+    assert_eq!(extra["system_prompt"], "You are terse.");
+    assert_eq!(extra["permission_mode"], "acceptEdits");
+    assert_eq!(extra["allowed_tools"], serde_json::json!(["Read", "Write"]));
+    assert_eq!(extra["disallowed_tools"], serde_json::json!(["Bash"]));
+    // Elsewhere `system_prompt` is still refused: those backends take `system_message`.
+    let err = load_err("system_prompt: hi\n");
+    assert!(err.to_string().contains("system_message"), "{err}");
+}
