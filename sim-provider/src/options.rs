@@ -523,10 +523,16 @@ mod tests {
     fn tool_args_are_a_percent_encoded_json_object() {
         let options = parse("m:policy=tools,tool=execute_command,tool_args=%7B%22command%22%3A%22echo%20a%2Cb%22%7D")
             .expect("valid options");
-        assert_eq!(options.tool_args.as_deref(), Some(r#"{"command":"echo a,b"}"#));
+        assert_eq!(
+            options.tool_args.as_deref(),
+            Some(r#"{"command":"echo a,b"}"#)
+        );
         for bad in ["%5B1%5D", "%7Bnot", "%ZZ"] {
             let error = parse(&format!("m:tool_args={bad}")).expect_err(bad);
-            assert!(error.to_string().contains("percent-encoded JSON object"), "{error}");
+            assert!(
+                error.to_string().contains("percent-encoded JSON object"),
+                "{error}"
+            );
         }
     }
 

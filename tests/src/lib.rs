@@ -435,7 +435,10 @@ pub fn docker_ready() -> bool {
             .is_ok_and(|o| o.status.success())
     };
     if !present() {
-        let script = concat!(env!("CARGO_MANIFEST_DIR"), "/../deploy/runner-image/build.sh");
+        let script = concat!(
+            env!("CARGO_MANIFEST_DIR"),
+            "/../deploy/runner-image/build.sh"
+        );
         let built = Command::new("bash")
             .args([script, "--flavour", "minimal", "--tag", RUNNER_IMAGE])
             .status()

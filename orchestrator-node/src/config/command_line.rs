@@ -219,9 +219,11 @@ fn docker_mode(fields: &mut Fields<'_>, ctx: &mut Ctx<'_>) -> Result<CommandMode
         ));
     }
     let memory_path = fields.child_path("command_line_docker_memory_limit");
-    let memory_limit = optional(fields, "command_line_docker_memory_limit", |f| match f.node {
-        Node::Int(n) => Ok(n.to_string()),
-        _ => f.non_empty_string(ctx, "`command_line_docker_memory_limit`"),
+    let memory_limit = optional(fields, "command_line_docker_memory_limit", |f| {
+        match f.node {
+            Node::Int(n) => Ok(n.to_string()),
+            _ => f.non_empty_string(ctx, "`command_line_docker_memory_limit`"),
+        }
     })?;
     if let Some(memory) = &memory_limit
         && !is_memory_size(memory)
@@ -252,15 +254,13 @@ fn is_memory_size(text: &str) -> bool {
     let unit_len = lower.len() - number.len();
     unit_len <= 1
         && !number.is_empty()
-        && number.parse::<f64>().is_ok_and(|x| x > 0.0 && x.is_finite())
+        && number
+            .parse::<f64>()
+            .is_ok_and(|x| x > 0.0 && x.is_finite())
 }
 
 /// A list of regular expressions (one string counts as a list of one), each compiled.
-fn patterns(
-    fields: &mut Fields<'_>,
-    key: &str,
-    ctx: &Ctx<'_>,
-) -> Result<Vec<String>, ConfigError> {
+fn patterns(fields: &mut Fields<'_>, key: &str, ctx: &Ctx<'_>) -> Result<Vec<String>, ConfigError> {
     optional(fields, key, |f: Field<'_, '_>| {
         let items: Vec<&Node> = match f.node {
             Node::Null => Vec::new(),

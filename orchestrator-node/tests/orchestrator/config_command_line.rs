@@ -4,8 +4,7 @@
 
 use conclave::config::{ConfigError, LoadedConfig, load_str, load_str_untrusted};
 use conclave_protocol::tools::{
-    CommandLineSpec, CommandMode, DEFAULT_COMMAND_MAX_OUTPUT_BYTES,
-    DEFAULT_COMMAND_TIMEOUT_SECONDS,
+    CommandLineSpec, CommandMode, DEFAULT_COMMAND_MAX_OUTPUT_BYTES, DEFAULT_COMMAND_TIMEOUT_SECONDS,
 };
 
 fn no_env(_: &str) -> Option<String> {
@@ -14,7 +13,10 @@ fn no_env(_: &str) -> Option<String> {
 
 fn agent_yaml(backend: &str) -> String {
     let body: String = backend.lines().map(|l| format!("    {l}\n")).collect();
-    format!("agents:\n  - id: coder\n    backend:\n      type: openai\n      model: m\n{}", body.replace("    ", "      "))
+    format!(
+        "agents:\n  - id: coder\n    backend:\n      type: openai\n      model: m\n{}",
+        body.replace("    ", "      ")
+    )
 }
 
 fn load(backend: &str) -> LoadedConfig {
@@ -85,7 +87,9 @@ fn docker_mode_reads_massgens_keys() {
     assert_eq!(spec.blocked_commands, ["rm .*"]);
     assert_eq!((spec.timeout_seconds, spec.max_output_bytes), (30, 4096));
     // The defaults of docker mode: network none, no limits, conclave's full runner image.
-    let spec = spec_of(&load("enable_mcp_command_line: true\ncommand_line_execution_mode: docker\n"));
+    let spec = spec_of(&load(
+        "enable_mcp_command_line: true\ncommand_line_execution_mode: docker\n",
+    ));
     assert_eq!(
         spec.mode,
         CommandMode::Docker {
@@ -102,28 +106,76 @@ fn settings_without_the_switch_or_out_of_their_mode_warn() {
     let loaded = load("command_line_execution_mode: docker\n");
     assert!(loaded.config.agents[0].tools.command_line.is_none());
     let warnings: Vec<String> = loaded.warnings.iter().map(ToString::to_string).collect();
-    assert!(warnings.iter().any(|w| w.contains("enable_mcp_command_line: true")), "{warnings:?}");
+    assert!(
+        warnings
+            .iter()
+            .any(|w| w.contains("enable_mcp_command_line: true")),
+        "{warnings:?}"
+    );
     let loaded = load("enable_mcp_command_line: true\ncommand_line_docker_image: x\n");
     let warnings: Vec<String> = loaded.warnings.iter().map(ToString::to_string).collect();
-    assert!(warnings.iter().any(|w| w.contains("only applies with")), "{warnings:?}");
+    assert!(
+        warnings.iter().any(|w| w.contains("only applies with")),
+        "{warnings:?}"
+    );
 }
 
 #[test]
 fn what_conclave_cannot_honour_is_refused_naming_the_key() {
     for (backend, key, fragment) in [
-        ("enable_mcp_command_line: true\ncommand_line_execution_mode: podman\n", "command_line_execution_mode", "`local` or `docker`"),
-        ("enable_mcp_command_line: true\ncommand_line_allowed_commands: [\"(?<=x)y\"]\n", "command_line_allowed_commands[0]", "not a regular expression"),
-        ("enable_mcp_command_line: true\ncommand_line_blocked_commands: [\"(\"]\n", "command_line_blocked_commands[0]", "not a regular expression"),
-        ("enable_mcp_command_line: true\ncommand_line_docker_enable_sudo: true\n", "command_line_docker_enable_sudo", "sudo"),
-        ("enable_mcp_command_line: true\ncommand_line_docker_credentials: {env_file: .env}\n", "command_line_docker_credentials", "credentials"),
-        ("enable_mcp_command_line: true\ncommand_line_shell: zsh\n", "command_line_shell", "not a command-line setting"),
-        ("enable_mcp_command_line: true\ncommand_line_execution_mode: docker\ncommand_line_docker_network_mode: macvlan\n", "command_line_docker_network_mode", "`none`, `bridge` or `host`"),
-        ("enable_mcp_command_line: true\ncommand_line_execution_mode: docker\ncommand_line_docker_memory_limit: lots\n", "command_line_docker_memory_limit", "512m"),
-        ("enable_mcp_command_line: true\ncommand_line_timeout_seconds: 0\n", "command_line_timeout_seconds", "1 to 86400"),
+        (
+            "enable_mcp_command_line: true\ncommand_line_execution_mode: podman\n",
+            "command_line_execution_mode",
+            "`local` or `docker`",
+        ),
+        (
+            "enable_mcp_command_line: true\ncommand_line_allowed_commands: [\"(?<=x)y\"]\n",
+            "command_line_allowed_commands[0]",
+            "not a regular expression",
+        ),
+        (
+            "enable_mcp_command_line: true\ncommand_line_blocked_commands: [\"(\"]\n",
+            "command_line_blocked_commands[0]",
+            "not a regular expression",
+        ),
+        (
+            "enable_mcp_command_line: true\ncommand_line_docker_enable_sudo: true\n",
+            "command_line_docker_enable_sudo",
+            "sudo",
+        ),
+        (
+            "enable_mcp_command_line: true\ncommand_line_docker_credentials: {env_file: .env}\n",
+            "command_line_docker_credentials",
+            "credentials",
+        ),
+        (
+            "enable_mcp_command_line: true\ncommand_line_shell: zsh\n",
+            "command_line_shell",
+            "not a command-line setting",
+        ),
+        (
+            "enable_mcp_command_line: true\ncommand_line_execution_mode: docker\ncommand_line_docker_network_mode: macvlan\n",
+            "command_line_docker_network_mode",
+            "`none`, `bridge` or `host`",
+        ),
+        (
+            "enable_mcp_command_line: true\ncommand_line_execution_mode: docker\ncommand_line_docker_memory_limit: lots\n",
+            "command_line_docker_memory_limit",
+            "512m",
+        ),
+        (
+            "enable_mcp_command_line: true\ncommand_line_timeout_seconds: 0\n",
+            "command_line_timeout_seconds",
+            "1 to 86400",
+        ),
     ] {
         let err = load_err(backend);
         let text = err.to_string();
-        assert_eq!(err.key_path(), Some(format!("agents[0].backend.{key}").as_str()), "{text}");
+        assert_eq!(
+            err.key_path(),
+            Some(format!("agents[0].backend.{key}").as_str()),
+            "{text}"
+        );
         assert!(text.contains(fragment), "{key}: {text}");
     }
     // Claude Code runs commands with its own Bash tool.
@@ -135,12 +187,20 @@ fn what_conclave_cannot_honour_is_refused_naming_the_key() {
 #[test]
 fn a_submitted_config_may_run_commands_only_in_a_container() {
     let local = agent_yaml("enable_mcp_command_line: true\n");
-    let err = load_str_untrusted(&local, "submitted").err().expect("local refused");
-    assert!(err.to_string().contains("command_line_execution_mode: docker"), "{err}");
+    let err = load_str_untrusted(&local, "submitted")
+        .err()
+        .expect("local refused");
+    assert!(
+        err.to_string()
+            .contains("command_line_execution_mode: docker"),
+        "{err}"
+    );
     let host = agent_yaml(
         "enable_mcp_command_line: true\ncommand_line_execution_mode: docker\ncommand_line_docker_network_mode: host\n",
     );
-    let err = load_str_untrusted(&host, "submitted").err().expect("host network refused");
+    let err = load_str_untrusted(&host, "submitted")
+        .err()
+        .expect("host network refused");
     assert!(err.to_string().contains("`host` is refused"), "{err}");
     let docker = agent_yaml("enable_mcp_command_line: true\ncommand_line_execution_mode: docker\n");
     assert!(load_str_untrusted(&docker, "submitted").is_ok());
@@ -154,7 +214,11 @@ fn claude_code_takes_massgens_cwd_and_system_prompt() {
     let loaded = load_str(yaml, "cmd.yaml", &no_env).unwrap_or_else(|e| panic!("{e}"));
     assert!(loaded.warnings.is_empty(), "{:?}", loaded.warnings);
     let extra: serde_json::Value = serde_json::from_str(
-        loaded.config.agents[0].backend.extra_body.as_deref().expect("CLI options"),
+        loaded.config.agents[0]
+            .backend
+            .extra_body
+            .as_deref()
+            .expect("CLI options"),
     )
     .expect("JSON");
     assert_eq!(extra["cwd"], "claude_ws");

@@ -9,7 +9,9 @@ use std::process::{Command, Stdio};
 use std::time::Duration;
 
 use conclave_sim::{SimConfig, SimServer};
-use conclave_tests::{Finished, docker_ready, poll_until, run_with_deadline, runner_containers, workspace_bin};
+use conclave_tests::{
+    Finished, docker_ready, poll_until, run_with_deadline, runner_containers, workspace_bin,
+};
 
 const DEADLINE: Duration = Duration::from_secs(90);
 
@@ -59,7 +61,12 @@ fn command(config: &Path, cwd: &Path) -> Command {
     let bin = workspace_bin("conclave").expect("conclave binary");
     let mut command = Command::new(bin);
     command
-        .args(["--config", &config.display().to_string(), "--display", "plain"])
+        .args([
+            "--config",
+            &config.display().to_string(),
+            "--display",
+            "plain",
+        ])
         .args(["--session-dir", "sessions", "Run the command."])
         .current_dir(cwd)
         .env_remove("RUST_LOG")
@@ -84,7 +91,11 @@ fn sessions(dir: &Path) -> Vec<PathBuf> {
 /// result) and the final answer.
 fn journal_text(session: &Path) -> String {
     let journal = conclave_tests::read_journal(session).expect("journal");
-    journal.iter().map(ToString::to_string).collect::<Vec<_>>().join("\n")
+    journal
+        .iter()
+        .map(ToString::to_string)
+        .collect::<Vec<_>>()
+        .join("\n")
 }
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
@@ -98,12 +109,24 @@ async fn a_local_command_runs_in_the_agents_workspace_without_the_nodes_keys() {
         "",
     );
     let run = conclave(config, dir.path().to_owned()).await;
-    assert_eq!(run.code, Some(0), "stdout:\n{}\nstderr:\n{}", run.stdout, run.stderr);
+    assert_eq!(
+        run.code,
+        Some(0),
+        "stdout:\n{}\nstderr:\n{}",
+        run.stdout,
+        run.stderr
+    );
     let session = sessions(dir.path()).pop().expect("one session");
     let proof = session.join("workspaces/alpha/proof.txt");
-    assert_eq!(std::fs::read_to_string(&proof).expect("proof.txt"), "e2e-ran\n");
+    assert_eq!(
+        std::fs::read_to_string(&proof).expect("proof.txt"),
+        "e2e-ran\n"
+    );
     let journal = journal_text(&session);
-    assert!(journal.contains("e2e-ran"), "the result reaches the agents' decisions: {journal}");
+    assert!(
+        journal.contains("e2e-ran"),
+        "the result reaches the agents' decisions: {journal}"
+    );
     // `grep -c` counted no variable: the parent's OPENAI_API_KEY did not reach the command.
     assert!(journal.contains("keys=0"), "{journal}");
     assert!(!journal.contains("sk-e2e-parent-key"), "{journal}");
@@ -123,7 +146,13 @@ async fn a_docker_session_runs_in_a_container_that_is_gone_at_its_end() {
         &docker_keys(),
     );
     let run = conclave(config, dir.path().to_owned()).await;
-    assert_eq!(run.code, Some(0), "stdout:\n{}\nstderr:\n{}", run.stdout, run.stderr);
+    assert_eq!(
+        run.code,
+        Some(0),
+        "stdout:\n{}\nstderr:\n{}",
+        run.stdout,
+        run.stderr
+    );
     let session = sessions(dir.path()).pop().expect("one session");
     let id = session.file_name().unwrap().to_string_lossy().into_owned();
     assert_eq!(
@@ -131,7 +160,10 @@ async fn a_docker_session_runs_in_a_container_that_is_gone_at_its_end() {
         "in-container\n"
     );
     let journal = journal_text(&session);
-    assert!(journal.contains("nets=lo,"), "network none: only lo: {journal}");
+    assert!(
+        journal.contains("nets=lo,"),
+        "network none: only lo: {journal}"
+    );
     assert!(
         runner_containers(&format!("conclave.session={id}")).is_empty(),
         "the session's container outlived it: {:?}",
@@ -157,7 +189,14 @@ async fn containers_of_a_killed_orchestrator_are_swept_by_the_next_session() {
     // The owner label is `host:pid:start`: wait for this process's container.
     let owned = || -> Vec<String> {
         let output = Command::new("docker")
-            .args(["ps", "-a", "--filter", "label=conclave.runner", "--format", "{{.Names}} {{.Label \"conclave.owner\"}}"])
+            .args([
+                "ps",
+                "-a",
+                "--filter",
+                "label=conclave.runner",
+                "--format",
+                "{{.Names}} {{.Label \"conclave.owner\"}}",
+            ])
             .output()
             .expect("docker ps");
         String::from_utf8_lossy(&output.stdout)
@@ -174,12 +213,26 @@ async fn containers_of_a_killed_orchestrator_are_swept_by_the_next_session() {
     // SAFETY: kill(2) on our own child's pid.
     unsafe { libc::kill(pid as i32, libc::SIGKILL) };
     let _ = child.wait();
-    assert_eq!(owned(), orphans, "kill -9 runs no cleanup: the container is still there");
+    assert_eq!(
+        owned(),
+        orphans,
+        "kill -9 runs no cleanup: the container is still there"
+    );
 
     // The next docker-mode session sweeps it before starting its own.
     let next = config(dir.path(), &sim.base_url(), "echo next", &docker_keys());
     std::fs::rename(&next, dir.path().join("next.yaml")).expect("rename");
     let run = conclave(dir.path().join("next.yaml"), dir.path().to_owned()).await;
-    assert_eq!(run.code, Some(0), "stdout:\n{}\nstderr:\n{}", run.stdout, run.stderr);
-    assert!(owned().is_empty(), "the orphaned containers survived the next start: {:?}", owned());
+    assert_eq!(
+        run.code,
+        Some(0),
+        "stdout:\n{}\nstderr:\n{}",
+        run.stdout,
+        run.stderr
+    );
+    assert!(
+        owned().is_empty(),
+        "the orphaned containers survived the next start: {:?}",
+        owned()
+    );
 }

@@ -7,9 +7,9 @@
 mod e2e_any_model;
 mod e2e_batch;
 mod e2e_budget;
-mod e2e_commands;
 mod e2e_cluster;
 mod e2e_cluster_hardening;
+mod e2e_commands;
 mod e2e_continue;
 mod e2e_faults;
 mod e2e_inject;

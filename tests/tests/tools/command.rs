@@ -17,7 +17,11 @@ use super::{WAIT, run};
 
 pub(crate) const TOOL: &str = "mcp__command_line__execute_command";
 
-pub(crate) fn command_tools(workspace: &Path, mode: CommandMode, spec: CommandLineSpec) -> AgentTools {
+pub(crate) fn command_tools(
+    workspace: &Path,
+    mode: CommandMode,
+    spec: CommandLineSpec,
+) -> AgentTools {
     AgentTools {
         workspace: Some(WorkspaceSpec {
             cwd: workspace.display().to_string(),
@@ -63,14 +67,21 @@ pub(crate) async fn exec(
 fn alive(pid: i32) -> bool {
     let stat = std::fs::read_to_string(format!("/proc/{pid}/stat")).unwrap_or_default();
     // A zombie is dead for our purpose (its parent has not reaped it yet).
-    !stat.is_empty() && !stat.rsplit_once(')').is_some_and(|(_, r)| r.trim_start().starts_with('Z'))
+    !stat.is_empty()
+        && !stat
+            .rsplit_once(')')
+            .is_some_and(|(_, r)| r.trim_start().starts_with('Z'))
 }
 
 #[tokio::test]
 async fn a_command_runs_in_the_workspace_and_reports_its_exit_code() {
     let dir = tempfile::tempdir().expect("tempdir");
     let workspace = dir.path().join("ws");
-    let toolbox = start_tools("s-local", &command_tools(&workspace, CommandMode::Local, spec())).await;
+    let toolbox = start_tools(
+        "s-local",
+        &command_tools(&workspace, CommandMode::Local, spec()),
+    )
+    .await;
     assert!(toolbox.has(TOOL), "{:?}", toolbox.specs());
     assert_eq!(toolbox.starts()[0].transport, "local");
     let (record, result) = exec(
@@ -78,20 +89,41 @@ async fn a_command_runs_in_the_workspace_and_reports_its_exit_code() {
         serde_json::json!({"command": "pwd; echo made > made.txt; echo to-err >&2; exit 3"}),
     )
     .await;
-    assert!(record.error.is_none(), "a failing command is a normal result: {}", record.content);
+    assert!(
+        record.error.is_none(),
+        "a failing command is a normal result: {}",
+        record.content
+    );
     let canonical = workspace.canonicalize().expect("workspace created");
     assert_eq!(result["exit_code"], 3, "{result}");
     assert_eq!(result["success"], false);
-    assert_eq!(result["stdout"].as_str().unwrap().trim(), canonical.display().to_string());
+    assert_eq!(
+        result["stdout"].as_str().unwrap().trim(),
+        canonical.display().to_string()
+    );
     assert_eq!(result["stderr"].as_str().unwrap().trim(), "to-err");
-    assert_eq!(std::fs::read_to_string(workspace.join("made.txt")).unwrap(), "made\n");
+    assert_eq!(
+        std::fs::read_to_string(workspace.join("made.txt")).unwrap(),
+        "made\n"
+    );
 
     // work_dir: inside the workspace works, outside is refused.
     std::fs::create_dir(workspace.join("sub")).unwrap();
-    let (_, inside) = exec(&toolbox, serde_json::json!({"command": "pwd", "work_dir": "sub"})).await;
-    assert!(inside["stdout"].as_str().unwrap().trim().ends_with("/sub"), "{inside}");
+    let (_, inside) = exec(
+        &toolbox,
+        serde_json::json!({"command": "pwd", "work_dir": "sub"}),
+    )
+    .await;
+    assert!(
+        inside["stdout"].as_str().unwrap().trim().ends_with("/sub"),
+        "{inside}"
+    );
     for escape in ["..", "/", "sub/../.."] {
-        let (record, _) = exec(&toolbox, serde_json::json!({"command": "pwd", "work_dir": escape})).await;
+        let (record, _) = exec(
+            &toolbox,
+            serde_json::json!({"command": "pwd", "work_dir": escape}),
+        )
+        .await;
         assert!(
             record.content.contains("outside the workspace"),
             "{escape}: {}",
@@ -108,12 +140,19 @@ async fn the_environment_holds_none_of_the_nodes_variables() {
     unsafe { std::env::set_var("CONCLAVE_TEST_SECRET_API_KEY", "sk-must-not-leak") };
     let dir = tempfile::tempdir().expect("tempdir");
     let workspace = dir.path().join("ws");
-    let toolbox = start_tools("s-env", &command_tools(&workspace, CommandMode::Local, spec())).await;
+    let toolbox = start_tools(
+        "s-env",
+        &command_tools(&workspace, CommandMode::Local, spec()),
+    )
+    .await;
     let (_, result) = exec(&toolbox, serde_json::json!({"command": "env"})).await;
     let env = result["stdout"].as_str().expect("env output");
     assert!(!env.contains("sk-must-not-leak"), "{env}");
     assert!(!env.contains("CONCLAVE_TEST_SECRET_API_KEY"), "{env}");
-    let names: Vec<&str> = env.lines().filter_map(|l| l.split_once('=').map(|(k, _)| k)).collect();
+    let names: Vec<&str> = env
+        .lines()
+        .filter_map(|l| l.split_once('=').map(|(k, _)| k))
+        .collect();
     for name in &names {
         assert!(
             ["PATH", "HOME", "LANG", "PWD", "SHLVL", "_", "OLDPWD"].contains(name),
@@ -129,18 +168,37 @@ async fn the_environment_holds_none_of_the_nodes_variables() {
 async fn a_command_past_its_deadline_is_killed_with_its_process_group() {
     let dir = tempfile::tempdir().expect("tempdir");
     let workspace = dir.path().join("ws");
-    let toolbox = start_tools("s-timeout", &command_tools(&workspace, CommandMode::Local, spec())).await;
+    let toolbox = start_tools(
+        "s-timeout",
+        &command_tools(&workspace, CommandMode::Local, spec()),
+    )
+    .await;
     let started = std::time::Instant::now();
     let (record, result) = exec(
         &toolbox,
         serde_json::json!({"command": "sleep 60 & echo $! > bg.pid; echo started; sleep 60", "timeout": 1}),
     )
     .await;
-    assert!(started.elapsed() < Duration::from_secs(15), "killed at the deadline");
+    assert!(
+        started.elapsed() < Duration::from_secs(15),
+        "killed at the deadline"
+    );
     assert_eq!(record.error_type, Some("tool_error"), "{}", record.content);
-    assert!(record.content.contains("timed out after 1 seconds"), "{}", record.content);
-    assert!(record.content.contains("started"), "output so far is kept: {}", record.content);
-    assert!(result.is_null(), "an error result is prefixed: {}", record.content);
+    assert!(
+        record.content.contains("timed out after 1 seconds"),
+        "{}",
+        record.content
+    );
+    assert!(
+        record.content.contains("started"),
+        "output so far is kept: {}",
+        record.content
+    );
+    assert!(
+        result.is_null(),
+        "an error result is prefixed: {}",
+        record.content
+    );
     let pid: i32 = std::fs::read_to_string(workspace.join("bg.pid"))
         .expect("bg.pid")
         .trim()
@@ -152,8 +210,17 @@ async fn a_command_past_its_deadline_is_killed_with_its_process_group() {
     );
 
     // A command that ends normally takes what it left in the background with it.
-    let (_, result) = exec(&toolbox, serde_json::json!({"command": "sleep 60 & echo $!"})).await;
-    let pid: i32 = result["stdout"].as_str().unwrap().trim().parse().expect("a pid");
+    let (_, result) = exec(
+        &toolbox,
+        serde_json::json!({"command": "sleep 60 & echo $!"}),
+    )
+    .await;
+    let pid: i32 = result["stdout"]
+        .as_str()
+        .unwrap()
+        .trim()
+        .parse()
+        .expect("a pid");
     assert_eq!(result["exit_code"], 0);
     assert!(
         poll_until(WAIT, || (!alive(pid)).then_some(())).is_some(),
@@ -170,7 +237,11 @@ async fn output_beyond_the_cap_is_cut_with_a_note() {
         max_output_bytes: 1000,
         ..spec()
     };
-    let toolbox = start_tools("s-cap", &command_tools(&workspace, CommandMode::Local, capped)).await;
+    let toolbox = start_tools(
+        "s-cap",
+        &command_tools(&workspace, CommandMode::Local, capped),
+    )
+    .await;
     let (record, result) = exec(
         &toolbox,
         serde_json::json!({"command": "head -c 200000 /dev/zero | tr '\\0' x; head -c 5000 /dev/zero | tr '\\0' y >&2"}),
@@ -179,10 +250,17 @@ async fn output_beyond_the_cap_is_cut_with_a_note() {
     assert!(record.error.is_none(), "{}", record.content);
     let stdout = result["stdout"].as_str().unwrap();
     let stderr = result["stderr"].as_str().unwrap();
-    assert_eq!(stdout.chars().take_while(|c| *c == 'x').count(), 1000, "the budget is kept");
+    assert_eq!(
+        stdout.chars().take_while(|c| *c == 'x').count(),
+        1000,
+        "the budget is kept"
+    );
     assert!(stdout.contains("wrote 200000 bytes"), "{stdout}");
     assert!(stdout.contains("command_line_max_output_bytes"), "{stdout}");
-    assert!(stderr.starts_with("\n[conclave: output truncated"), "stderr shares the spent budget: {stderr}");
+    assert!(
+        stderr.starts_with("\n[conclave: output truncated"),
+        "stderr shares the spent budget: {stderr}"
+    );
     assert!(stderr.contains("wrote 5000 bytes"), "{stderr}");
     toolbox.shutdown().await;
 }
@@ -196,21 +274,48 @@ async fn allowed_and_blocked_lists_refuse_with_an_error_result() {
         blocked_commands: vec!["echo secret".into()],
         ..spec()
     };
-    let toolbox = start_tools("s-filter", &command_tools(&workspace, CommandMode::Local, filtered)).await;
+    let toolbox = start_tools(
+        "s-filter",
+        &command_tools(&workspace, CommandMode::Local, filtered),
+    )
+    .await;
     let (record, result) = exec(&toolbox, serde_json::json!({"command": "echo fine"})).await;
     assert!(record.error.is_none(), "{}", record.content);
     assert_eq!(result["stdout"], "fine\n");
 
-    let (record, _) = exec(&toolbox, serde_json::json!({"command": "cat /etc/hostname"})).await;
+    let (record, _) = exec(
+        &toolbox,
+        serde_json::json!({"command": "cat /etc/hostname"}),
+    )
+    .await;
     assert_eq!(record.error_type, Some("tool_error"));
-    assert!(record.content.contains("command_line_allowed_commands"), "{}", record.content);
+    assert!(
+        record.content.contains("command_line_allowed_commands"),
+        "{}",
+        record.content
+    );
 
-    let (record, _) = exec(&toolbox, serde_json::json!({"command": "echo secret > leak.txt"})).await;
-    assert!(record.content.contains("blocked pattern `echo secret`"), "{}", record.content);
-    assert!(!workspace.join("leak.txt").exists(), "a refused command never runs");
+    let (record, _) = exec(
+        &toolbox,
+        serde_json::json!({"command": "echo secret > leak.txt"}),
+    )
+    .await;
+    assert!(
+        record.content.contains("blocked pattern `echo secret`"),
+        "{}",
+        record.content
+    );
+    assert!(
+        !workspace.join("leak.txt").exists(),
+        "a refused command never runs"
+    );
 
     let (record, _) = exec(&toolbox, serde_json::json!({"command": "echo x; sudo ls"})).await;
-    assert!(record.content.contains("sudo"), "MassGen's built-in refusals: {}", record.content);
+    assert!(
+        record.content.contains("sudo"),
+        "MassGen's built-in refusals: {}",
+        record.content
+    );
     toolbox.shutdown().await;
 }
 

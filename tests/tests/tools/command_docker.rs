@@ -9,8 +9,8 @@ use conclave_agent::tools::ToolBox;
 use conclave_protocol::tools::{CommandLineSpec, CommandMode};
 use conclave_tests::{RUNNER_IMAGE as IMAGE, docker_ready, poll_until};
 
-use super::command::{command_tools, exec, spec, start_tools};
 use super::WAIT;
+use super::command::{command_tools, exec, spec, start_tools};
 
 pub(crate) fn docker_mode(network: &str) -> CommandMode {
     CommandMode::Docker {
@@ -46,10 +46,18 @@ async fn docker_mode_runs_in_the_agents_container_with_its_limits() {
     let dir = tempfile::tempdir().expect("tempdir");
     let workspace = dir.path().join("ws");
     let session = unique("s-docker");
-    let toolbox = start_tools(&session, &command_tools(&workspace, docker_mode("none"), spec())).await;
+    let toolbox = start_tools(
+        &session,
+        &command_tools(&workspace, docker_mode("none"), spec()),
+    )
+    .await;
     assert_eq!(toolbox.starts()[0].transport, "docker");
     let containers = containers_of(&session);
-    assert_eq!(containers.len(), 1, "one container per agent: {containers:?}");
+    assert_eq!(
+        containers.len(),
+        1,
+        "one container per agent: {containers:?}"
+    );
 
     // The workspace is mounted at its own path; files written inside show on the host.
     let (record, result) = exec(
@@ -61,12 +69,25 @@ async fn docker_mode_runs_in_the_agents_container_with_its_limits() {
     assert_eq!(result["exit_code"], 4, "{result}");
     let canonical = workspace.canonicalize().unwrap();
     let stdout = result["stdout"].as_str().unwrap();
-    assert!(stdout.starts_with(&canonical.display().to_string()), "{stdout}");
-    assert!(stdout.contains("root:x:0:0"), "the image's own files: {stdout}");
-    assert_eq!(std::fs::read_to_string(workspace.join("made.txt")).unwrap(), "from-container\n");
+    assert!(
+        stdout.starts_with(&canonical.display().to_string()),
+        "{stdout}"
+    );
+    assert!(
+        stdout.contains("root:x:0:0"),
+        "the image's own files: {stdout}"
+    );
+    assert_eq!(
+        std::fs::read_to_string(workspace.join("made.txt")).unwrap(),
+        "from-container\n"
+    );
 
     // Network none: only the loopback interface. No variable of this process inside.
-    let (_, result) = exec(&toolbox, serde_json::json!({"command": "ls /sys/class/net; env"})).await;
+    let (_, result) = exec(
+        &toolbox,
+        serde_json::json!({"command": "ls /sys/class/net; env"}),
+    )
+    .await;
     let stdout = result["stdout"].as_str().unwrap();
     let interfaces: Vec<&str> = stdout.lines().take_while(|l| !l.contains('=')).collect();
     assert_eq!(interfaces, ["lo"], "{stdout}");
@@ -79,7 +100,11 @@ async fn docker_mode_runs_in_the_agents_container_with_its_limits() {
         serde_json::json!({"command": "cat /sys/fs/cgroup/memory.max 2>/dev/null || cat /sys/fs/cgroup/memory/memory.limit_in_bytes"}),
     )
     .await;
-    assert_eq!(result["stdout"].as_str().unwrap().trim(), (64 * 1024 * 1024).to_string(), "{result}");
+    assert_eq!(
+        result["stdout"].as_str().unwrap().trim(),
+        (64 * 1024 * 1024).to_string(),
+        "{result}"
+    );
 
     // A command past its deadline is killed inside the container, children included.
     let (record, _) = exec(
@@ -87,7 +112,11 @@ async fn docker_mode_runs_in_the_agents_container_with_its_limits() {
         serde_json::json!({"command": "sleep 61 & sleep 62", "timeout": 1}),
     )
     .await;
-    assert!(record.content.contains("timed out after 1 seconds"), "{}", record.content);
+    assert!(
+        record.content.contains("timed out after 1 seconds"),
+        "{}",
+        record.content
+    );
     let sleeping = || async {
         let (_, result) = exec(&toolbox, serde_json::json!({"command": "ps"})).await;
         let ps = result["stdout"].as_str().unwrap_or_default().to_owned();
@@ -101,11 +130,18 @@ async fn docker_mode_runs_in_the_agents_container_with_its_limits() {
         }
         tokio::time::sleep(Duration::from_millis(250)).await;
     }
-    assert!(gone, "the timed-out command's processes survived in the container");
+    assert!(
+        gone,
+        "the timed-out command's processes survived in the container"
+    );
 
     // Shutdown (the session's end) removes the container.
     toolbox.shutdown().await;
-    assert!(containers_of(&session).is_empty(), "{:?}", containers_of(&session));
+    assert!(
+        containers_of(&session).is_empty(),
+        "{:?}",
+        containers_of(&session)
+    );
 }
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
@@ -115,10 +151,22 @@ async fn a_dropped_toolbox_removes_its_container_and_bridge_has_a_network() {
     }
     let dir = tempfile::tempdir().expect("tempdir");
     let session = unique("s-drop");
-    let toolbox = start_tools(&session, &command_tools(&dir.path().join("ws"), docker_mode("bridge"), spec())).await;
-    let (_, result) = exec(&toolbox, serde_json::json!({"command": "ls /sys/class/net"})).await;
+    let toolbox = start_tools(
+        &session,
+        &command_tools(&dir.path().join("ws"), docker_mode("bridge"), spec()),
+    )
+    .await;
+    let (_, result) = exec(
+        &toolbox,
+        serde_json::json!({"command": "ls /sys/class/net"}),
+    )
+    .await;
     assert!(
-        result["stdout"].as_str().unwrap().lines().any(|l| l != "lo"),
+        result["stdout"]
+            .as_str()
+            .unwrap()
+            .lines()
+            .any(|l| l != "lo"),
         "bridge mode has an interface besides lo: {result}"
     );
     drop(toolbox);

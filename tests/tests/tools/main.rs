@@ -151,9 +151,14 @@ async fn streamable_http_server_works_and_headers_are_expanded_on_the_node() {
 
     // A header whose variable is not set on the node: the start fails naming the variable.
     let none = |_: &str| None;
-    let error = ToolBox::start("test-session", "agent-a", &tools(vec![spec], ToolLimits::default()), &none)
-        .await
-        .expect_err("unset variable");
+    let error = ToolBox::start(
+        "test-session",
+        "agent-a",
+        &tools(vec![spec], ToolLimits::default()),
+        &none,
+    )
+    .await
+    .expect_err("unset variable");
     let text = error.to_string();
     assert!(
         text.contains("agent `agent-a`") && text.contains("MCP server `web`"),

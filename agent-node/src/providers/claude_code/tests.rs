@@ -260,13 +260,23 @@ fn program_and_options() {
         "",
     ))
     .expect("options");
-    assert_eq!(options.cwd.as_deref(), Some(std::path::Path::new("/tmp/ws")));
+    assert_eq!(
+        options.cwd.as_deref(),
+        Some(std::path::Path::new("/tmp/ws"))
+    );
     let system = system_prompt(&options, Some("Coordinate.".into()));
     assert_eq!(system.as_deref(), Some("You are terse.\n\nCoordinate."));
-    assert_eq!(system_prompt(&options, None).as_deref(), Some("You are terse."));
+    assert_eq!(
+        system_prompt(&options, None).as_deref(),
+        Some("You are terse.")
+    );
     assert_eq!(system_prompt(&CliOptions::default(), None), None);
     let args = arguments(&spec(None, ""), &options, system.as_deref());
-    assert!(args.join(" ").ends_with("--system-prompt You are terse.\n\nCoordinate. --disallowedTools Bash"), "{args:?}");
+    assert!(
+        args.join(" ")
+            .ends_with("--system-prompt You are terse.\n\nCoordinate. --disallowedTools Bash"),
+        "{args:?}"
+    );
     assert!(matches!(
         CliOptions::from_spec(&spec(Some(r#"{"allowed_tool": []}"#), "")),
         Err(ProviderError::Config(m)) if m.contains("allowed_tool")

@@ -173,10 +173,15 @@ pub async fn sweep_orphans() -> Result<Vec<String>, String> {
         }
         match docker(&["rm", "-f", name]).await {
             Ok(_) => {
-                info!(container = name, owner, "removed a runner container whose owner is gone");
+                info!(
+                    container = name,
+                    owner, "removed a runner container whose owner is gone"
+                );
                 removed.push(name.to_owned());
             }
-            Err(error) => warn!(container = name, %error, "cannot remove an orphaned runner container"),
+            Err(error) => {
+                warn!(container = name, %error, "cannot remove an orphaned runner container")
+            }
         }
     }
     Ok(removed)
@@ -230,7 +235,8 @@ impl Container {
                 }
             })
             .await;
-        if let Err(error) = docker(&["image", "inspect", "--format", "{{.Id}}", &settings.image]).await
+        if let Err(error) =
+            docker(&["image", "inspect", "--format", "{{.Id}}", &settings.image]).await
         {
             if error.contains("not installed") {
                 return Err(error);
@@ -466,7 +472,10 @@ mod tests {
     #[test]
     fn container_names_are_valid_for_docker() {
         let name = container_name("2025-01-01 12:00/x", "agent a");
-        assert!(name.starts_with("conclave-2025-01-01-12-00-x-agent-a-"), "{name}");
+        assert!(
+            name.starts_with("conclave-2025-01-01-12-00-x-agent-a-"),
+            "{name}"
+        );
         assert!(
             name.chars()
                 .all(|c| c.is_ascii_alphanumeric() || "_.-".contains(c))

@@ -60,7 +60,10 @@ const KILL_GRACE: Duration = Duration::from_secs(15);
 /// patterns always apply.
 const DANGEROUS: &[(&str, &str)] = &[
     (r"\brm\s+-rf\s+/", "use of `rm -rf /` is not allowed"),
-    (r"\bmv\b.*?\s+/dev/null", "moving files to /dev/null is not allowed"),
+    (
+        r"\bmv\b.*?\s+/dev/null",
+        "moving files to /dev/null is not allowed",
+    ),
     (r"\bdd\b", "use of `dd` is not allowed"),
     (
         r">\s*/dev/sd[a-z][1-9]?",
@@ -195,7 +198,10 @@ impl CommandTool {
                         std::fs::create_dir_all(dir)
                             .and_then(|()| dir.canonicalize())
                             .map_err(|error| {
-                                format!("cannot prepare the peers' directory {}: {error}", dir.display())
+                                format!(
+                                    "cannot prepare the peers' directory {}: {error}",
+                                    dir.display()
+                                )
                             })?,
                     ),
                     None => None,
@@ -311,9 +317,11 @@ pub(crate) async fn start_for_agent(
         stderr_tail: String::new(),
     };
     let workspace = tools.workspace.as_ref().ok_or_else(|| {
-        failed("the command tool runs commands in the agent's workspace, and this agent has none \
+        failed(
+            "the command tool runs commands in the agent's workspace, and this agent has none \
                 (give the backend a `cwd`)"
-            .to_owned())
+                .to_owned(),
+        )
     })?;
     let peers = Path::new(&workspace.peers_dir);
     let tool = CommandTool::start(
@@ -377,7 +385,9 @@ fn render(command: &str, dir: &Path, timeout: Duration, outcome: &Outcome) -> To
         if !stderr.is_empty() && !stderr.ends_with('\n') {
             stderr.push('\n');
         }
-        stderr.push_str(&format!("[conclave: the command was killed by signal {signal}]"));
+        stderr.push_str(&format!(
+            "[conclave: the command was killed by signal {signal}]"
+        ));
     }
     let exit_code = outcome.exit_code.map_or(Json::Null, Json::from);
     let body = json!({
@@ -478,12 +488,18 @@ mod tests {
 
     #[test]
     fn patterns_match_at_the_start_like_python_re_match() {
-        let filters = CommandFilters::new(&["python .*".into(), "ls".into()], &["ls -la".into()])
-            .unwrap();
+        let filters =
+            CommandFilters::new(&["python .*".into(), "ls".into()], &["ls -la".into()]).unwrap();
         assert!(filters.check("python x.py").is_ok());
-        assert!(filters.check("lsblk").is_ok(), "re.match is not anchored at the end");
+        assert!(
+            filters.check("lsblk").is_ok(),
+            "re.match is not anchored at the end"
+        );
         let refused = filters.check("echo python x").unwrap_err();
-        assert!(refused.contains("command_line_allowed_commands"), "{refused}");
+        assert!(
+            refused.contains("command_line_allowed_commands"),
+            "{refused}"
+        );
         let blocked = filters.check("ls -la /").unwrap_err();
         assert!(blocked.contains("`ls -la`"), "{blocked}");
         let bad = CommandFilters::new(&["(".into()], &[]).unwrap_err();

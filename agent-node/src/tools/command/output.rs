@@ -67,8 +67,7 @@ async fn read_capped<R: AsyncRead + Unpin>(
         let mut room = budget.load(Ordering::Relaxed);
         loop {
             let take = room.min(n as u64);
-            match budget.compare_exchange(room, room - take, Ordering::Relaxed, Ordering::Relaxed)
-            {
+            match budget.compare_exchange(room, room - take, Ordering::Relaxed, Ordering::Relaxed) {
                 Ok(_) => {
                     into.kept
                         .extend_from_slice(&buffer[..usize::try_from(take).unwrap_or(n)]);
