@@ -180,7 +180,9 @@ fn what_conclave_cannot_honour_is_refused_naming_the_key() {
     }
     // Claude Code runs commands with its own Bash tool.
     let yaml = "agents:\n  - id: c\n    backend:\n      type: claude_code\n      enable_mcp_command_line: true\n";
-    let err = load_str(yaml, "cmd.yaml", &no_env).err().expect("refused");
+    let err = load_str(yaml, "cmd.yaml", &no_env)
+        .err()
+        .unwrap_or_else(|| panic!("refused"));
     assert!(err.to_string().contains("Bash tool"), "{err}");
 }
 
@@ -189,7 +191,7 @@ fn a_submitted_config_may_run_commands_only_in_a_container() {
     let local = agent_yaml("enable_mcp_command_line: true\n");
     let err = load_str_untrusted(&local, "submitted")
         .err()
-        .expect("local refused");
+        .unwrap_or_else(|| panic!("local refused"));
     assert!(
         err.to_string()
             .contains("command_line_execution_mode: docker"),
@@ -200,7 +202,7 @@ fn a_submitted_config_may_run_commands_only_in_a_container() {
     );
     let err = load_str_untrusted(&host, "submitted")
         .err()
-        .expect("host network refused");
+        .unwrap_or_else(|| panic!("host network refused"));
     assert!(err.to_string().contains("`host` is refused"), "{err}");
     let docker = agent_yaml("enable_mcp_command_line: true\ncommand_line_execution_mode: docker\n");
     assert!(load_str_untrusted(&docker, "submitted").is_ok());
