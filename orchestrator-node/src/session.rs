@@ -250,23 +250,41 @@ pub fn build_backends(
 
 /// Starts the tools (MCP servers) of every local agent, concurrently; an agent placed on a
 /// node starts its own there and gets an empty toolbox here. Fails with the first required
-/// server that cannot start (naming the agent, the server and its stderr tail).
+/// server that cannot start (naming the agent, the server and its stderr tail). A local
+/// agent's workspace paths are absolute by now ([`place_workspaces`]).
 pub async fn start_tools(
+    session: &SessionId,
     config: &SessionConfig,
     env: &EnvFn,
 ) -> Result<Vec<Arc<ToolBox>>, SessionError> {
     let lookup = |key: &str| env(key);
+    let session = session.to_string();
+    let session = session.as_str();
     let starts = config.agents.iter().map(|agent| async {
         if agent.node.is_some() {
             return Ok(Arc::new(ToolBox::empty()));
         }
-        ToolBox::start(&agent.id, &agent.tools, &lookup)
+        ToolBox::start(session, &agent.id, &agent.tools, &lookup)
             .await
             .map(Arc::new)
     });
     futures::future::try_join_all(starts)
         .await
         .map_err(SessionError::from)
+}
+
+/// Stops every toolbox of a session that ended (MCP servers, runner containers), each within
+/// a bound.
+async fn shutdown_tools(toolboxes: &[Arc<ToolBox>]) {
+    let stops = toolboxes.iter().map(|tools| async move {
+        if tokio::time::timeout(Duration::from_secs(30), tools.shutdown())
+            .await
+            .is_err()
+        {
+            warn!("an agent's tools did not stop within 30 s");
+        }
+    });
+    futures::future::join_all(stops).await;
 }
 
 /// The distinct nodes a config places agents on, in config order.
@@ -432,7 +450,7 @@ pub async fn run_session(
         })?,
     };
     let backends = build_backends(&config, &env, http, cluster.as_ref())?;
-    let tools = start_tools(&config, &env).await?;
+    let tools = start_tools(&session, &config, &env).await?;
     let consensus_config =
         ConsensusConfig::from_settings(config.agents.len() as u32, &config.orchestrator);
     let machine = Consensus::new(consensus_config)?;
@@ -515,7 +533,7 @@ pub async fn resume_session(
         source,
     })?;
     let backends = build_backends(&plan.config, &env, http, cluster.as_ref())?;
-    let tools = start_tools(&plan.config, &env).await?;
+    let tools = start_tools(&plan.session, &plan.config, &env).await?;
     wait_for_nodes(&plan.config, cluster.as_ref()).await?;
     let remote = place_remote(&plan.session, &plan.config, cluster.as_ref()).await?;
     let journal = Journal::reopen(&plan.dir, plan.valid_len, Some(lock))?;
@@ -590,6 +608,7 @@ async fn drive(
         cluster,
     } = run;
     let (done_tx, done_rx) = oneshot::channel();
+    let toolboxes = tools.clone();
     let timeout = Duration::from_secs(config.timeouts.orchestrator_timeout_seconds.max(1));
     let args = SupervisorArgs {
         coordinator: CoordinatorArgs {
@@ -660,6 +679,7 @@ async fn drive(
         warn!("session actors did not stop within 5 s; killing them");
         supervisor.kill();
     }
+    shutdown_tools(&toolboxes).await;
     match outcome {
         Ok(Ok(outcome)) => Ok(outcome),
         Ok(Err(journal)) => Err(SessionError::Journal(journal)),

@@ -17,7 +17,9 @@
 //!
 //! `policy=tools,tool=NAME` makes a model that uses tools (see `policy`): it calls the offered
 //! tool `NAME` (or `mcp__{server}__NAME`; default `lookup`) once, then answers quoting its
-//! result.
+//! result. `tool_args=` gives the call's arguments, as `KEY~VALUE|KEY~VALUE` or as a
+//! percent-encoded JSON object (default: the tool's first required parameter set to the
+//! question).
 //!
 //! New options are added as one field on [`ModelOptions`] and one arm in
 //! [`ModelOptions::apply`]; [`KNOWN_KEYS`] lists them for the error message.
@@ -185,10 +187,12 @@ pub struct ModelOptions {
     /// How many times the `tools` policy calls its tool in one turn (one call per reply,
     /// counted by the tool results in the conversation) before it decides. Default 1.
     pub tool_calls: u32,
-    /// The arguments the `tools` policy calls its tool with (`tool_args=KEY~VALUE|KEY~VALUE`,
-    /// string values; `{n}` in a value becomes the call's number in the turn, from 1). Empty:
-    /// the tool's first required parameter set to the question.
-    pub tool_args: Vec<(String, String)>,
+    /// The arguments the `tools` policy calls its tool with, from `tool_args=`: either
+    /// `KEY~VALUE|KEY~VALUE` (string values) or a percent-encoded JSON object
+    /// (`%7B%22command%22%3A%22ls%22%7D` is `{"command":"ls"}`) for values of other types or
+    /// with `,`/`|` in them. `{n}` in a string value becomes the call's number in the turn,
+    /// from 1. Empty: the tool's first required parameter set to the question.
+    pub tool_args: Vec<(String, serde_json::Value)>,
     /// Whether the request body is kept in the request log (`record_body=true`).
     pub record_body: bool,
 }
@@ -420,19 +424,29 @@ impl ModelOptions {
                 self.tool_calls = u32::try_from(calls).unwrap_or(1);
             }
             "tool_args" => {
-                self.tool_args = value
-                    .split('|')
-                    .map(|pair| {
-                        pair.split_once('~')
-                            .filter(|(k, _)| !k.trim().is_empty())
-                            .map(|(k, v)| (k.trim().to_owned(), v.to_owned()))
-                    })
-                    .collect::<Option<Vec<_>>>()
-                    .ok_or_else(|| OptionError::BadValue {
-                        key: key.to_owned(),
-                        value: value.to_owned(),
-                        expected: "KEY~VALUE pairs separated by `|`, e.g. path~notes.md|content~hi",
-                    })?;
+                self.tool_args = if value.starts_with('%') {
+                    percent_decode(value)
+                        .and_then(|text| serde_json::from_str::<serde_json::Value>(&text).ok())
+                        .and_then(|json| match json {
+                            serde_json::Value::Object(map) => Some(map.into_iter().collect()),
+                            _ => None,
+                        })
+                } else {
+                    value
+                        .split('|')
+                        .map(|pair| {
+                            pair.split_once('~')
+                                .filter(|(k, _)| !k.trim().is_empty())
+                                .map(|(k, v)| (k.trim().to_owned(), serde_json::json!(v)))
+                        })
+                        .collect::<Option<Vec<_>>>()
+                }
+                .ok_or_else(|| OptionError::BadValue {
+                    key: key.to_owned(),
+                    value: value.to_owned(),
+                    expected: "KEY~VALUE pairs separated by `|` (path~notes.md|content~hi), or a \
+                               percent-encoded JSON object (%7B%22command%22%3A%22ls%22%7D)",
+                })?;
             }
             "record_body" => {
                 self.record_body = match value {
@@ -456,6 +470,29 @@ impl ModelOptions {
         }
         Ok(())
     }
+}
+
+/// Decodes `%XX` escapes; `None` for a bad escape, a raw `,`, `:` or `=` (which the model
+/// string grammar would have split on) or text that is not UTF-8.
+fn percent_decode(value: &str) -> Option<String> {
+    let bytes = value.as_bytes();
+    let mut out = Vec::with_capacity(bytes.len());
+    let mut i = 0;
+    while i < bytes.len() {
+        match bytes[i] {
+            b'%' => {
+                let hex = std::str::from_utf8(bytes.get(i + 1..i + 3)?).ok()?;
+                out.push(u8::from_str_radix(hex, 16).ok()?);
+                i += 3;
+            }
+            b',' | b':' | b'=' => return None,
+            byte => {
+                out.push(byte);
+                i += 1;
+            }
+        }
+    }
+    String::from_utf8(out).ok()
 }
 
 const TOKENS_RANGE: &str = "an integer from 1 to 100000";
@@ -518,6 +555,31 @@ mod tests {
         assert_eq!(options.token_delay, Duration::from_millis(20));
         assert_eq!(options.first_byte_delay, Duration::from_millis(7));
         assert_eq!(options.policy, Policy::Answer);
+    }
+
+    #[test]
+    fn tool_args_are_a_percent_encoded_json_object() {
+        let options = parse("m:policy=tools,tool=execute_command,tool_args=%7B%22command%22%3A%22echo%20a%2Cb%22%7D")
+            .expect("valid options");
+        assert_eq!(
+            options.tool_args,
+            vec![("command".to_owned(), serde_json::json!("echo a,b"))]
+        );
+        let pairs = parse("m:tool_args=path~notes-{n}.md|content~hi").expect("pairs");
+        assert_eq!(
+            pairs.tool_args,
+            vec![
+                ("path".to_owned(), serde_json::json!("notes-{n}.md")),
+                ("content".to_owned(), serde_json::json!("hi")),
+            ]
+        );
+        for bad in ["%5B1%5D", "%7Bnot", "%ZZ", "no-tilde"] {
+            let error = parse(&format!("m:tool_args={bad}")).expect_err(bad);
+            assert!(
+                error.to_string().contains("percent-encoded JSON object"),
+                "{error}"
+            );
+        }
     }
 
     #[test]

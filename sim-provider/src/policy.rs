@@ -192,7 +192,15 @@ impl Reply {
                 options
                     .tool_args
                     .iter()
-                    .map(|(key, value)| (key.clone(), json!(value.replace("{n}", &call_number))))
+                    .map(|(key, value)| {
+                        let value = match value {
+                            serde_json::Value::String(text) => {
+                                json!(text.replace("{n}", &call_number))
+                            }
+                            other => other.clone(),
+                        };
+                        (key.clone(), value)
+                    })
                     .collect::<serde_json::Map<String, serde_json::Value>>()
                     .into()
             }

@@ -407,3 +407,71 @@ pub fn wait_for_event(
             .find(|event| event["type"] == kind && matches(event))
     })
 }
+
+/// The runner image of the docker-mode command tool tests (`deploy/runner-image/build.sh
+/// --flavour minimal`).
+pub const RUNNER_IMAGE: &str = "conclave-runner:minimal";
+
+/// Whether docker-mode tests can run: a Docker engine answers and [`RUNNER_IMAGE`] exists
+/// (built with `deploy/runner-image/build.sh` when it does not). Without an engine this prints
+/// that the test did not run and returns `false`, except under `CI=true`, where it panics.
+pub fn docker_ready() -> bool {
+    let engine = Command::new("docker")
+        .args(["info", "--format", "{{.ServerVersion}}"])
+        .output()
+        .is_ok_and(|o| o.status.success());
+    if !engine {
+        assert!(
+            std::env::var("CI").as_deref() != Ok("true"),
+            "CI=true: no Docker engine answers `docker info`; the docker-mode command tool tests need one"
+        );
+        eprintln!("skipped: no Docker engine answers `docker info`");
+        return false;
+    }
+    let present = || {
+        Command::new("docker")
+            .args(["image", "inspect", RUNNER_IMAGE])
+            .output()
+            .is_ok_and(|o| o.status.success())
+    };
+    if !present() {
+        let script = concat!(
+            env!("CARGO_MANIFEST_DIR"),
+            "/../deploy/runner-image/build.sh"
+        );
+        let built = Command::new("bash")
+            .args([script, "--flavour", "minimal", "--tag", RUNNER_IMAGE])
+            .status()
+            .is_ok_and(|s| s.success());
+        assert!(
+            built && present(),
+            "deploy/runner-image/build.sh could not build {RUNNER_IMAGE}"
+        );
+    }
+    true
+}
+
+/// The names of the runner containers (label `conclave.runner`) carrying label `filter`
+/// (`key=value`), running or not.
+pub fn runner_containers(filter: &str) -> Vec<String> {
+    let output = Command::new("docker")
+        .args([
+            "ps",
+            "-a",
+            "--filter",
+            "label=conclave.runner",
+            "--filter",
+            &format!("label={filter}"),
+            "--format",
+            "{{.Names}}",
+        ])
+        .output();
+    output
+        .map(|o| {
+            String::from_utf8_lossy(&o.stdout)
+                .lines()
+                .map(str::to_owned)
+                .collect()
+        })
+        .unwrap_or_default()
+}

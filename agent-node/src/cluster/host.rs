@@ -375,7 +375,13 @@ impl AgentHost {
         }
         tokio::spawn(async move {
             let lookup = |key: &str| env.get(key);
-            let result = ToolBox::start(&request.spec.id, &tools, &lookup).await;
+            let result = ToolBox::start(
+                &request.session.to_string(),
+                &request.spec.id,
+                &tools,
+                &lookup,
+            )
+            .await;
             // A host that is gone drops the message, and with it the servers.
             let _ = reply.send_message(HostMsg::ToolsStarted(Box::new(ToolsStarted {
                 request,

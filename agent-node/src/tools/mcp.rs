@@ -186,8 +186,9 @@ impl Drop for Connection {
     }
 }
 
+/// Kills process group `group` with SIGKILL (a no-op for `group <= 0`).
 #[cfg(unix)]
-fn kill_group(group: i32) {
+pub(crate) fn kill_group(group: i32) {
     if group > 0 {
         // SAFETY: kill(2) with a negative pid signals that process group; no memory is shared.
         let _ = unsafe { libc::kill(-group, libc::SIGKILL) };
@@ -195,7 +196,7 @@ fn kill_group(group: i32) {
 }
 
 #[cfg(not(unix))]
-fn kill_group(_group: i32) {}
+pub(crate) fn kill_group(_group: i32) {}
 
 /// Restart bookkeeping.
 #[derive(Default)]

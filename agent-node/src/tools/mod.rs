@@ -45,6 +45,7 @@
 //! Unknown names (neither workflow nor offered) can go through `call_batch` too: they come
 //! back as "there is no tool named ..." results listing the offered tools.
 
+pub mod command;
 pub mod mcp;
 pub mod workspace;
 
@@ -122,6 +123,12 @@ pub trait ToolKind: Send + Sync {
     }
     /// Stops whatever the kind runs (child processes, connections). Idempotent.
     fn shutdown(&self) -> BoxFuture<'_, ()>;
+    /// A kind that bounds its calls itself (the command tool kills a command at its own
+    /// deadline) says how long a call may take; the toolbox then waits that long instead of
+    /// `tool_timeout_seconds`. `None`: the toolbox's bound applies.
+    fn timeout(&self) -> Option<Duration> {
+        None
+    }
 }
 
 /// The MassGen name of tool `tool` of server `server`.
@@ -241,7 +248,11 @@ impl ToolBox {
     /// cannot start is left out and reported in [`Self::starts`]. `env` resolves `${VAR}` in
     /// the servers' command, args, env, cwd, url and headers (the environment of the node that
     /// runs the agent).
+    ///
+    /// With `command_line`, the command tool ([`command`]) starts too, in the agent's
+    /// workspace; in docker mode that starts the agent's container, labelled with `session`.
     pub async fn start(
+        session: &str,
         agent_id: &str,
         tools: &AgentTools,
         env: &EnvFn<'_>,
@@ -263,6 +274,11 @@ impl ToolBox {
             if let Some(server) = server {
                 kinds.push((server.clone(), server.filter()));
             }
+            starts.push(start);
+        }
+        if let Some(spec) = &tools.command_line {
+            let (tool, start) = command::start_for_agent(session, agent_id, tools, spec).await?;
+            kinds.push((Arc::new(tool), ToolFilter::default()));
             starts.push(start);
         }
         let mut toolbox = Self::from_filtered_kinds(kinds, tools.limits);
@@ -443,7 +459,9 @@ impl ToolBox {
             ))
         })?;
         let kind = &self.kinds[entry.kind];
-        let timeout = Duration::from_secs(self.limits.tool_timeout_seconds.max(1));
+        let timeout = kind
+            .timeout()
+            .unwrap_or_else(|| Duration::from_secs(self.limits.tool_timeout_seconds.max(1)));
         match tokio::time::timeout(timeout, kind.call_during(mode, &entry.tool, arguments)).await {
             Ok(Ok(output)) => Ok(output),
             Ok(Err(ToolError::Failed(problem))) => Err((

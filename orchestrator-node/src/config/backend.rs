@@ -118,17 +118,21 @@ const ANTHROPIC_PARAMS: &[&str] = &["top_k", "stop_sequences", "metadata", "serv
 
 /// The Claude Code CLI settings MassGen's `claude_code` backend takes at the top level of
 /// `backend:`, passed on like `extra_body` (the provider reads them from there): the tool
-/// allow and deny lists, the permission mode and the turn bound. They restrict what the CLI
-/// may do, so they are honoured, never dropped.
+/// allow and deny lists, the permission mode, the turn bound, the CLI's working directory
+/// (`cwd`, the agent's workspace) and the base of its system prompt (`system_prompt`). They
+/// decide what the CLI may do and is told, so they are honoured, never dropped (other
+/// backends refuse `cwd` and `system_prompt`).
 const CLAUDE_CODE_PARAMS: &[&str] = &[
     "allowed_tools",
     "disallowed_tools",
     "permission_mode",
     "max_turns",
+    "cwd",
+    "system_prompt",
 ];
 
 /// The request parameters passed through for `wire`.
-fn passthrough_params(wire: WireFormat) -> &'static [&'static str] {
+pub(crate) fn passthrough_params(wire: WireFormat) -> &'static [&'static str] {
     match wire {
         WireFormat::OpenAiChat | WireFormat::AzureOpenAi => CHAT_PARAMS,
         WireFormat::OpenAiResponses => RESPONSES_PARAMS,

@@ -36,6 +36,7 @@
 //! before any provider call.
 
 mod backend;
+mod command_line;
 mod env;
 mod error;
 mod massgen;

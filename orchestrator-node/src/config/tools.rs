@@ -27,12 +27,12 @@
 //!   is off (an untrusted config); its `streamable-http` URLs are checked by the server against
 //!   its base-URL allow-list.
 //! - **No MassGen key that changes what an agent can do loads with only a warning**:
-//!   `custom_tools`, `enable_mcp_command_line`, `enable_*_generation`, `command_line_*`,
-//!   `mcp_servers` on `claude_code` (the CLI runs its own tool loop) are refused, naming the
-//!   key, until conclave supports them. A key that is set to its "off" value (`false`, an
-//!   empty list) is accepted. `cwd`, `context_paths` and `max_file_read_bytes` (the agent's
-//!   file workspace) are read in module `workspace`; on `claude_code`, whose CLI has its own
-//!   file tools, `cwd` is refused with a hint to pass it as `extra_body: {cwd: ...}`.
+//!   `custom_tools`, `enable_*_generation`, `mcp_servers` on `claude_code` (the CLI runs its
+//!   own tool loop) are refused, naming the key, until conclave supports them. A key that is
+//!   set to its "off" value (`false`, an empty list) is accepted. `cwd`, `context_paths` and
+//!   `max_file_read_bytes` (the agent's file workspace) are read in module `workspace`.
+//! - The command tool (`enable_mcp_command_line`, `command_line_*`) is read in module
+//!   `command_line`.
 //! - MassGen's legacy `type: sse` is refused with a hint to use `streamable-http`: rmcp, the
 //!   official Rust SDK, no longer has an SSE client.
 
@@ -51,11 +51,6 @@ const REFUSED: &[(&str, &str)] = &[
          (`mcp_servers`) for the tool, or remove the key",
     ),
     (
-        "enable_mcp_command_line",
-        "MassGen's command-line MCP tool is not supported yet by conclave; remove the key or \
-         set it to false",
-    ),
-    (
         "enable_image_generation",
         "image generation is not supported yet by conclave; remove the key or set it to false",
     ),
@@ -72,9 +67,6 @@ const REFUSED: &[(&str, &str)] = &[
         "file generation is not supported yet by conclave; remove the key or set it to false",
     ),
 ];
-
-/// Prefix of MassGen's command-line execution keys (`command_line_execution_mode`, ...).
-const COMMAND_LINE_PREFIX: &str = "command_line_";
 
 /// Whether a value turns a feature on: anything but null, `false`, `""`, `[]` or `{}`.
 pub(crate) fn is_on(node: &Node) -> bool {
@@ -111,20 +103,17 @@ pub(crate) fn resolve(
     wire: WireFormat,
     ctx: &mut Ctx<'_>,
 ) -> Result<AgentTools, ConfigError> {
-    refuse_keys(fields, REFUSED, ctx)?;
-    refuse_keys(fields, super::massgen::BACKEND_REFUSED, ctx)?;
-    for key in fields.keys_with_prefix(COMMAND_LINE_PREFIX) {
-        let path = fields.child_path(&key);
-        if let Some(node) = fields.take(&key)
-            && is_on(node)
-        {
-            return Err(ctx.invalid(
-                &path,
-                "MassGen's command-line execution is not supported yet by conclave; remove \
-                 the `command_line_*` keys",
-            ));
-        }
-    }
+    // A key the backend's wire format takes as a parameter (`cwd` and `system_prompt` of
+    // `claude_code`) was read already and is not refused.
+    let taken = super::backend::passthrough_params(wire);
+    let refused: Vec<(&str, &str)> = REFUSED
+        .iter()
+        .chain(super::massgen::BACKEND_REFUSED)
+        .filter(|(key, _)| !taken.contains(key))
+        .copied()
+        .collect();
+    refuse_keys(fields, &refused, ctx)?;
+    let command_line = super::command_line::resolve(fields, wire, ctx)?;
 
     let limits = limits(fields, ctx)?;
     let allowed = optional(fields, "allowed_tools", |f| name_list(f, ctx))?;
@@ -137,13 +126,6 @@ pub(crate) fn resolve(
         excluded.extend(disallowed.into_iter().filter(|n| n.starts_with("mcp__")));
     }
 
-    if wire == WireFormat::ClaudeCode && fields.has("cwd") {
-        return Err(ctx.invalid(
-            &fields.child_path("cwd"),
-            "the `claude_code` backend runs the Claude Code CLI with its own file tools; \
-             pass its working directory as `extra_body: {cwd: ...}` instead of `cwd`",
-        ));
-    }
     let workspace = super::workspace::backend_keys(fields, ctx, allowed.as_deref(), &excluded)?;
 
     let servers_path = fields.child_path("mcp_servers");
@@ -191,7 +173,7 @@ pub(crate) fn resolve(
         limits,
         // A draft until the whole config is read (`workspace::finish`).
         workspace: Some(workspace),
-        ..AgentTools::default()
+        command_line,
     })
 }
 

@@ -22,8 +22,9 @@
 //!   (what one file tool call reads into a prompt, 256 KiB). An agent's `backend:` may set its
 //!   own `max_file_read_bytes`, beside `max_tool_result_bytes`.
 //!
-//! Who gets a workspace: an agent with `cwd`, or any agent when context paths apply to it. An
-//! agent with neither has no file tools. Without `cwd` the session chooses
+//! Who gets a workspace: an agent with `cwd`, an agent with the command tool
+//! (`enable_mcp_command_line`, whose commands run there), or any agent when context paths
+//! apply to it. An agent with none of these has no file tools. Without `cwd` the session chooses
 //! `<session dir>/workspaces/<agent id>` (see `crate::session::place_workspaces`).
 //!
 //! Where relative paths point, and why: relative to the config file's directory (or the
@@ -303,7 +304,9 @@ pub(crate) fn finish(
             }
         }
         spec.context_paths = paths;
-        if !spec.configured && spec.context_paths.is_empty() {
+        // The command tool runs in the agent's workspace: it keeps one even without `cwd`
+        // (the session places it under its directory, `session::place_workspaces`).
+        if !spec.configured && spec.context_paths.is_empty() && agent.tools.command_line.is_none() {
             continue;
         }
         let read_bytes = spec.limits.max_file_read_bytes;

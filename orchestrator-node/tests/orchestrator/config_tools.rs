@@ -139,19 +139,14 @@ fn tool_keys_conclave_cannot_run_are_refused_naming_the_key() {
             "custom tools are not supported yet",
         ),
         (
-            "enable_mcp_command_line",
-            "true",
-            "command-line MCP tool is not supported yet",
-        ),
-        (
             "enable_image_generation",
             "true",
             "image generation is not supported yet",
         ),
         (
-            "command_line_execution_mode",
-            "docker",
-            "command-line execution is not supported yet",
+            "command_line_docker_packages",
+            "{preinstalled: [numpy]}",
+            "build them into the image",
         ),
     ] {
         let err = backend_err(&format!("type: openai\nmodel: m\n{key}: {value}\n"));

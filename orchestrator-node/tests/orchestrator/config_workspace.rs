@@ -196,11 +196,6 @@ fn bad_workspace_keys_get_errors_that_say_what_to_write() {
             "orchestrator.max_file_read_bytes",
             "from 256",
         ),
-        (
-            "agent:\n  backend: {type: claude_code, cwd: /w}\n".to_owned(),
-            "agent.backend.cwd",
-            "extra_body",
-        ),
     ] {
         let err = load_err(&yaml);
         assert_eq!(err.key_path(), Some(path), "{err}");

@@ -4,6 +4,7 @@
 //! rustls and the rest, so separate binaries cost link time and gigabytes of disk. Each module
 //! keeps its own docs; run one with `cargo test -p <crate> --test orchestrator <module>::`.
 
+mod config_command_line;
 mod config_loading;
 mod config_tools;
 mod config_workspace;

@@ -72,7 +72,7 @@ async fn toolbox(server: McpServerSpec) -> anyhow::Result<ToolBox> {
         ..AgentTools::default()
     };
     let env = |_: &str| None;
-    Ok(ToolBox::start("bench", &tools, &env).await?)
+    Ok(ToolBox::start("bench-session", "bench", &tools, &env).await?)
 }
 
 fn percentile(sorted: &[Duration], p: f64) -> Duration {

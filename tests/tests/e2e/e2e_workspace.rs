@@ -50,9 +50,10 @@ async fn agents_write_in_their_cwd_the_winner_leaves_its_files_and_escapes_are_r
     let root = std::fs::canonicalize(dir.path()).expect("canonical tempdir");
     std::fs::create_dir_all(root.join("conf")).expect("conf dir");
     let base_url = sim.base_url();
-    // Relative `cwd`s: relative to the config file's directory (`conf/`).
+    // Relative `cwd`s: relative to the config file's directory (`conf/`). Beta starts 400 ms
+    // late, so alpha answers first and wins the vote.
     let yaml = format!(
-        "agents:\n  - id: alpha\n    backend:\n      type: sim\n      model: \"sim-a:policy=tools,tool=write_file,tool_args=path~report.md|content~alpha wrote this\"\n      base_url: \"{base_url}\"\n      cwd: work/alpha\n  - id: beta\n    backend:\n      type: sim\n      model: \"sim-b:policy=tools,tool=write_file,tool_args=path~../../escaped.txt|content~should not exist\"\n      base_url: \"{base_url}\"\n      cwd: work/beta\norchestrator:\n  restart_policy: cancel\n  max_new_answers_per_agent: 1\ntimeout_settings:\n  orchestrator_timeout_seconds: 60\n"
+        "agents:\n  - id: alpha\n    backend:\n      type: sim\n      model: \"sim-a:policy=tools,tool=write_file,tool_args=path~report.md|content~alpha wrote this\"\n      base_url: \"{base_url}\"\n      cwd: work/alpha\n  - id: beta\n    backend:\n      type: sim\n      model: \"sim-b:policy=tools,first_byte_ms=400,tool=write_file,tool_args=path~../../escaped.txt|content~should not exist\"\n      base_url: \"{base_url}\"\n      cwd: work/beta\norchestrator:\n  restart_policy: cancel\n  max_new_answers_per_agent: 1\ntimeout_settings:\n  orchestrator_timeout_seconds: 60\n"
     );
     let config = root.join("conf/workspace.yaml");
     std::fs::write(&config, yaml).expect("write config");

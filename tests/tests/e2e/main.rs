@@ -10,6 +10,7 @@ mod e2e_batch_cluster;
 mod e2e_budget;
 mod e2e_cluster;
 mod e2e_cluster_hardening;
+mod e2e_commands;
 mod e2e_continue;
 mod e2e_faults;
 mod e2e_inject;

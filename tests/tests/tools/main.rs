@@ -6,6 +6,9 @@
 //! interpreter from `CONCLAVE_TEST_PYTHON` (a venv with `mcp` installed; `.ci/run` makes one);
 //! without it the test says it did not run, except under `CI=true`, where that is a failure.
 
+mod command;
+mod command_docker;
+
 use std::time::Duration;
 
 use conclave_agent::tools::{ToolBox, ToolCallRecord, ToolStartError};
@@ -44,7 +47,7 @@ async fn start(servers: Vec<McpServerSpec>, limits: ToolLimits) -> Result<ToolBo
     let env = |_: &str| None;
     tokio::time::timeout(
         WAIT,
-        ToolBox::start("agent-a", &tools(servers, limits), &env),
+        ToolBox::start("test-session", "agent-a", &tools(servers, limits), &env),
     )
     .await
     .expect("the toolbox starts within the deadline")
@@ -136,6 +139,7 @@ async fn streamable_http_server_works_and_headers_are_expanded_on_the_node() {
     let toolbox = tokio::time::timeout(
         WAIT,
         ToolBox::start(
+            "test-session",
             "agent-a",
             &tools(vec![spec.clone()], ToolLimits::default()),
             &env,
@@ -153,9 +157,14 @@ async fn streamable_http_server_works_and_headers_are_expanded_on_the_node() {
 
     // A header whose variable is not set on the node: the start fails naming the variable.
     let none = |_: &str| None;
-    let error = ToolBox::start("agent-a", &tools(vec![spec], ToolLimits::default()), &none)
-        .await
-        .expect_err("unset variable");
+    let error = ToolBox::start(
+        "test-session",
+        "agent-a",
+        &tools(vec![spec], ToolLimits::default()),
+        &none,
+    )
+    .await
+    .expect_err("unset variable");
     let text = error.to_string();
     assert!(
         text.contains("agent `agent-a`") && text.contains("MCP server `web`"),

@@ -55,8 +55,11 @@
 //! Settings the CLI does not take (temperature, top_p, max_tokens, reasoning effort) are
 //! ignored with a debug log; `thinking_budget` becomes `MAX_THINKING_TOKENS`. CLI settings
 //! live in `extra_body`, as a JSON object with the keys `cwd`, `allowed_tools`,
-//! `disallowed_tools`, `permission_mode` and `max_turns` (MassGen's `claude_code` backend
-//! names); an unknown key is a configuration error.
+//! `disallowed_tools`, `permission_mode`, `max_turns` and `system_prompt` (MassGen's
+//! `claude_code` backend names, which the config loader moves there from `backend:`); an
+//! unknown key is a configuration error. `cwd` is the directory the CLI works in (created when
+//! missing, as MassGen creates the agent's workspace); `system_prompt` heads the CLI's
+//! `--system-prompt`, before the agent's system message and conclave's instructions.
 //!
 //! Files: `mod.rs` builds the command line and the prompt and finds calls in the reply,
 //! `run.rs` drives the child process, `parse.rs` is the parser state machine over its
@@ -136,6 +139,26 @@ pub struct CliOptions {
     /// `--max-turns`: agentic turns the CLI may take within one call.
     #[serde(default)]
     pub max_turns: Option<u32>,
+    /// MassGen's backend `system_prompt`: the base of the CLI's `--system-prompt`, ahead of
+    /// the conversation's system messages (the agent's `system_message` and conclave's
+    /// coordination instructions), as MassGen puts its workflow prompt after the base one.
+    #[serde(default)]
+    pub system_prompt: Option<String>,
+}
+
+/// The CLI's system prompt: the configured base ([`CliOptions::system_prompt`]) and then the
+/// conversation's system text, blank-line separated; `None` when both are empty.
+pub fn system_prompt(options: &CliOptions, from_messages: Option<String>) -> Option<String> {
+    let base = options
+        .system_prompt
+        .as_deref()
+        .map(str::trim)
+        .filter(|s| !s.is_empty());
+    match (base, from_messages) {
+        (Some(base), Some(rest)) => Some(format!("{base}\n\n{rest}")),
+        (Some(base), None) => Some(base.to_owned()),
+        (None, rest) => rest,
+    }
 }
 
 impl CliOptions {
@@ -147,7 +170,8 @@ impl CliOptions {
         serde_json::from_str(text).map_err(|e| {
             ProviderError::Config(format!(
                 "extra_body of Claude Code backend `{}` is not valid: {e}; it takes a JSON object \
-                 with cwd, allowed_tools, disallowed_tools, permission_mode and max_turns",
+                 with cwd, allowed_tools, disallowed_tools, permission_mode, max_turns and \
+                 system_prompt",
                 spec.provider
             ))
         })
@@ -388,7 +412,15 @@ pub(crate) async fn stream(
             "the Claude Code CLI takes no temperature, top_p, max_tokens or reasoning effort; ignored"
         );
     }
-    let (system, prompt) = prompt(request);
+    let (system, mut prompt) = prompt(request);
+    let system = match system_prompt(&options, system) {
+        // Too long for one argument: it heads the prompt instead (see `prompt`).
+        Some(text) if text.len() > MAX_SYSTEM_ARG_BYTES => {
+            prompt = format!("<instructions>\n{text}\n</instructions>\n\n{prompt}");
+            None
+        }
+        other => other,
+    };
     let args = arguments(spec, &options, system.as_deref());
     run::start(
         target,

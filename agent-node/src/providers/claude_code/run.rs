@@ -58,6 +58,13 @@ pub(super) fn start(
         command.env("MAX_THINKING_TOKENS", budget.to_string());
     }
     if let Some(cwd) = &options.cwd {
+        // The agent's workspace: created when missing (MassGen does the same).
+        std::fs::create_dir_all(cwd).map_err(|error| {
+            ProviderError::Config(format!(
+                "cannot create the Claude Code working directory {} (`cwd`): {error}",
+                cwd.display()
+            ))
+        })?;
         command.current_dir(cwd);
     }
     let mut child = command

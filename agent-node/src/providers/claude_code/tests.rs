@@ -254,6 +254,29 @@ fn program_and_options() {
         "-p --output-format stream-json --verbose --include-partial-messages --model sonnet \
          --system-prompt sys --max-turns 3 --allowedTools Read,Grep --permission-mode plan"
     );
+    // MassGen's backend `system_prompt` heads the system text; disallowed_tools are passed.
+    let options = CliOptions::from_spec(&spec(
+        Some(r#"{"system_prompt": "You are terse.", "disallowed_tools": ["Bash"], "cwd": "/tmp/ws"}"#),
+        "",
+    ))
+    .expect("options");
+    assert_eq!(
+        options.cwd.as_deref(),
+        Some(std::path::Path::new("/tmp/ws"))
+    );
+    let system = system_prompt(&options, Some("Coordinate.".into()));
+    assert_eq!(system.as_deref(), Some("You are terse.\n\nCoordinate."));
+    assert_eq!(
+        system_prompt(&options, None).as_deref(),
+        Some("You are terse.")
+    );
+    assert_eq!(system_prompt(&CliOptions::default(), None), None);
+    let args = arguments(&spec(None, ""), &options, system.as_deref());
+    assert!(
+        args.join(" ")
+            .ends_with("--system-prompt You are terse.\n\nCoordinate. --disallowedTools Bash"),
+        "{args:?}"
+    );
     assert!(matches!(
         CliOptions::from_spec(&spec(Some(r#"{"allowed_tool": []}"#), "")),
         Err(ProviderError::Config(m)) if m.contains("allowed_tool")
