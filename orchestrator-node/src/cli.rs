@@ -30,7 +30,7 @@ use tokio_util::sync::CancellationToken;
 
 use crate::cluster::{Cluster, PlaceError};
 use crate::config::{self, EnvLookup};
-use crate::coordinator::{SessionOutcome, reason_name};
+use crate::outcome::SessionOutcome;
 use crate::demo;
 use crate::display::Display;
 use crate::session::{EnvFn, SessionError, SessionPlan, new_session_id, run_session, session_dir};
@@ -594,7 +594,7 @@ impl Thread {
             final_answer: outcome.final_answer.clone(),
             winner: outcome.winner.clone(),
             label: outcome.label.clone(),
-            reason: reason_name(outcome.reason).to_owned(),
+            reason: outcome.reason.as_str().to_owned(),
             input_tokens: outcome.usage.input_tokens,
             output_tokens: outcome.usage.output_tokens,
             cost_usd: outcome.cost_usd,
@@ -754,7 +754,7 @@ pub(crate) fn print_summary(outcome: &SessionOutcome, dir: &std::path::Path) {
     eprintln!(
         "session {}: {} · winner {} · {} answer(s), {} turn(s) · {} input + {} output tokens{cost} · {:.1} s · {}",
         outcome.session,
-        reason_name(outcome.reason),
+        outcome.reason.as_str(),
         winner,
         outcome.answers,
         outcome.turns,

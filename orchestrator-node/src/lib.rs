@@ -4,7 +4,8 @@
 //! other's answers anonymously, and vote until they agree.
 //!
 //! * [`consensus`]: the pure state machine of the consensus rules (no I/O, no clock).
-//! * [`coordinator`]: the actor that owns a session's state machine and journal.
+//! * [`coordinator`]: the actor that owns a session's state machine and journal; [`outcome`]:
+//!   how a session ended (its exit code, the reason's name), as its callers read it.
 //! * [`session`]: the SessionSupervisor and [`session::run_session`].
 //! * [`cluster`]: the node server agent nodes join (`--listen`), and the gateway that places
 //!   agents on them, heartbeats them and routes their traffic.
@@ -29,6 +30,7 @@ pub mod coordinator;
 pub mod demo;
 pub mod display;
 pub mod journal;
+pub mod outcome;
 pub mod pricing;
 pub mod probe;
 pub mod resume;

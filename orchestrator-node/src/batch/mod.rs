@@ -56,7 +56,7 @@ use crate::cli::{
 };
 use crate::cluster::Cluster;
 use crate::config;
-use crate::coordinator::{SessionOutcome, reason_name};
+use crate::outcome::SessionOutcome;
 use crate::display::Display;
 use crate::journal::{JournalError, JournalLock};
 use crate::session::{EnvFn, SessionPlan, resume_session, run_session};
@@ -755,7 +755,7 @@ fn ended(outcome: SessionOutcome, dir: PathBuf) -> TaskOutcome {
     TaskOutcome::Ended {
         session: outcome.session.to_string(),
         dir,
-        reason: reason_name(outcome.reason).to_owned(),
+        reason: outcome.reason.as_str().to_owned(),
         exit_code: outcome.exit_code(),
         final_answer: outcome.final_answer,
         winner: outcome.winner,

@@ -82,7 +82,7 @@ use crate::cli::{
 };
 use crate::cluster::Cluster;
 use crate::config;
-use crate::coordinator::{SessionOutcome, reason_name};
+use crate::outcome::SessionOutcome;
 use crate::display::Display;
 use crate::resume::ResumePlan;
 use crate::session::{
@@ -781,7 +781,7 @@ fn outcome_json(outcome: &SessionOutcome) -> Value {
     json!({
         "session": outcome.session.to_string(),
         "exit_code": outcome.exit_code(),
-        "reason": reason_name(outcome.reason),
+        "reason": outcome.reason.as_str(),
         "winner": outcome.winner,
         "label": outcome.label,
         "final_answer": outcome.final_answer,
