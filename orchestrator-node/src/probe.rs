@@ -57,7 +57,7 @@ use futures::StreamExt;
 use serde::Deserialize;
 use serde_json::{Value, json};
 
-use crate::cli::{EXIT_EXECUTION, EXIT_OK, EXIT_USAGE, ProbeArgs};
+use crate::cli::args::{EXIT_EXECUTION, EXIT_OK, EXIT_USAGE, ProbeArgs};
 use crate::config::{self, ConfigError};
 
 /// Why `probe` could not make its call (exit code 1).

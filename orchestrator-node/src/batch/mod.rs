@@ -51,14 +51,14 @@ use conclave_protocol::{SessionId, TaskSpec, Usage};
 use serde_json::{Value, json};
 use tokio_util::sync::CancellationToken;
 
-use crate::cli::{
+use crate::cli::args::{
     ClusterArgs, EXIT_INTERRUPTED, EXIT_OK, Failure, check_placement, execution, usage,
 };
 use crate::cluster::Cluster;
 use crate::config;
-use crate::outcome::SessionOutcome;
 use crate::display::Display;
 use crate::journal::{JournalError, JournalLock};
+use crate::outcome::SessionOutcome;
 use crate::session::{EnvFn, SessionPlan, resume_session, run_session};
 
 use journal::{BATCH_FILE, BatchEvent, SyncedLines, TaskState};

@@ -76,14 +76,14 @@ use serde_json::{Value, json};
 use tokio_util::sync::CancellationToken;
 use tracing::{info, warn};
 
-use crate::cli::{
+use crate::cli::args::{
     ClusterArgs, CommonArgs, EXIT_OK, Failure, apply_common, check_placement, execution,
     session_failure, usage,
 };
 use crate::cluster::Cluster;
 use crate::config;
-use crate::outcome::SessionOutcome;
 use crate::display::Display;
+use crate::outcome::SessionOutcome;
 use crate::resume::ResumePlan;
 use crate::session::{
     EnvFn, SessionPlan, new_session_id, resume_session, run_session, session_dir,
@@ -436,7 +436,7 @@ impl Server {
             let Some(_slot) = slot else {
                 let line = json!({
                     "session": task_entry.id,
-                    "exit_code": crate::cli::EXIT_INTERRUPTED,
+                    "exit_code": crate::cli::args::EXIT_INTERRUPTED,
                     "reason": "cancelled_while_queued",
                     "error": "cancelled before it started (it was waiting for a free slot; see --max-sessions)",
                 });
@@ -551,7 +551,7 @@ impl Server {
                     warn!(session = %id, "cannot resume: {error}");
                     println!(
                         "{}",
-                        json!({"session": id, "exit_code": crate::cli::EXIT_USAGE, "error": error.to_string()})
+                        json!({"session": id, "exit_code": crate::cli::args::EXIT_USAGE, "error": error.to_string()})
                     );
                 }
             }
@@ -733,7 +733,7 @@ impl Server {
         let refused = |session: Option<String>, error: String| {
             println!(
                 "{}",
-                json!({"session": session, "exit_code": crate::cli::EXIT_USAGE, "error": error})
+                json!({"session": session, "exit_code": crate::cli::args::EXIT_USAGE, "error": error})
             );
         };
         match parse_job(line) {
@@ -1136,7 +1136,7 @@ pub async fn run_web(
         .result()
         .and_then(|r| r["exit_code"].as_i64())
         .and_then(|c| u8::try_from(c).ok())
-        .unwrap_or(crate::cli::EXIT_EXECUTION);
+        .unwrap_or(crate::cli::args::EXIT_EXECUTION);
     Ok(code)
 }
 
