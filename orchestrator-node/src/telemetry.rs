@@ -31,8 +31,8 @@ use tracing_opentelemetry::OpenTelemetrySpanExt;
 use tracing_subscriber::EnvFilter;
 
 use crate::consensus::EndReason;
-use crate::outcome::SessionOutcome;
 use crate::journal::JournalEvent;
+use crate::outcome::SessionOutcome;
 
 /// The exporter plumbing is shared with the agent node (`conclave-agent`).
 pub use conclave_telemetry::{SHUTDOWN_TIMEOUT, TelemetryGuard, export_requested, otel_layer};
