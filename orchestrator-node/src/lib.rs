@@ -16,7 +16,8 @@
 //! * [`server`]: `conclave server`, a long-lived orchestrator for agent nodes.
 //! * [`batch`]: `conclave batch`, many questions with a crash-safe batch journal.
 //! * [`cli`]: the `conclave` command line; [`demo`]: the no-keys demonstration; [`probe`]:
-//!   one raw call to one backend, for checking a provider.
+//!   one raw call to one backend, for checking a provider; [`console`]: what the command line
+//!   writes to the terminal, and where each kind of output goes.
 //! * [`telemetry`]: OTLP trace export and the session span (off unless
 //!   `OTEL_EXPORTER_OTLP_ENDPOINT` is set).
 
@@ -25,6 +26,7 @@ pub mod cli;
 pub mod cluster;
 pub mod config;
 pub mod consensus;
+pub mod console;
 pub mod conversation;
 pub mod coordinator;
 pub mod demo;

@@ -24,6 +24,7 @@ use conclave_protocol::config::{DisplayKind, SessionConfig};
 
 use crate::cluster::{Cluster, PlaceError};
 use crate::config;
+use crate::console;
 use crate::session::{EnvFn, SessionError};
 
 pub const EXIT_OK: u8 = 0;
@@ -298,7 +299,7 @@ pub(crate) fn apply_common(
         let (prices, warnings) =
             config::load_pricing_file(path, &|key| env(key)).map_err(|e| usage(e.into()))?;
         for warning in &warnings {
-            eprintln!("warning: {warning}");
+            console::warning!("{warning}");
         }
         // Later entries win ties, so the file overrides the config's own `pricing:`.
         config.orchestrator.pricing.extend(prices);

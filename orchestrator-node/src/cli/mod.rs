@@ -11,7 +11,7 @@
 //! Cluster flags (`--listen`, `--cookie-file`, `--tls-*`, heartbeat timing) are shared by the
 //! main command, `resume` and `server`; see [`crate::cluster`] and [`crate::server`].
 
-use std::io::{BufRead, IsTerminal, Read, Write};
+use std::io::{BufRead, IsTerminal, Read};
 use std::sync::Arc;
 use std::time::Duration;
 
@@ -24,6 +24,7 @@ use tokio_util::sync::CancellationToken;
 
 use crate::cluster::Cluster;
 use crate::config::{self, EnvLookup};
+use crate::console;
 use crate::demo;
 use crate::display::Display;
 use crate::outcome::SessionOutcome;
@@ -98,7 +99,7 @@ pub fn main() -> std::process::ExitCode {
     {
         Ok(runtime) => runtime,
         Err(error) => {
-            eprintln!("error: cannot start the async runtime: {error}");
+            console::error!("cannot start the async runtime: {error}");
             return std::process::ExitCode::from(EXIT_EXECUTION);
         }
     };
@@ -111,7 +112,7 @@ pub fn main() -> std::process::ExitCode {
         match run(cli).await {
             Ok(code) => code,
             Err(failure) => {
-                eprintln!("error: {}", conclave_protocol::error_text(&*failure.error));
+                console::error!("{}", conclave_protocol::error_text(&*failure.error));
                 failure.code
             }
         }
@@ -175,7 +176,7 @@ async fn run_configured(args: RunArgs, env: EnvFn) -> Result<u8, Failure> {
     let mut config = if let Some(path) = &args.config {
         let loaded = config::load_file(path, &|key| env(key)).map_err(|e| usage(e.into()))?;
         for warning in &loaded.warnings {
-            eprintln!("warning: {warning}");
+            console::warning!("{warning}");
         }
         loaded.config
     } else if let Some(model) = &args.model {
@@ -218,12 +219,12 @@ async fn run_configured(args: RunArgs, env: EnvFn) -> Result<u8, Failure> {
         }
         .map_err(|e| usage(e.into()))?;
         if loaded.torn_lines_skipped > 0 {
-            eprintln!(
-                "warning: conversation {}: a torn last line (a crash while writing) was skipped",
+            console::warning!(
+                "conversation {}: a torn last line (a crash while writing) was skipped",
                 loaded.id
             );
         }
-        eprintln!(
+        console::note!(
             "continuing conversation {} ({} earlier turn(s))",
             loaded.id,
             loaded.turns.len()
@@ -317,7 +318,7 @@ fn list_conversations(args: &SessionsArgs) -> Result<u8, Failure> {
     let conversations =
         crate::conversation::list(&args.session_dir).map_err(|e| usage(e.into()))?;
     if conversations.is_empty() {
-        eprintln!(
+        console::note!(
             "no conversations in {} yet (ask a question first)",
             args.session_dir.display()
         );
@@ -418,7 +419,7 @@ pub(crate) async fn watch_ctrl_c(interrupt: CancellationToken) {
     if tokio::signal::ctrl_c().await.is_err() {
         return;
     }
-    eprintln!(
+    console::note!(
         "\ninterrupted: ending the session with the best answer so far (Ctrl-C again to quit at once)"
     );
     interrupt.cancel();
@@ -437,7 +438,7 @@ pub(crate) fn print_summary(outcome: &SessionOutcome, dir: &std::path::Path) {
         (Some(usd), false) => format!(" · ${usd:.4} + unpriced ({})", outcome.unpriced.join(", ")),
         (None, _) => String::new(),
     };
-    eprintln!(
+    console::note!(
         "session {}: {} · winner {} · {} answer(s), {} turn(s) · {} input + {} output tokens{cost} · {:.1} s · {}",
         outcome.session,
         outcome.reason.as_str(),
@@ -458,14 +459,13 @@ async fn interactive(
     env: EnvFn,
     cluster: Option<&Cluster>,
 ) -> Result<u8, Failure> {
-    eprintln!(
+    console::note!(
         "conclave: {} agent(s). Ask a question; an empty line or Ctrl-D quits.",
         config.agents.len()
     );
     let mut last = EXIT_OK;
     loop {
-        eprint!("\n> ");
-        let _ = std::io::stderr().flush();
+        console::prompt("\n> ");
         let line = tokio::task::spawn_blocking(|| {
             let mut line = String::new();
             std::io::stdin()
@@ -531,13 +531,13 @@ async fn run_demo(args: DemoArgs, env: EnvFn) -> Result<u8, Failure> {
     }
     apply_common(&mut config, &args.common, &env)?;
     if config.display != DisplayKind::Json {
-        eprintln!(
+        console::note!(
             "demo: {} simulated agents against {} (real HTTP + SSE on loopback)",
             args.agents,
             sim.base_url()
         );
         if let Some(server) = &mcp_server {
-            eprintln!(
+            console::note!(
                 "demo: every agent calls the MCP server {} (stdio) before it answers",
                 server.display()
             );
@@ -560,9 +560,10 @@ async fn run_resume(args: ResumeArgs, env: EnvFn) -> Result<u8, Failure> {
     apply_common(&mut plan.config, &args.common, &env)?;
     if let Some(ended) = &plan.ended {
         // Nothing to run: show what the session produced.
-        eprintln!(
+        console::note!(
             "session {} already ended ({}); nothing was run again",
-            plan.session, ended.reason
+            plan.session,
+            ended.reason
         );
         if let Some(answer) = &ended.final_answer {
             println!("{answer}");
@@ -578,7 +579,7 @@ async fn run_resume(args: ResumeArgs, env: EnvFn) -> Result<u8, Failure> {
     check_placement(&plan.config, &args.cluster)?;
     let cluster = args.cluster.start(&env).await?;
     if plan.config.display != DisplayKind::Json {
-        eprintln!(
+        console::note!(
             "resuming session {}: {} journaled input(s) replayed, {} turn(s) in flight at the crash will run again",
             plan.session,
             plan.replayed_inputs,

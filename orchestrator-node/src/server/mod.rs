@@ -82,6 +82,7 @@ use crate::cli::args::{
 };
 use crate::cluster::Cluster;
 use crate::config;
+use crate::console;
 use crate::display::Display;
 use crate::outcome::SessionOutcome;
 use crate::resume::ResumePlan;
@@ -541,11 +542,11 @@ impl Server {
         ids.sort();
         for id in ids {
             match self.resume(&id, Submitter::Operator) {
-                Ok(_) => eprintln!("conclave server: resuming unfinished session {id}"),
+                Ok(_) => console::note!("conclave server: resuming unfinished session {id}"),
                 // Sessions that ended are what most directories hold: not worth a word.
                 Err(SubmitError::Conflict(_)) => {}
                 Err(SubmitError::InUse(message)) => {
-                    eprintln!("conclave server: not resuming {id}: {message}");
+                    console::note!("conclave server: not resuming {id}: {message}");
                 }
                 Err(error) => {
                     warn!(session = %id, "cannot resume: {error}");
@@ -911,9 +912,9 @@ pub async fn run(args: ServerArgs, env: EnvFn) -> Result<u8, Failure> {
                 .local_addr()
                 .context("the HTTP listener has no address")
                 .map_err(execution)?;
-            eprintln!("conclave server: HTTP API at http://{bound}");
+            console::note!("conclave server: HTTP API at http://{bound}");
             let prefixes: Vec<&str> = server.allow.base_url_prefixes().collect();
-            eprintln!(
+            console::note!(
                 "conclave server: submitted configs may name the key variables {} and use the base URLs under {} (and hosted providers' own); widen with --allow-key-env / --allow-base-url",
                 server.allow.key_envs().collect::<Vec<_>>().join(", "),
                 if prefixes.is_empty() {
@@ -937,12 +938,12 @@ pub async fn run(args: ServerArgs, env: EnvFn) -> Result<u8, Failure> {
         None => None,
     };
     if let Some(cluster) = &server.cluster {
-        eprintln!(
+        console::note!(
             "conclave server: agent nodes join at {}",
             cluster.listen_addr()
         );
     }
-    eprintln!(
+    console::note!(
         "conclave server: one session per stdin line (a question, or JSON {{\"question\", \"config\", \"config_yaml\", \"session_id\"}}); SIGTERM or Ctrl-C stops"
     );
     let (lines_tx, mut lines) = tokio::sync::mpsc::unbounded_channel::<String>();
@@ -980,7 +981,7 @@ pub async fn run(args: ServerArgs, env: EnvFn) -> Result<u8, Failure> {
             _ = sigterm.recv() => break,
         }
     }
-    eprintln!(
+    console::note!(
         "conclave server: stopping ({} session(s) running)",
         server.registry.running()
     );
@@ -1080,9 +1081,10 @@ pub async fn run_web(
             return Err(usage(anyhow::anyhow!("{refused}")));
         }
     };
-    eprintln!(
+    console::note!(
         "conclave: watch session {} at http://{bound}/#/s/{}",
-        entry.id, entry.id
+        entry.id,
+        entry.id
     );
     let mut sigterm = tokio::signal::unix::signal(tokio::signal::unix::SignalKind::terminate())
         .context("cannot watch SIGTERM")
@@ -1093,7 +1095,7 @@ pub async fn run_web(
         _ = sigterm.recv() => true,
     };
     if !stopped && std::io::stderr().is_terminal() {
-        eprintln!(
+        console::note!(
             "conclave: the session has ended; the page stays at http://{bound}/ until Ctrl-C"
         );
         tokio::select! {
