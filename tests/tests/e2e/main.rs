@@ -4,24 +4,24 @@
 //! rustls and the rest, so separate binaries cost link time and gigabytes of disk. Each module
 //! keeps its own docs; run one with `cargo test -p <crate> --test e2e <module>::`.
 
-mod e2e_any_model;
-mod e2e_batch;
-mod e2e_budget;
-mod e2e_cluster;
-mod e2e_cluster_hardening;
-mod e2e_continue;
-mod e2e_faults;
-mod e2e_inject;
-mod e2e_interactive;
-mod e2e_interrupt;
-mod e2e_journal;
-mod e2e_mixed;
-mod e2e_openai;
-mod e2e_quick;
-mod e2e_resume;
-mod e2e_server;
-mod e2e_server_trust;
-mod e2e_session;
-mod e2e_tools;
-mod e2e_tui;
-mod e2e_web;
+mod any_model;
+mod batch;
+mod budget;
+mod cluster;
+mod cluster_hardening;
+mod continue_conversation;
+mod faults;
+mod inject;
+mod interactive;
+mod interrupt;
+mod journal;
+mod mixed;
+mod openai;
+mod quick;
+mod resume;
+mod server;
+mod server_trust;
+mod session;
+mod tools;
+mod tui;
+mod web;
