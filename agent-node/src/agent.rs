@@ -9,6 +9,13 @@
 //! outlives `turn_timeout` is killed and reported as a timeout. `Cancel` kills the worker at
 //! once, which drops its provider stream mid-flight.
 //!
+//! Reports take one route: the worker sends all of its own (chunks, retries, the final report)
+//! straight to the [`Outbox`](crate::outbox::Outbox); the agent sends those it makes itself
+//! (restarts, a declined injection, a timeout or a failure past the restart limit). The turn's
+//! [`TurnEnd`], shared by the agent and the turn's workers, lets exactly one final report end
+//! the turn: the worker's, or the agent's timeout or failure, whichever comes first; a cancel
+//! or a new turn closes it, so a report that comes later is dropped.
+//!
 //! `Inject` (restart policy `inject`) keeps newer answers for the active turn; its worker takes
 //! them at its next tool boundary, and a worker restarted after a crash starts from the last
 //! answers it took (see [`Injections`]).
@@ -26,6 +33,7 @@ use conclave_protocol::{
 use ractor::{Actor, ActorCell, ActorProcessingErr, ActorRef, SupervisionEvent};
 use tracing::{debug, warn};
 
+use crate::outbox::TurnEnd;
 use crate::turn::{AgentContext, Injections, TurnWorker, WorkerArgs};
 
 /// The agent actor.
@@ -39,9 +47,6 @@ pub enum AgentMsg {
     TurnDeadline { turn: TurnId },
     /// Backoff after a crash is over: start the turn's worker again.
     RestartWorker { turn: TurnId },
-    /// A worker's final report. Forwarded only while its turn is still the active one, so a
-    /// turn that was cancelled or timed out meanwhile never reports twice.
-    TurnDone { turn: TurnId, report: AgentReport },
 }
 
 impl ractor::Message for AgentMsg {}
@@ -61,9 +66,9 @@ struct ActiveTurn {
     /// Crash times inside the restart window.
     crashes: Vec<Instant>,
     last_crash: Option<String>,
-    /// The worker stopped normally: its final report is on the way as `TurnDone`. ractor
-    /// delivers supervision events before ordinary messages, so the exit can be seen first.
-    reported: bool,
+    /// The turn's end, shared with its workers: the first final report through it ends the
+    /// turn (see [`TurnEnd`]).
+    end: Arc<TurnEnd>,
     /// Newer answers for this turn (restart policy `inject`), shared with its workers.
     injections: Arc<Injections>,
 }
@@ -104,7 +109,7 @@ impl AgentActor {
             context: state.context.clone(),
             session: active.session.clone(),
             trace: active.trace.clone(),
-            agent: Some(myself.clone()),
+            end: active.end.clone(),
             injections: active.injections.clone(),
         };
         let (worker, _) = Actor::spawn_linked(None, TurnWorker, args, myself.get_cell()).await?;
@@ -112,23 +117,30 @@ impl AgentActor {
         Ok(())
     }
 
+    /// Ends the active turn without a report (cancelled, replaced, the agent stopping).
     fn kill_worker(state: &mut AgentState) {
-        if let Some(active) = state.active.take()
-            && let Some(worker) = active.worker
-        {
-            worker.kill();
+        if let Some(active) = state.active.take() {
+            active.end.close();
+            if let Some(worker) = active.worker {
+                worker.kill();
+            }
         }
     }
 
+    /// Ends the active turn with `TurnFailed`, unless its worker's final report got there
+    /// first.
     fn fail_turn(state: &mut AgentState, kind: TurnErrorKind, message: String) {
         if let Some(active) = state.active.take() {
             if let Some(worker) = active.worker {
                 worker.kill();
             }
-            state.context.outbox.send(AgentReport::TurnFailed {
-                turn: active.spec.turn,
-                error: TurnError { kind, message },
-            });
+            active.end.report(
+                &state.context.outbox,
+                AgentReport::TurnFailed {
+                    turn: active.spec.turn,
+                    error: TurnError { kind, message },
+                },
+            );
         }
     }
 }
@@ -174,7 +186,7 @@ impl Actor for AgentActor {
                             worker: None,
                             crashes: Vec::new(),
                             last_crash: None,
-                            reported: false,
+                            end: Arc::default(),
                             injections: Arc::default(),
                         });
                         Self::start_worker(&myself, state).await?;
@@ -216,7 +228,7 @@ impl Actor for AgentActor {
                 if state
                     .active
                     .as_ref()
-                    .is_some_and(|a| a.spec.turn == turn && !a.reported)
+                    .is_some_and(|a| a.spec.turn == turn && !a.end.has_ended())
                 {
                     let limit = state.context.settings.turn_timeout;
                     warn!(agent = %state.context.agent_id, %turn, ?limit, "turn timed out");
@@ -225,15 +237,6 @@ impl Actor for AgentActor {
                         TurnErrorKind::Timeout,
                         format!("the turn took longer than {limit:?}"),
                     );
-                }
-            }
-            AgentMsg::TurnDone { turn, report } => {
-                if state.active.as_ref().is_some_and(|a| a.spec.turn == turn) {
-                    // The worker stops itself; its exit is then no longer the active turn's.
-                    state.active = None;
-                    state.context.outbox.send(report);
-                } else {
-                    debug!(agent = %state.context.agent_id, %turn, "report of a turn no longer active dropped");
                 }
             }
             AgentMsg::RestartWorker { turn } => {
@@ -264,11 +267,19 @@ impl Actor for AgentActor {
         };
         match event {
             SupervisionEvent::ActorTerminated(cell, _, _) if is_active(&cell, state) => {
-                // The worker handed its report over and stopped; the turn ends when that
-                // report (`TurnDone`, queued behind this event) is forwarded.
+                // A worker stops by itself only after its final report went through the
+                // turn's end (or lost to the agent's own), so the turn is over.
                 if let Some(active) = state.active.as_mut() {
                     active.worker = None;
-                    active.reported = true;
+                    if active.end.has_ended() {
+                        state.active = None;
+                    } else {
+                        Self::fail_turn(
+                            state,
+                            TurnErrorKind::Crashed,
+                            "the turn worker stopped without a report".to_owned(),
+                        );
+                    }
                 }
             }
             SupervisionEvent::ActorFailed(cell, error) if is_active(&cell, state) => {

@@ -4,7 +4,8 @@
 //! coordinator), retries failed provider calls under the shared [`RetryPolicy`], checks that a
 //! coordination turn ended in exactly one valid workflow call (asking again with a corrective
 //! message, a bounded number of times), and reports the outcome through the agent's
-//! [`Outbox`]. Then it stops.
+//! [`Outbox`], its final report through the turn's [`TurnEnd`] (which the agent shares, so a
+//! turn that timed out or was cancelled never also reports a result). Then it stops.
 //!
 //! What is a crash and what is a failure:
 //! * A provider that keeps failing after its retries, or a model that never makes a valid
@@ -40,9 +41,8 @@ use tracing::{Instrument, Span, debug, info_span, warn};
 use tracing_opentelemetry::OpenTelemetrySpanExt;
 
 use crate::accumulate::TurnOutput;
-use crate::agent::AgentMsg;
 use crate::llm::{ChatMessage, ChatRequest, ToolChoice};
-use crate::outbox::Outbox;
+use crate::outbox::{Outbox, TurnEnd};
 use crate::providers::retry::RetryPolicy;
 use crate::providers::{Backend, ProviderError};
 use crate::tools::ToolCallRecord;
@@ -221,10 +221,10 @@ pub struct WorkerArgs {
     pub session: SessionId,
     /// The StartTurn envelope's trace context: the only parent the turn's span ever takes.
     pub trace: TraceContext,
-    /// The agent the final report goes through, so it is ordered with the agent's own
-    /// deadline and cancellation (a turn that timed out never also reports a result). `None`
-    /// sends it straight to the outbox (a worker run on its own, in tests).
-    pub agent: Option<ActorRef<AgentMsg>>,
+    /// The turn's end, shared with the agent: the final report goes through it, so it is
+    /// ordered with the agent's own deadline and cancellation (a turn that timed out never
+    /// also reports a result). A worker run on its own (in tests) gets a fresh one.
+    pub end: Arc<TurnEnd>,
     /// Newer answers the coordinator sends while the turn runs (restart policy `inject`).
     pub injections: Arc<Injections>,
 }
@@ -242,25 +242,15 @@ pub struct WorkerState {
     context: Arc<AgentContext>,
     session: SessionId,
     trace: TraceContext,
-    agent: Option<ActorRef<AgentMsg>>,
+    end: Arc<TurnEnd>,
     injections: Arc<Injections>,
 }
 
 impl WorkerState {
-    /// Hands the turn's final report over (see [`WorkerArgs::agent`]).
+    /// Sends the turn's final report, unless the agent ended the turn first (see
+    /// [`WorkerArgs::end`]).
     fn deliver(&self, report: AgentReport) {
-        match &self.agent {
-            // If the agent is gone the session is over: nothing waits for the report.
-            Some(agent) => {
-                let _ = agent.send_message(AgentMsg::TurnDone {
-                    turn: self.spec.turn,
-                    report,
-                });
-            }
-            None => {
-                self.context.outbox.send(report);
-            }
-        }
+        self.end.report(&self.context.outbox, report);
     }
 }
 
@@ -286,7 +276,7 @@ impl Actor for TurnWorker {
             context: args.context,
             session: args.session,
             trace: args.trace,
-            agent: args.agent,
+            end: args.end,
             injections: args.injections,
         })
     }

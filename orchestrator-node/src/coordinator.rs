@@ -43,9 +43,11 @@ use ractor::{Actor, ActorProcessingErr, ActorRef};
 use tokio::sync::oneshot;
 use tracing::{debug, error, info, warn};
 
-use crate::consensus::{Action, AgentIndex, Consensus, EndReason, Event, Input, Outcome, TurnPlan};
+use crate::consensus::{Action, AgentIndex, Consensus, Event, Input, Outcome, TurnPlan};
 use crate::display::{Display, Shown};
 use crate::journal::{AgentUsage, FINAL_FILE, Journal, JournalError, JournalEvent};
+/// What the coordinator hands over when the session ends (see [`crate::outcome`]).
+pub use crate::outcome::SessionOutcome;
 use crate::pricing::Price;
 
 /// Delivers a command to one agent. Returns false if the agent is unreachable.
@@ -56,55 +58,6 @@ pub type CommandSink = Arc<dyn Fn(Envelope<CoordinatorCommand>) -> bool + Send +
 pub struct AgentLink {
     pub id: Arc<str>,
     pub commands: CommandSink,
-}
-
-/// How a session ended, as the caller sees it.
-#[derive(Debug, Clone)]
-pub struct SessionOutcome {
-    pub session: SessionId,
-    pub reason: EndReason,
-    pub final_answer: Option<String>,
-    /// The configured id of the winning answer's author.
-    pub winner: Option<String>,
-    pub label: Option<String>,
-    pub presented_by: Option<String>,
-    pub usage: Usage,
-    pub usage_by_agent: Vec<(String, Usage)>,
-    /// The priced part of the usage in US dollars; `None` when no agent's model has a price.
-    pub cost_usd: Option<f64>,
-    /// Agents whose model has no known price (their tokens are not in `cost_usd`).
-    pub unpriced: Vec<String>,
-    pub answers: u32,
-    pub turns: u64,
-    pub wall: Duration,
-}
-
-impl SessionOutcome {
-    /// The process exit code for this outcome.
-    pub fn exit_code(&self) -> i32 {
-        exit_code(self.reason)
-    }
-}
-
-/// The process exit code of a session that ended for `reason`: 0 done, 2 every agent failed,
-/// 3 timeout, 130 interrupted.
-pub fn exit_code(reason: EndReason) -> i32 {
-    match reason {
-        EndReason::Consensus => 0,
-        EndReason::AllAgentsFailed => 2,
-        EndReason::Timeout | EndReason::BudgetExhausted => 3,
-        EndReason::Interrupted => 130,
-    }
-}
-
-pub fn reason_name(reason: EndReason) -> &'static str {
-    match reason {
-        EndReason::Consensus => "consensus",
-        EndReason::Timeout => "timeout",
-        EndReason::AllAgentsFailed => "all_agents_failed",
-        EndReason::Interrupted => "interrupted",
-        EndReason::BudgetExhausted => "budget_exhausted",
-    }
 }
 
 /// Messages of the coordinator.
@@ -727,7 +680,7 @@ impl CoordinatorState {
         }
         {
             let ended = JournalEvent::SessionEnded {
-                reason: reason_name(outcome.reason).to_owned(),
+                reason: outcome.reason.as_str().to_owned(),
                 exit_code: outcome.exit_code(),
                 wall_ms: wall.as_millis() as u64,
                 input_tokens: total.input_tokens,
@@ -766,7 +719,7 @@ impl CoordinatorState {
                     .unwrap_or_else(|| "(no answer was produced)".to_owned()),
                 winner: outcome.winner.clone(),
                 label: outcome.label.clone(),
-                reason: reason_name(outcome.reason).to_owned(),
+                reason: outcome.reason.as_str().to_owned(),
             },
         });
         for agent in 0..self.agents.len() as AgentIndex {

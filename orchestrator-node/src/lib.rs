@@ -4,7 +4,8 @@
 //! other's answers anonymously, and vote until they agree.
 //!
 //! * [`consensus`]: the pure state machine of the consensus rules (no I/O, no clock).
-//! * [`coordinator`]: the actor that owns a session's state machine and journal.
+//! * [`coordinator`]: the actor that owns a session's state machine and journal; [`outcome`]:
+//!   how a session ended (its exit code, the reason's name), as its callers read it.
 //! * [`session`]: the SessionSupervisor and [`session::run_session`].
 //! * [`cluster`]: the node server agent nodes join (`--listen`), and the gateway that places
 //!   agents on them, heartbeats them and routes their traffic.
@@ -15,7 +16,8 @@
 //! * [`server`]: `conclave server`, a long-lived orchestrator for agent nodes.
 //! * [`batch`]: `conclave batch`, many questions with a crash-safe batch journal.
 //! * [`cli`]: the `conclave` command line; [`demo`]: the no-keys demonstration; [`probe`]:
-//!   one raw call to one backend, for checking a provider.
+//!   one raw call to one backend, for checking a provider; [`console`]: what the command line
+//!   writes to the terminal, and where each kind of output goes.
 //! * [`telemetry`]: OTLP trace export and the session span (off unless
 //!   `OTEL_EXPORTER_OTLP_ENDPOINT` is set).
 
@@ -24,11 +26,13 @@ pub mod cli;
 pub mod cluster;
 pub mod config;
 pub mod consensus;
+pub mod console;
 pub mod conversation;
 pub mod coordinator;
 pub mod demo;
 pub mod display;
 pub mod journal;
+pub mod outcome;
 pub mod pricing;
 pub mod probe;
 pub mod resume;

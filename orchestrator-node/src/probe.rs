@@ -57,8 +57,9 @@ use futures::StreamExt;
 use serde::Deserialize;
 use serde_json::{Value, json};
 
-use crate::cli::{EXIT_EXECUTION, EXIT_OK, EXIT_USAGE, ProbeArgs};
+use crate::cli::args::{EXIT_EXECUTION, EXIT_OK, EXIT_USAGE, ProbeArgs};
 use crate::config::{self, ConfigError};
+use crate::console;
 
 /// Why `probe` could not make its call (exit code 1).
 #[derive(Debug, thiserror::Error)]
@@ -90,7 +91,7 @@ pub async fn main(args: &ProbeArgs, env: &dyn Fn(&str) -> Option<String>) -> u8 
     match run(args, env, &mut stdout).await {
         Ok(code) => code,
         Err(error) => {
-            eprintln!("error: {error}");
+            console::error!("{error}");
             EXIT_USAGE
         }
     }

@@ -31,8 +31,8 @@ use tracing_opentelemetry::OpenTelemetrySpanExt;
 use tracing_subscriber::EnvFilter;
 
 use crate::consensus::EndReason;
-use crate::coordinator::{SessionOutcome, reason_name};
 use crate::journal::JournalEvent;
+use crate::outcome::SessionOutcome;
 
 /// The exporter plumbing is shared with the agent node (`conclave-agent`).
 pub use conclave_telemetry::{SHUTDOWN_TIMEOUT, TelemetryGuard, export_requested, otel_layer};
@@ -99,7 +99,7 @@ pub fn end_session(span: &Span, outcome: &SessionOutcome) {
     if span.is_disabled() {
         return;
     }
-    let reason = reason_name(outcome.reason);
+    let reason = outcome.reason.as_str();
     span.record("conclave.end_reason", reason);
     span.record("conclave.answers", i64::from(outcome.answers));
     span.record("conclave.turns", outcome.turns as i64);

@@ -1,5 +1,5 @@
 """Drives `conclave server --http` through the official `openai` SDK and prints one JSON object
-per scenario on stdout; the Rust test `e2e_openai` checks them.
+per scenario on stdout; the Rust test `openai` checks them.
 
 Usage: openai_client.py BASE_URL API_KEY
 

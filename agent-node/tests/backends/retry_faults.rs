@@ -416,7 +416,7 @@ async fn turn_worker_reports_each_retry_then_decides() {
             context,
             session: SessionId::parse("retry-test").expect("session id"),
             trace: Default::default(),
-            agent: None,
+            end: Default::default(),
         },
     )
     .await

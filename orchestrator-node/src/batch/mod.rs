@@ -51,14 +51,15 @@ use conclave_protocol::{SessionId, TaskSpec, Usage};
 use serde_json::{Value, json};
 use tokio_util::sync::CancellationToken;
 
-use crate::cli::{
+use crate::cli::args::{
     ClusterArgs, EXIT_INTERRUPTED, EXIT_OK, Failure, check_placement, execution, usage,
 };
 use crate::cluster::Cluster;
 use crate::config;
-use crate::coordinator::{SessionOutcome, reason_name};
+use crate::console;
 use crate::display::Display;
 use crate::journal::{JournalError, JournalLock};
+use crate::outcome::SessionOutcome;
 use crate::session::{EnvFn, SessionPlan, resume_session, run_session};
 
 use journal::{BATCH_FILE, BatchEvent, SyncedLines, TaskState};
@@ -219,7 +220,7 @@ impl Progress {
                 let rate = finished as f64 / elapsed.max(1e-3);
                 let left = self.total.saturating_sub(self.already + finished);
                 let eta = if rate > 0.0 { left as f64 / rate } else { 0.0 };
-                eprintln!(
+                console::note!(
                     "batch: {}/{} · {} · {rate:.1} tasks/s · ETA {eta:.0} s",
                     self.already + finished,
                     self.total,
@@ -291,7 +292,7 @@ pub async fn run(args: BatchArgs, env: EnvFn) -> Result<u8, Failure> {
     let added = journal::reconcile_results(&results, &states, &order)
         .map_err(|e| execution(anyhow::anyhow!(e)))?;
     if added > 0 {
-        eprintln!(
+        console::note!(
             "batch: {added} result(s) journaled before a crash were added to the results file"
         );
     }
@@ -308,7 +309,7 @@ pub async fn run(args: BatchArgs, env: EnvFn) -> Result<u8, Failure> {
     let bar = std::io::stderr().is_terminal() && !args.no_progress_bar;
     let progress = Progress::new(tasks.len(), already, bar);
     if todo.is_empty() {
-        eprintln!(
+        console::note!(
             "batch: all {} task(s) are done already; results in {}",
             tasks.len(),
             args.out.display()
@@ -316,7 +317,7 @@ pub async fn run(args: BatchArgs, env: EnvFn) -> Result<u8, Failure> {
         write_failed(&batch_dir, &[]).map_err(execution)?;
         return Ok(EXIT_OK);
     }
-    eprintln!(
+    console::note!(
         "batch: {} task(s), {} done already, {} to run, {} at a time · journal {}",
         tasks.len(),
         already,
@@ -459,7 +460,7 @@ pub async fn run(args: BatchArgs, env: EnvFn) -> Result<u8, Failure> {
         bar.finish_and_clear();
     }
     if interrupted {
-        eprintln!(
+        console::note!(
             "\nbatch interrupted: {}; run the same command again to resume (running sessions continue from their journals)",
             shared.progress.summary_line()
         );
@@ -471,7 +472,7 @@ pub async fn run(args: BatchArgs, env: EnvFn) -> Result<u8, Failure> {
     }
     write_failed(&batch_dir, &failures).map_err(execution)?;
     let elapsed = shared.progress.started.elapsed().as_secs_f64();
-    eprintln!(
+    console::note!(
         "batch: {} of {} task(s) done, {} failed{} · {} tokens · ${:.4} · {elapsed:.1} s · results in {}",
         shared.progress.counters.done.load(Ordering::Relaxed) + already,
         tasks.len(),
@@ -486,10 +487,10 @@ pub async fn run(args: BatchArgs, env: EnvFn) -> Result<u8, Failure> {
         args.out.display()
     );
     for (id, error) in failures.iter().take(10) {
-        eprintln!("  failed: {id}: {error}");
+        console::note!("  failed: {id}: {error}");
     }
     if failures.len() > 10 {
-        eprintln!(
+        console::note!(
             "  ... and {} more in {}",
             failures.len() - 10,
             batch_dir.join("failed.jsonl").display()
@@ -501,7 +502,7 @@ pub async fn run(args: BatchArgs, env: EnvFn) -> Result<u8, Failure> {
         )));
     }
     if let Some(reason) = stopped_by {
-        eprintln!(
+        console::note!(
             "batch stopped: {reason}; {not_run} task(s) did not run (run again with a higher cap to continue)"
         );
         return Ok(EXIT_BUDGET);
@@ -566,7 +567,7 @@ fn load_configs(
         };
         let loaded = config::load_file(path, &|k| env(k)).map_err(|e| usage(e.into()))?;
         for warning in &loaded.warnings {
-            eprintln!("warning: {warning}");
+            console::warning!("{warning}");
         }
         let mut config = loaded.config;
         if let Some(timeout) = args.timeout {
@@ -576,7 +577,7 @@ fn load_configs(
             let (prices, warnings) =
                 config::load_pricing_file(file, &|k| env(k)).map_err(|e| usage(e.into()))?;
             for warning in &warnings {
-                eprintln!("warning: {warning}");
+                console::warning!("{warning}");
             }
             config.orchestrator.pricing.extend(prices);
         }
@@ -755,7 +756,7 @@ fn ended(outcome: SessionOutcome, dir: PathBuf) -> TaskOutcome {
     TaskOutcome::Ended {
         session: outcome.session.to_string(),
         dir,
-        reason: reason_name(outcome.reason).to_owned(),
+        reason: outcome.reason.as_str().to_owned(),
         exit_code: outcome.exit_code(),
         final_answer: outcome.final_answer,
         winner: outcome.winner,

@@ -84,14 +84,15 @@ use serde_json::{Value, json};
 use tokio_util::sync::CancellationToken;
 use tracing::{info, warn};
 
-use crate::cli::{
+use crate::cli::args::{
     ClusterArgs, CommonArgs, EXIT_OK, Failure, apply_common, check_placement, execution,
     session_failure, usage,
 };
 use crate::cluster::Cluster;
 use crate::config;
-use crate::coordinator::{SessionOutcome, reason_name};
+use crate::console;
 use crate::display::Display;
+use crate::outcome::SessionOutcome;
 use crate::resume::ResumePlan;
 use crate::session::{
     EnvFn, SessionPlan, new_session_id, resume_session, run_session, session_dir,
@@ -466,7 +467,7 @@ impl Server {
             let Some(_slot) = slot else {
                 let line = json!({
                     "session": task_entry.id,
-                    "exit_code": crate::cli::EXIT_INTERRUPTED,
+                    "exit_code": crate::cli::args::EXIT_INTERRUPTED,
                     "reason": "cancelled_while_queued",
                     "error": "cancelled before it started (it was waiting for a free slot; see --max-sessions)",
                 });
@@ -579,17 +580,17 @@ impl Server {
         ids.sort();
         for id in ids {
             match self.resume(&id, Submitter::Operator) {
-                Ok(_) => eprintln!("conclave server: resuming unfinished session {id}"),
+                Ok(_) => console::note!("conclave server: resuming unfinished session {id}"),
                 // Sessions that ended are what most directories hold: not worth a word.
                 Err(SubmitError::Conflict(_)) => {}
                 Err(SubmitError::InUse(message)) => {
-                    eprintln!("conclave server: not resuming {id}: {message}");
+                    console::note!("conclave server: not resuming {id}: {message}");
                 }
                 Err(error) => {
                     warn!(session = %id, "cannot resume: {error}");
                     println!(
                         "{}",
-                        json!({"session": id, "exit_code": crate::cli::EXIT_USAGE, "error": error.to_string()})
+                        json!({"session": id, "exit_code": crate::cli::args::EXIT_USAGE, "error": error.to_string()})
                     );
                 }
             }
@@ -771,7 +772,7 @@ impl Server {
         let refused = |session: Option<String>, error: String| {
             println!(
                 "{}",
-                json!({"session": session, "exit_code": crate::cli::EXIT_USAGE, "error": error})
+                json!({"session": session, "exit_code": crate::cli::args::EXIT_USAGE, "error": error})
             );
         };
         match parse_job(line) {
@@ -819,7 +820,7 @@ fn outcome_json(outcome: &SessionOutcome) -> Value {
     json!({
         "session": outcome.session.to_string(),
         "exit_code": outcome.exit_code(),
-        "reason": reason_name(outcome.reason),
+        "reason": outcome.reason.as_str(),
         "winner": outcome.winner,
         "label": outcome.label,
         "final_answer": outcome.final_answer,
@@ -949,9 +950,9 @@ pub async fn run(args: ServerArgs, env: EnvFn) -> Result<u8, Failure> {
                 .local_addr()
                 .context("the HTTP listener has no address")
                 .map_err(execution)?;
-            eprintln!("conclave server: HTTP API at http://{bound}");
+            console::note!("conclave server: HTTP API at http://{bound}");
             let prefixes: Vec<&str> = server.allow.base_url_prefixes().collect();
-            eprintln!(
+            console::note!(
                 "conclave server: submitted configs may name the key variables {} and use the base URLs under {} (and hosted providers' own); widen with --allow-key-env / --allow-base-url",
                 server.allow.key_envs().collect::<Vec<_>>().join(", "),
                 if prefixes.is_empty() {
@@ -975,12 +976,12 @@ pub async fn run(args: ServerArgs, env: EnvFn) -> Result<u8, Failure> {
         None => None,
     };
     if let Some(cluster) = &server.cluster {
-        eprintln!(
+        console::note!(
             "conclave server: agent nodes join at {}",
             cluster.listen_addr()
         );
     }
-    eprintln!(
+    console::note!(
         "conclave server: one session per stdin line (a question, or JSON {{\"question\", \"config\", \"config_yaml\", \"session_id\", \"conversation\"}}); SIGTERM or Ctrl-C stops"
     );
     let (lines_tx, mut lines) = tokio::sync::mpsc::unbounded_channel::<String>();
@@ -1018,7 +1019,7 @@ pub async fn run(args: ServerArgs, env: EnvFn) -> Result<u8, Failure> {
             _ = sigterm.recv() => break,
         }
     }
-    eprintln!(
+    console::note!(
         "conclave server: stopping ({} session(s) running)",
         server.registry.running()
     );
@@ -1119,9 +1120,10 @@ pub async fn run_web(
             return Err(usage(anyhow::anyhow!("{refused}")));
         }
     };
-    eprintln!(
+    console::note!(
         "conclave: watch session {} at http://{bound}/#/s/{}",
-        entry.id, entry.id
+        entry.id,
+        entry.id
     );
     let mut sigterm = tokio::signal::unix::signal(tokio::signal::unix::SignalKind::terminate())
         .context("cannot watch SIGTERM")
@@ -1132,7 +1134,7 @@ pub async fn run_web(
         _ = sigterm.recv() => true,
     };
     if !stopped && std::io::stderr().is_terminal() {
-        eprintln!(
+        console::note!(
             "conclave: the session has ended; the page stays at http://{bound}/ until Ctrl-C"
         );
         tokio::select! {
@@ -1156,7 +1158,7 @@ pub async fn run_web(
         .result()
         .and_then(|r| r["exit_code"].as_i64())
         .and_then(|c| u8::try_from(c).ok())
-        .unwrap_or(crate::cli::EXIT_EXECUTION);
+        .unwrap_or(crate::cli::args::EXIT_EXECUTION);
     Ok(code)
 }
 

@@ -59,6 +59,7 @@ use tokio::sync::mpsc;
 use tracing::info;
 
 use super::{Job, Server, SessionEntry, SubmitError, Submitter};
+use crate::cli::args::EXIT_USAGE;
 
 /// The model name of the server's default config.
 pub const DEFAULT_MODEL: &str = "conclave";
@@ -420,7 +421,7 @@ fn about(result: &Value) -> Value {
 /// The error of a session that ended without an answer, or `None`.
 fn failed(result: &Value) -> Option<(StatusCode, String)> {
     if let Some(message) = result["error"].as_str() {
-        let status = if result["exit_code"].as_i64() == Some(i64::from(crate::cli::EXIT_USAGE)) {
+        let status = if result["exit_code"].as_i64() == Some(i64::from(EXIT_USAGE)) {
             StatusCode::BAD_REQUEST
         } else {
             StatusCode::INTERNAL_SERVER_ERROR

@@ -120,7 +120,7 @@ pub fn run(rx: Receiver<Shown>, header: SessionHeader, interrupt: CancellationTo
     match exit {
         Ok(Exit::Abort) => {
             let _ = writeln!(io::stderr(), "\ninterrupted: quit at once");
-            std::process::exit(i32::from(crate::cli::EXIT_INTERRUPTED));
+            std::process::exit(crate::consensus::EndReason::Interrupted.exit_code());
         }
         Ok(Exit::Leave) => {}
         Err(error) => warn!(%error, "the terminal UI failed; the session goes on without it"),

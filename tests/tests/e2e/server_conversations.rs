@@ -15,7 +15,7 @@ use std::path::Path;
 use conclave_tests::{events_of, read_journal};
 use serde_json::{Value, json};
 
-use crate::e2e_server::{Server, sim, team_yaml};
+use crate::server::{Server, sim, team_yaml};
 
 /// The (role, text) messages of every recorded provider request whose last user message is
 /// `question`.

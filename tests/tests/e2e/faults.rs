@@ -10,7 +10,7 @@
 //!
 //! ```text
 //! cargo build -p conclave --bin conclave
-//! cargo test -p conclave-tests --test e2e e2e_faults:: -- --nocapture
+//! cargo test -p conclave-tests --test e2e faults:: -- --nocapture
 //! ```
 //!
 //! Sessions use `restart_policy: finish`, so beta's faulty first turn is not cancelled by the

@@ -13,10 +13,10 @@
 //! * the same session over mutual TLS, each node's certificate issued for its name (openssl
 //!   makes the certificates; without it the test is skipped, except under `CI=true`).
 //!
-//! Strangers, impostors and allow-lists: see `e2e_cluster_hardening`.
+//! Strangers, impostors and allow-lists: see `cluster_hardening`.
 //!
 //! Build first (`cargo test --workspace` does it):
-//! `cargo build -p conclave -p conclave-agent && cargo test -p conclave-tests --test e2e e2e_cluster::`
+//! `cargo build -p conclave -p conclave-agent && cargo test -p conclave-tests --test e2e cluster::`
 
 use std::collections::HashSet;
 use std::path::{Path, PathBuf};
@@ -805,7 +805,7 @@ async fn mcp_servers_of_a_remote_agent_start_on_its_node() {
             let marker = marker.clone();
             move || {
                 conclave_tests::poll_until(DEADLINE, || {
-                    super::e2e_tools::processes_with(&marker)
+                    super::tools::processes_with(&marker)
                         .is_empty()
                         .then_some(())
                 })

@@ -18,7 +18,7 @@ use std::time::Duration;
 
 use serde_json::{Value, json};
 
-use super::e2e_server::{DEADLINE, Server, sim, team_yaml};
+use super::server::{DEADLINE, Server, sim, team_yaml};
 
 /// A recognisable value in the server's environment that no client may ever see.
 const SECRET_VAR: &str = "CONCLAVE_E2E_SECRET";

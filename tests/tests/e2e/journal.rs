@@ -253,7 +253,7 @@ async fn a_journal_that_cannot_be_written_ends_the_session_with_exit_2_showing_o
 /// process is running is refused with 409 naming that process, and not run a second time.
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn the_servers_resume_route_refuses_a_session_another_process_runs() {
-    use crate::e2e_server::Server;
+    use crate::server::Server;
     let sim = start_sim(4, 2).await.expect("sim provider starts");
     let dir = tempfile::tempdir().unwrap();
     let config = dir.path().join("slow.yaml");

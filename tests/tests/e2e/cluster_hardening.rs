@@ -18,7 +18,7 @@ use std::time::{Duration, Instant};
 
 use conclave_tests::{NodeAgent, events_of, read_journal, sim_cluster_yaml, start_agent_node};
 
-use super::e2e_cluster::{
+use super::cluster::{
     DEADLINE, FAST_RECONNECT, SECRET, Setup, as_strs, certificates, explain, stop_node, strip_ansi,
     wait,
 };

@@ -21,7 +21,7 @@ use conclave_tests::{
 };
 use serde_json::Value;
 
-use crate::e2e_cluster::{DEADLINE, Setup, explain, stop_node, wait};
+use crate::cluster::{DEADLINE, Setup, explain, stop_node, wait};
 
 const TASKS: usize = 12;
 

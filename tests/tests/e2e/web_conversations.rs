@@ -1,5 +1,5 @@
 //! End-to-end: the web page continues a conversation, in a real browser (headless Chromium,
-//! driven as in [`crate::e2e_web`]).
+//! driven as in [`crate::web`]).
 //!
 //! A session runs on one server, which then stops. A new server on the same session directory
 //! lists it from disk on the page; the test opens it (it replays from its journal), types a
@@ -17,8 +17,8 @@ use std::time::{Duration, Instant};
 use conclave_tests::{events_of, read_journal};
 use serde_json::{Value, json};
 
-use crate::e2e_server::{DEADLINE, Server, sim, team_yaml};
-use crate::e2e_web::{Browser, ONE_BROWSER, base64_decode, chromium, squash, tail};
+use crate::server::{DEADLINE, Server, sim, team_yaml};
+use crate::web::{Browser, ONE_BROWSER, base64_decode, chromium, squash, tail};
 
 const FIRST: &str = "Name a prime number and say why.";
 const FOLLOW_UP: &str = "And the next prime after it?";
@@ -65,7 +65,7 @@ async fn the_page_lists_sessions_from_disk_and_continues_a_conversation() {
             "Chromium is missing (install Debian's `chromium`, or set CONCLAVE_CHROMIUM); under CI=true the web UI test must run"
         );
         eprintln!(
-            "e2e_web_conversations: DID NOT RUN: no Chromium on PATH (install `chromium` or set CONCLAVE_CHROMIUM)"
+            "web_conversations: DID NOT RUN: no Chromium on PATH (install `chromium` or set CONCLAVE_CHROMIUM)"
         );
         return;
     };
@@ -164,7 +164,7 @@ async fn the_page_lists_sessions_from_disk_and_continues_a_conversation() {
         png.len()
     );
     eprintln!(
-        "e2e_web_conversations: screenshot at {}",
+        "web_conversations: screenshot at {}",
         shots.join("web-conversation.png").display()
     );
     if std::env::var("CONCLAVE_UPDATE_SCREENSHOTS").as_deref() == Ok("1") {

@@ -22,7 +22,7 @@ use std::time::{Duration, Instant};
 
 use serde_json::{Value, json};
 
-use crate::e2e_server::{DEADLINE, Server, TOKEN, sim, team_yaml};
+use crate::server::{DEADLINE, Server, TOKEN, sim, team_yaml};
 
 /// One browser test at a time: two headless Chromiums starting at once on a small machine can
 /// take longer than a simulated session, and the live-stream check would miss the stream.
@@ -270,7 +270,7 @@ async fn the_web_page_shows_agents_votes_and_the_final_answer_in_a_real_browser(
             "Chromium is missing (install Debian's `chromium`, or set CONCLAVE_CHROMIUM); under CI=true the web UI test must run"
         );
         eprintln!(
-            "e2e_web: DID NOT RUN: no Chromium on PATH (install `chromium` or set CONCLAVE_CHROMIUM)"
+            "web: DID NOT RUN: no Chromium on PATH (install `chromium` or set CONCLAVE_CHROMIUM)"
         );
         return;
     };
@@ -438,12 +438,12 @@ async fn the_web_page_shows_agents_votes_and_the_final_answer_in_a_real_browser(
         "a real screenshot was saved ({} bytes)",
         png.len()
     );
-    eprintln!("e2e_web: screenshot at {}", shots.join("web.png").display());
+    eprintln!("web: screenshot at {}", shots.join("web.png").display());
     if std::env::var("CONCLAVE_UPDATE_SCREENSHOTS").as_deref() == Ok("1") {
         let docs = Path::new(env!("CARGO_MANIFEST_DIR")).join("../docs");
         std::fs::create_dir_all(&docs).unwrap();
         std::fs::write(docs.join("web.png"), &png).unwrap();
-        eprintln!("e2e_web: copied to {}", docs.join("web.png").display());
+        eprintln!("web: copied to {}", docs.join("web.png").display());
     }
     let (exit, _) = server.stop();
     assert_eq!(exit, Some(0));

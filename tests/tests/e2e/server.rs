@@ -11,7 +11,7 @@
 //!   refused at start.
 //!
 //! What a client may not do (untrusted configs, same-site checks, limits) is in
-//! `e2e_server_trust`, which shares the [`Server`] helper.
+//! `server_trust`, which shares the [`Server`] helper.
 
 use std::path::Path;
 use std::process::Command;

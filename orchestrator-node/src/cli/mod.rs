@@ -1,12 +1,7 @@
 //! The `conclave` command line. Parsing is clap's; everything else is a call into the library.
 //!
-//! Exit codes: 0 done, 1 usage or config error (including a missing API key, reported before
-//! any provider call, on this machine or on the agent node an agent is placed on; a cost cap
-//! with an unpriced model; a `resume` of a session another process is running, refused with
-//! the holder's process id, host and start time — nothing ran, so trying again later is the
-//! fix), 2 execution error (every agent failed, the coordinator crashed, the journal could not
-//! be written or synced, agent nodes that never joined within `node_join_timeout_seconds`),
-//! 3 timeout or budget cap reached, 130 interrupted.
+//! Exit codes: see [`args`], which also holds the argument groups, exit codes and failures
+//! that the subcommands in their own modules (server, batch, probe) share.
 //!
 //! One agent (`--model`, or a one-agent config with `ui.use_orchestrator_for_single_agent:
 //! false`) answers in one streamed provider call, journaled like any session (start, the
@@ -16,30 +11,33 @@
 //! Cluster flags (`--listen`, `--cookie-file`, `--tls-*`, heartbeat timing) are shared by the
 //! main command, `resume` and `server`; see [`crate::cluster`] and [`crate::server`].
 
-use std::io::{BufRead, IsTerminal, Read, Write};
-use std::path::PathBuf;
+use std::io::{BufRead, IsTerminal, Read};
 use std::sync::Arc;
 use std::time::Duration;
 
 use anyhow::Context;
-use clap::{Args, Parser, Subcommand, ValueEnum};
+use clap::{Parser, Subcommand};
 use conclave_protocol::config::{DisplayKind, SessionConfig};
 use conclave_protocol::{SessionId, TaskSpec};
 use conclave_sim::{SimConfig, SimServer};
 use tokio_util::sync::CancellationToken;
 
-use crate::cluster::{Cluster, PlaceError};
+use crate::cluster::Cluster;
 use crate::config::{self, EnvLookup};
-use crate::coordinator::{SessionOutcome, reason_name};
+use crate::console;
 use crate::demo;
 use crate::display::Display;
-use crate::session::{EnvFn, SessionError, SessionPlan, new_session_id, run_session, session_dir};
+use crate::outcome::SessionOutcome;
+use crate::session::{EnvFn, SessionPlan, new_session_id, run_session, session_dir};
 use crate::tui::state::SessionHeader;
 
-pub const EXIT_OK: u8 = 0;
-pub const EXIT_USAGE: u8 = 1;
-pub const EXIT_EXECUTION: u8 = 2;
-pub const EXIT_INTERRUPTED: u8 = 130;
+pub mod args;
+
+use args::{
+    CommonArgs, DemoArgs, EXIT_EXECUTION, EXIT_INTERRUPTED, EXIT_OK, EXIT_USAGE, Failure,
+    ProbeArgs, ResumeArgs, RunArgs, SessionsArgs, apply_common, check_placement, execution,
+    session_failure, usage,
+};
 
 #[derive(Parser, Debug)]
 #[command(
@@ -69,243 +67,6 @@ pub enum Command {
     Batch(crate::batch::BatchArgs),
     /// List the conversations under --session-dir: id, date, turns, winner, tokens, cost, first question.
     Sessions(SessionsArgs),
-}
-
-#[derive(Args, Debug)]
-pub struct SessionsArgs {
-    /// Where session directories are.
-    #[arg(long, value_name = "DIR", default_value = ".conclave/sessions")]
-    pub session_dir: PathBuf,
-}
-
-#[derive(Args, Debug)]
-pub struct ResumeArgs {
-    /// The session: its directory, or its id under --session-dir.
-    pub session: String,
-    #[command(flatten)]
-    pub common: CommonArgs,
-    #[command(flatten)]
-    pub cluster: ClusterArgs,
-}
-
-/// How the orchestrator accepts agent nodes (`conclave-agent`).
-#[derive(Args, Debug, Clone, Default)]
-pub struct ClusterArgs {
-    /// Accept agent nodes on this address (IP:PORT, e.g. 0.0.0.0:7420); needed by agents placed with `node:`.
-    #[arg(long, value_name = "IP:PORT")]
-    pub listen: Option<std::net::SocketAddr>,
-    /// A file holding the cluster cookie (the shared secret). Without it, CONCLAVE_COOKIE is read.
-    #[arg(long, value_name = "FILE")]
-    pub cookie_file: Option<PathBuf>,
-    /// This node's TLS certificate chain (PEM); with --tls-key and --tls-ca, turns on mutual TLS between nodes.
-    #[arg(long, value_name = "FILE")]
-    pub tls_cert: Option<PathBuf>,
-    /// This node's TLS private key (PEM).
-    #[arg(long, value_name = "FILE")]
-    pub tls_key: Option<PathBuf>,
-    /// The CA certificate (PEM) every node's certificate must chain to.
-    #[arg(long, value_name = "FILE")]
-    pub tls_ca: Option<PathBuf>,
-    /// Milliseconds between heartbeats to each agent node.
-    #[arg(long, value_name = "MS", default_value_t = 1000, value_parser = clap::value_parser!(u64).range(10..=60_000))]
-    pub heartbeat_interval_ms: u64,
-    /// An agent node is lost after this many milliseconds without a heartbeat.
-    #[arg(long, value_name = "MS", default_value_t = 5000, value_parser = clap::value_parser!(u64).range(20..=600_000))]
-    pub heartbeat_deadline_ms: u64,
-}
-
-impl ClusterArgs {
-    /// The cluster options, or `None` without `--listen`. Reads the cookie and TLS files.
-    pub fn options(&self, env: &EnvFn) -> anyhow::Result<Option<crate::cluster::ClusterOptions>> {
-        use conclave_cluster::heartbeat::HeartbeatConfig;
-        use conclave_cluster::security::{COOKIE_ENV, Cookie, Tls, TlsFiles};
-        let Some(listen) = self.listen else {
-            anyhow::ensure!(
-                self.tls_cert.is_none() && self.tls_key.is_none() && self.tls_ca.is_none(),
-                "--tls-cert/--tls-key/--tls-ca only make sense with --listen"
-            );
-            return Ok(None);
-        };
-        let cookie = Cookie::load(self.cookie_file.as_deref(), env(COOKIE_ENV))?;
-        let files = TlsFiles::from_flags(
-            self.tls_cert.clone(),
-            self.tls_key.clone(),
-            self.tls_ca.clone(),
-        )?;
-        let tls = files.as_ref().map(Tls::load).transpose()?;
-        let heartbeat = HeartbeatConfig::new(
-            Duration::from_millis(self.heartbeat_interval_ms),
-            Duration::from_millis(self.heartbeat_deadline_ms),
-        )
-        .map_err(anyhow::Error::msg)?;
-        Ok(Some(crate::cluster::ClusterOptions {
-            listen,
-            cookie,
-            tls,
-            heartbeat,
-        }))
-    }
-
-    /// Starts the cluster when `--listen` is given.
-    pub async fn start(&self, env: &EnvFn) -> Result<Option<Cluster>, Failure> {
-        let Some(options) = self.options(env).map_err(usage)? else {
-            return Ok(None);
-        };
-        let listen = options.listen;
-        let cluster = Cluster::start(options)
-            .await
-            .with_context(|| format!("cannot listen for agent nodes on {listen}"))
-            .map_err(execution)?;
-        Ok(Some(cluster))
-    }
-}
-
-#[derive(Args, Debug)]
-pub struct RunArgs {
-    /// The question. Without it, conclave reads it from stdin, or starts an interactive conversation on a terminal.
-    pub question: Option<String>,
-    /// A YAML config (MassGen format accepted).
-    #[arg(long, short = 'c', value_name = "FILE", conflicts_with = "model")]
-    pub config: Option<PathBuf>,
-    /// Run a single agent with this model (e.g. gpt-4o-mini, claude-sonnet-4-5, grok-4).
-    #[arg(long, short = 'm', value_name = "MODEL")]
-    pub model: Option<String>,
-    /// The backend type or provider preset for --model (openai, groq, vllm, ollama, ...); implied by well-known model names.
-    #[arg(long, value_name = "TYPE", requires = "model")]
-    pub backend: Option<String>,
-    /// Override the provider's base URL for --model (e.g. http://localhost:8000/v1).
-    #[arg(long, value_name = "URL", requires = "model")]
-    pub base_url: Option<String>,
-    /// Run the full answer / vote / presentation path even with one agent (by default
-    /// --model, and a one-agent config with `ui.use_orchestrator_for_single_agent: false`,
-    /// answer in one streamed call).
-    #[arg(long)]
-    pub orchestrate: bool,
-    /// Continue the last conversation under --session-dir (or the one --session-id names): the agents get its earlier questions and final answers.
-    #[arg(long = "continue")]
-    pub continue_conversation: bool,
-    /// Watch the session on a web page: serves it on 127.0.0.1 (the address is printed) while the session runs; needs --config and the question.
-    #[arg(long, conflicts_with = "continue_conversation")]
-    pub web: bool,
-    /// The port of --web's page (default: any free port).
-    #[arg(long, value_name = "PORT", requires = "web", default_value_t = 0)]
-    pub web_port: u16,
-    #[command(flatten)]
-    pub common: CommonArgs,
-    #[command(flatten)]
-    pub cluster: ClusterArgs,
-}
-
-#[derive(Args, Debug)]
-pub struct DemoArgs {
-    /// The question for the simulated agents.
-    pub question: Option<String>,
-    /// How many simulated agents.
-    #[arg(long, default_value_t = 3, value_parser = clap::value_parser!(u32).range(1..=1000))]
-    pub agents: u32,
-    /// Tokens per simulated reply.
-    #[arg(long, default_value_t = 40, value_parser = clap::value_parser!(u32).range(1..=100_000))]
-    pub tokens: u32,
-    /// Milliseconds between simulated tokens.
-    #[arg(long, default_value_t = 10)]
-    pub token_delay_ms: u64,
-    /// Give every agent the demo MCP server (conclave-mcp-demo, installed beside conclave): each turn calls its lookup tool, then answers with what it returned.
-    #[arg(long)]
-    pub tools: bool,
-    #[command(flatten)]
-    pub common: CommonArgs,
-}
-
-/// `conclave probe`: see [`crate::probe`] for the output and exit codes.
-#[derive(Args, Debug)]
-pub struct ProbeArgs {
-    /// The prompt, sent as one user message.
-    pub prompt: String,
-    /// The backend type or provider preset (openai, claude, gemini, vllm, sim, ...); implied by well-known model names.
-    #[arg(long, value_name = "TYPE")]
-    pub backend: Option<String>,
-    /// The model to call.
-    #[arg(long, short = 'm', value_name = "MODEL")]
-    pub model: String,
-    /// Override the provider's base URL (e.g. http://localhost:8000/v1).
-    #[arg(long, value_name = "URL")]
-    pub base_url: Option<String>,
-    /// A JSON file with the tools to offer: an array of {"name", "description", "parameters"}.
-    #[arg(long, value_name = "FILE")]
-    pub tools: Option<PathBuf>,
-    /// Read the API key from this environment variable instead of the provider's default (the key is then required).
-    #[arg(long, value_name = "VAR")]
-    pub api_key_env: Option<String>,
-    /// More logging on stderr (-v info, -vv debug). RUST_LOG overrides.
-    #[arg(long, short = 'v', action = clap::ArgAction::Count)]
-    pub verbose: u8,
-}
-
-#[derive(Args, Debug)]
-pub struct CommonArgs {
-    /// How to show progress: a full-screen terminal UI (tui, the default when stdout is a terminal), each agent's stream as lines (plain), JSON lines (json), or only the final answer (quiet).
-    #[arg(long, value_enum)]
-    pub display: Option<DisplayArg>,
-    /// Where session directories (journal, final answer) are written.
-    #[arg(long, value_name = "DIR", default_value = ".conclave/sessions")]
-    pub session_dir: PathBuf,
-    /// Name the session instead of generating an id (letters, digits, '.', '_', '-').
-    #[arg(long, value_name = "ID")]
-    pub session_id: Option<String>,
-    /// Override the orchestrator timeout, in seconds.
-    #[arg(long, value_name = "SECONDS", value_parser = clap::value_parser!(u64).range(1..))]
-    pub timeout: Option<u64>,
-    /// End the session (best answer so far, exit 3) once its priced usage reaches this many US dollars.
-    #[arg(long, value_name = "USD")]
-    pub max_cost: Option<f64>,
-    /// End the session (best answer so far, exit 3) once its agents have used this many tokens.
-    #[arg(long, value_name = "TOKENS", value_parser = clap::value_parser!(u64).range(1..))]
-    pub max_tokens: Option<u64>,
-    /// Prices that add to or override the built-in table: YAML/JSON mapping of model prefix to {input_per_million, output_per_million} (USD).
-    #[arg(long, value_name = "FILE")]
-    pub pricing: Option<PathBuf>,
-    /// More logging on stderr (-v info, -vv debug). RUST_LOG overrides.
-    #[arg(long, short = 'v', action = clap::ArgAction::Count)]
-    pub verbose: u8,
-}
-
-#[derive(Clone, Copy, Debug, ValueEnum)]
-pub enum DisplayArg {
-    Tui,
-    Plain,
-    Json,
-    Quiet,
-}
-
-impl From<DisplayArg> for DisplayKind {
-    fn from(arg: DisplayArg) -> Self {
-        match arg {
-            DisplayArg::Tui => DisplayKind::Tui,
-            DisplayArg::Plain => DisplayKind::Plain,
-            DisplayArg::Json => DisplayKind::Json,
-            DisplayArg::Quiet => DisplayKind::Quiet,
-        }
-    }
-}
-
-/// A failure with the exit code it maps to.
-pub struct Failure {
-    pub code: u8,
-    pub error: anyhow::Error,
-}
-
-pub(crate) fn usage(error: anyhow::Error) -> Failure {
-    Failure {
-        code: EXIT_USAGE,
-        error,
-    }
-}
-
-pub(crate) fn execution(error: anyhow::Error) -> Failure {
-    Failure {
-        code: EXIT_EXECUTION,
-        error,
-    }
 }
 
 /// Entry point of the `conclave` binary.
@@ -338,7 +99,7 @@ pub fn main() -> std::process::ExitCode {
     {
         Ok(runtime) => runtime,
         Err(error) => {
-            eprintln!("error: cannot start the async runtime: {error}");
+            console::error!("cannot start the async runtime: {error}");
             return std::process::ExitCode::from(EXIT_EXECUTION);
         }
     };
@@ -351,7 +112,7 @@ pub fn main() -> std::process::ExitCode {
         match run(cli).await {
             Ok(code) => code,
             Err(failure) => {
-                eprintln!("error: {}", conclave_protocol::error_text(&*failure.error));
+                console::error!("{}", conclave_protocol::error_text(&*failure.error));
                 failure.code
             }
         }
@@ -400,45 +161,6 @@ async fn run(cli: Cli) -> Result<u8, Failure> {
     }
 }
 
-pub(crate) fn apply_common(
-    config: &mut SessionConfig,
-    common: &CommonArgs,
-    env: &EnvFn,
-) -> Result<(), Failure> {
-    if let Some(display) = common.display {
-        config.display = display.into();
-    } else if config.display == DisplayKind::Plain && std::io::stdout().is_terminal() {
-        // The line display is what a config gets by default; a person at a terminal gets
-        // the full-screen UI (`--display plain` keeps the lines).
-        config.display = DisplayKind::Tui;
-    }
-    if let Some(timeout) = common.timeout {
-        config.timeouts.orchestrator_timeout_seconds = timeout;
-    }
-    if let Some(usd) = common.max_cost {
-        if !(usd > 0.0 && usd.is_finite()) {
-            return Err(usage(anyhow::anyhow!(
-                "--max-cost must be a positive number of US dollars, got {usd}"
-            )));
-        }
-        config.orchestrator.max_cost_usd = Some(usd);
-    }
-    if let Some(tokens) = common.max_tokens {
-        config.orchestrator.max_total_tokens = Some(tokens);
-    }
-    if let Some(path) = &common.pricing {
-        let (prices, warnings) =
-            config::load_pricing_file(path, &|key| env(key)).map_err(|e| usage(e.into()))?;
-        for warning in &warnings {
-            eprintln!("warning: {warning}");
-        }
-        // Later entries win ties, so the file overrides the config's own `pricing:`.
-        config.orchestrator.pricing.extend(prices);
-    }
-    crate::pricing::check_budget(config).map_err(|e| usage(e.into()))?;
-    Ok(())
-}
-
 async fn run_configured(args: RunArgs, env: EnvFn) -> Result<u8, Failure> {
     if args.web {
         return crate::server::run_web(
@@ -454,7 +176,7 @@ async fn run_configured(args: RunArgs, env: EnvFn) -> Result<u8, Failure> {
     let mut config = if let Some(path) = &args.config {
         let loaded = config::load_file(path, &|key| env(key)).map_err(|e| usage(e.into()))?;
         for warning in &loaded.warnings {
-            eprintln!("warning: {warning}");
+            console::warning!("{warning}");
         }
         loaded.config
     } else if let Some(model) = &args.model {
@@ -497,12 +219,12 @@ async fn run_configured(args: RunArgs, env: EnvFn) -> Result<u8, Failure> {
         }
         .map_err(|e| usage(e.into()))?;
         if loaded.torn_lines_skipped > 0 {
-            eprintln!(
-                "warning: conversation {}: a torn last line (a crash while writing) was skipped",
+            console::warning!(
+                "conversation {}: a torn last line (a crash while writing) was skipped",
                 loaded.id
             );
         }
-        eprintln!(
+        console::note!(
             "continuing conversation {} ({} earlier turn(s))",
             loaded.id,
             loaded.turns.len()
@@ -525,25 +247,6 @@ async fn run_configured(args: RunArgs, env: EnvFn) -> Result<u8, Failure> {
         cluster.shutdown().await;
     }
     result
-}
-
-/// Agents placed on nodes need `--listen`: said before anything starts.
-pub(crate) fn check_placement(
-    config: &SessionConfig,
-    cluster: &ClusterArgs,
-) -> Result<(), Failure> {
-    if cluster.listen.is_none()
-        && let Some(agent) = config.agents.iter().find(|a| a.node.is_some())
-    {
-        return Err(usage(
-            SessionError::NoCluster {
-                agent: agent.id.clone(),
-                node: agent.node.clone().unwrap_or_default(),
-            }
-            .into(),
-        ));
-    }
-    Ok(())
 }
 
 /// The conversation a run adds its turns to (see [`crate::conversation`]).
@@ -594,7 +297,7 @@ impl Thread {
             final_answer: outcome.final_answer.clone(),
             winner: outcome.winner.clone(),
             label: outcome.label.clone(),
-            reason: reason_name(outcome.reason).to_owned(),
+            reason: outcome.reason.as_str().to_owned(),
             input_tokens: outcome.usage.input_tokens,
             output_tokens: outcome.usage.output_tokens,
             cost_usd: outcome.cost_usd,
@@ -615,7 +318,7 @@ fn list_conversations(args: &SessionsArgs) -> Result<u8, Failure> {
     let conversations =
         crate::conversation::list(&args.session_dir).map_err(|e| usage(e.into()))?;
     if conversations.is_empty() {
-        eprintln!(
+        console::note!(
             "no conversations in {} yet (ask a question first)",
             args.session_dir.display()
         );
@@ -711,28 +414,12 @@ async fn run_one(
     }
 }
 
-/// The exit code of a session that could not run (see the module docs).
-pub(crate) fn session_failure(error: SessionError) -> Failure {
-    match error {
-        error @ (SessionError::Backend { .. }
-        | SessionError::NoCluster { .. }
-        | SessionError::Placement(PlaceError::Agent { .. })
-        | SessionError::Consensus(_)
-        | SessionError::Budget(_)
-        | SessionError::JournalMoved(_)
-        | SessionError::Journal(
-            crate::journal::JournalError::Locked { .. } | crate::journal::JournalError::Exists(_),
-        )) => usage(error.into()),
-        error => execution(error.into()),
-    }
-}
-
 /// First Ctrl-C: end the session gracefully. Second: leave at once.
 pub(crate) async fn watch_ctrl_c(interrupt: CancellationToken) {
     if tokio::signal::ctrl_c().await.is_err() {
         return;
     }
-    eprintln!(
+    console::note!(
         "\ninterrupted: ending the session with the best answer so far (Ctrl-C again to quit at once)"
     );
     interrupt.cancel();
@@ -751,10 +438,10 @@ pub(crate) fn print_summary(outcome: &SessionOutcome, dir: &std::path::Path) {
         (Some(usd), false) => format!(" · ${usd:.4} + unpriced ({})", outcome.unpriced.join(", ")),
         (None, _) => String::new(),
     };
-    eprintln!(
+    console::note!(
         "session {}: {} · winner {} · {} answer(s), {} turn(s) · {} input + {} output tokens{cost} · {:.1} s · {}",
         outcome.session,
-        reason_name(outcome.reason),
+        outcome.reason.as_str(),
         winner,
         outcome.answers,
         outcome.turns,
@@ -772,14 +459,13 @@ async fn interactive(
     env: EnvFn,
     cluster: Option<&Cluster>,
 ) -> Result<u8, Failure> {
-    eprintln!(
+    console::note!(
         "conclave: {} agent(s). Ask a question; an empty line or Ctrl-D quits.",
         config.agents.len()
     );
     let mut last = EXIT_OK;
     loop {
-        eprint!("\n> ");
-        let _ = std::io::stderr().flush();
+        console::prompt("\n> ");
         let line = tokio::task::spawn_blocking(|| {
             let mut line = String::new();
             std::io::stdin()
@@ -845,13 +531,13 @@ async fn run_demo(args: DemoArgs, env: EnvFn) -> Result<u8, Failure> {
     }
     apply_common(&mut config, &args.common, &env)?;
     if config.display != DisplayKind::Json {
-        eprintln!(
+        console::note!(
             "demo: {} simulated agents against {} (real HTTP + SSE on loopback)",
             args.agents,
             sim.base_url()
         );
         if let Some(server) = &mcp_server {
-            eprintln!(
+            console::note!(
                 "demo: every agent calls the MCP server {} (stdio) before it answers",
                 server.display()
             );
@@ -874,9 +560,10 @@ async fn run_resume(args: ResumeArgs, env: EnvFn) -> Result<u8, Failure> {
     apply_common(&mut plan.config, &args.common, &env)?;
     if let Some(ended) = &plan.ended {
         // Nothing to run: show what the session produced.
-        eprintln!(
+        console::note!(
             "session {} already ended ({}); nothing was run again",
-            plan.session, ended.reason
+            plan.session,
+            ended.reason
         );
         if let Some(answer) = &ended.final_answer {
             println!("{answer}");
@@ -892,7 +579,7 @@ async fn run_resume(args: ResumeArgs, env: EnvFn) -> Result<u8, Failure> {
     check_placement(&plan.config, &args.cluster)?;
     let cluster = args.cluster.start(&env).await?;
     if plan.config.display != DisplayKind::Json {
-        eprintln!(
+        console::note!(
             "resuming session {}: {} journaled input(s) replayed, {} turn(s) in flight at the crash will run again",
             plan.session,
             plan.replayed_inputs,
