@@ -159,6 +159,7 @@ fn options(args: &Args) -> anyhow::Result<HostOptions> {
         join_timeout: Duration::from_secs(10),
         env: Arc::new(NodeEnv::from_process_and_dotenv(&cwd)),
         allow,
+        work_dir: cwd,
     })
 }
 
