@@ -34,6 +34,7 @@ pub mod probe;
 pub mod resume;
 pub mod server;
 pub mod session;
+pub mod snapshots;
 pub mod telemetry;
 pub mod tui;
 pub mod web;

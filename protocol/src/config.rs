@@ -228,6 +228,10 @@ pub struct OrchestratorSettings {
     /// (`orchestrator.inject_fallback`).
     #[serde(default)]
     pub inject_fallback: RestartPolicy,
+    /// Where answers' workspace snapshots are stored (`orchestrator.snapshot_storage`), one
+    /// folder per session under it; `None`: `<session dir>/snapshots`.
+    #[serde(default)]
+    pub snapshot_storage: Option<String>,
 }
 
 /// The restart policy of a config that names none: `inject` (with the `cancel` fallback), the
@@ -284,6 +288,7 @@ impl Default for OrchestratorSettings {
             single_call: false,
             max_midstream_injections_per_round: DEFAULT_MAX_INJECTIONS,
             inject_fallback: RestartPolicy::Cancel,
+            snapshot_storage: None,
         }
     }
 }

@@ -102,11 +102,6 @@ pub(crate) const ORCHESTRATOR: &[KnownKey] = &[
     not_yet("voting_sensitivity"),
     not_yet("answer_novelty_requirement"),
     KnownKey {
-        name: "snapshot_storage",
-        note: "MassGen's workspace snapshots are not supported yet by conclave, ignored (they \
-               only matter with agent workspaces, `cwd`, which conclave refuses)",
-    },
-    KnownKey {
         name: "agent_temporary_workspace",
         note: "MassGen's shared temporary workspaces are not supported yet by conclave, ignored \
                (they only matter with agent workspaces, `cwd`, which conclave refuses)",

@@ -35,7 +35,9 @@
 //!   official Rust SDK, no longer has an SSE client.
 
 use conclave_protocol::config::WireFormat;
-use conclave_protocol::tools::{AgentTools, McpServerSpec, McpTransport, ToolLimits};
+use conclave_protocol::tools::{
+    AgentTools, McpServerSpec, McpTransport, ToolLimits, WorkspaceLimits, WorkspaceSpec,
+};
 
 use super::env::refuse_references;
 use super::error::ConfigError;
@@ -72,12 +74,6 @@ const REFUSED: &[(&str, &str)] = &[
     (
         "context_paths",
         "MassGen's file-system context paths are not supported yet by conclave; remove the key",
-    ),
-    (
-        "cwd",
-        "MassGen's agent workspace (`cwd`, which gives the agent file-system tools) is not \
-         supported yet by conclave; remove the key (for `claude_code`, pass the CLI's working \
-         directory as `extra_body: {cwd: ...}`)",
     ),
 ];
 
@@ -119,6 +115,7 @@ pub(crate) fn resolve(
     wire: WireFormat,
     ctx: &mut Ctx<'_>,
 ) -> Result<AgentTools, ConfigError> {
+    let workspace = snapshot_workspace(fields, wire, ctx)?;
     refuse_keys(fields, REFUSED, ctx)?;
     refuse_keys(fields, super::massgen::BACKEND_REFUSED, ctx)?;
     for key in fields.keys_with_prefix(COMMAND_LINE_PREFIX) {
@@ -188,8 +185,51 @@ pub(crate) fn resolve(
     Ok(AgentTools {
         mcp_servers: servers,
         limits,
+        workspace,
         ..AgentTools::default()
     })
+}
+
+/// A MINIMAL reading of `backend.cwd` into a [`WorkspaceSpec`], so workspace snapshots can be
+/// exercised end to end before the full workspace loader (file tools, `context_paths`,
+/// `agent_temporary_workspace`, snapshot limits as keys) lands; that loader replaces this
+/// function. `cwd` is kept as written (the session resolves it, see
+/// `crate::snapshots::resolve_workspaces`); `peers_dir` is left empty for the session's default.
+/// A config submitted to the server (expansion off) may not name directories of the
+/// orchestrator's machine; `claude_code` keeps refusing it (its CLI has its own `cwd`).
+fn snapshot_workspace(
+    fields: &mut Fields<'_>,
+    wire: WireFormat,
+    ctx: &Ctx<'_>,
+) -> Result<Option<WorkspaceSpec>, ConfigError> {
+    let path = fields.child_path("cwd");
+    let Some(node) = fields.take("cwd") else {
+        return Ok(None);
+    };
+    if !is_on(node) {
+        return Ok(None);
+    }
+    if wire == WireFormat::ClaudeCode {
+        return Err(ctx.invalid(
+            &path,
+            "`cwd` of a `claude_code` backend is not supported yet by conclave; pass the CLI's \
+             working directory as `extra_body: {cwd: ...}`",
+        ));
+    }
+    if ctx.expansion == Expansion::Off {
+        return Err(ctx.invalid(
+            &path,
+            "a config submitted to the server may not name a workspace directory; remove `cwd`",
+        ));
+    }
+    let cwd = raw_string(Field { node, path: &path }, ctx, "a directory")?;
+    Ok(Some(WorkspaceSpec {
+        cwd,
+        configured: true,
+        peers_dir: String::new(),
+        context_paths: Vec::new(),
+        limits: WorkspaceLimits::default(),
+    }))
 }
 
 fn limits(fields: &mut Fields<'_>, ctx: &Ctx<'_>) -> Result<ToolLimits, ConfigError> {

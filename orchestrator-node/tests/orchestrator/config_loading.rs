@@ -389,7 +389,6 @@ fn massgen_style_config_resolves_to_the_expected_session() {
 
     let warnings = warning_texts(&loaded);
     for path in [
-        "orchestrator.snapshot_storage",
         "orchestrator.agent_temporary_workspace",
         "orchestrator.voting_sensitivity",
         "orchestrator.answer_novelty_requirement",
@@ -502,6 +501,7 @@ ui:
             single_call: false,
             max_midstream_injections_per_round: 2,
             inject_fallback: RestartPolicy::Cancel,
+            snapshot_storage: None,
         }
     );
     assert_eq!(
