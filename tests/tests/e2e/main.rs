@@ -22,6 +22,7 @@ mod e2e_resume;
 mod e2e_server;
 mod e2e_server_trust;
 mod e2e_session;
+mod e2e_snapshots;
 mod e2e_tools;
 mod e2e_tui;
 mod e2e_web;
