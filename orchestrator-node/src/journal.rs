@@ -892,6 +892,7 @@ mod tests {
         }
         journal
             .record(JournalEvent::DecisionReceived {
+                snapshot: None,
                 agent: "a".into(),
                 turn: 1,
                 seen_revision: 0,
@@ -1022,6 +1023,7 @@ mod tests {
 
     fn decision() -> JournalEvent {
         JournalEvent::DecisionReceived {
+            snapshot: None,
             agent: "a".into(),
             turn: 1,
             seen_revision: 0,

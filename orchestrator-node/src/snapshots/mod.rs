@@ -476,3 +476,6 @@ pub fn spawn_serve(
         }
     });
 }
+
+#[cfg(test)]
+mod tests;
