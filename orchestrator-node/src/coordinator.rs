@@ -873,7 +873,8 @@ impl CoordinatorState {
                         Ok(snapshot) => snapshot,
                         Err(reason) => {
                             // Never a half-copied snapshot: the answer's turn fails instead.
-                            let message = format!("the answer's workspace snapshot was refused: {reason}");
+                            let message =
+                                format!("the answer's workspace snapshot was refused: {reason}");
                             warn!(agent = %name, %turn, %message, "answer refused");
                             self.record(JournalEvent::TurnFailed {
                                 agent: name.to_string(),

@@ -324,12 +324,7 @@ pub fn load(dir: &Path) -> Result<ResumePlan, ResumeError> {
             _ => None,
         };
         if let Some(input) = input {
-            feed(
-                &mut machine,
-                input,
-                &mut last_start,
-                &mut replayed_snapshot,
-            );
+            feed(&mut machine, input, &mut last_start, &mut replayed_snapshot);
         }
         replayed_snapshot = None;
     }

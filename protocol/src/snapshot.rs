@@ -219,7 +219,10 @@ mod tests {
 
         let mut wrong_total = manifest.clone();
         wrong_total.total_bytes = 9;
-        assert!(matches!(wrong_total.check(), Err(ManifestError::Total { .. })));
+        assert!(matches!(
+            wrong_total.check(),
+            Err(ManifestError::Total { .. })
+        ));
 
         for bad in ["../x", "/etc/passwd", "a//b", "a/./b", "", "a\\b"] {
             let manifest = SnapshotManifest::new(vec![file(bad, b"x")], vec![]);
@@ -231,6 +234,9 @@ mod tests {
         let nested = SnapshotManifest::new(vec![file("a", b"x"), file("a/b", b"y")], vec![]);
         assert!(matches!(nested.check(), Err(ManifestError::BadPath { .. })));
         let twice = SnapshotManifest::new(vec![file("a", b"x"), file("a", b"x")], vec![]);
-        assert!(matches!(twice.check(), Err(ManifestError::Duplicate { .. })));
+        assert!(matches!(
+            twice.check(),
+            Err(ManifestError::Duplicate { .. })
+        ));
     }
 }

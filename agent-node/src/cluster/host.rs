@@ -204,7 +204,9 @@ impl AgentHost {
     fn teardown(myself: &ActorRef<HostMsg>, state: &mut HostState, reason: &str) {
         let hosted = state.agents.len();
         Self::stop_agents(state, "link lost");
-        state.snapshots.fail_all_fetches("the link to the orchestrator was lost");
+        state
+            .snapshots
+            .fail_all_fetches("the link to the orchestrator was lost");
         if let Some(session) = state.session.take() {
             session.actor.stop(Some(reason.to_owned()));
         }

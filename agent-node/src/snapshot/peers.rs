@@ -103,9 +103,7 @@ pub fn sync_peers(
         copy_read_only(source, &incoming, &snapshot.manifest)?;
         let target = peers_dir.join(&label);
         fs::rename(&incoming, &target).map_err(|e| SnapshotError::io("rename", &incoming, e))?;
-        shown
-            .labels
-            .insert(label, snapshot.manifest.digest.clone());
+        shown.labels.insert(label, snapshot.manifest.digest.clone());
     }
     Ok(())
 }

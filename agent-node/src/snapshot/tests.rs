@@ -64,10 +64,16 @@ fn capture_over_a_limit_is_refused_naming_the_key() {
     }
     let error = capture(dir.path(), &limits(4, 1_000)).unwrap_err();
     assert!(matches!(error, SnapshotError::TooManyFiles { limit: 4 }));
-    assert!(error.to_string().contains("`snapshot_max_files`"), "{error}");
+    assert!(
+        error.to_string().contains("`snapshot_max_files`"),
+        "{error}"
+    );
     let error = capture(dir.path(), &limits(10, 49)).unwrap_err();
     assert!(matches!(error, SnapshotError::TooLarge { limit: 49, .. }));
-    assert!(error.to_string().contains("`snapshot_max_bytes`"), "{error}");
+    assert!(
+        error.to_string().contains("`snapshot_max_bytes`"),
+        "{error}"
+    );
     // Exactly at the limits is fine.
     let captured = capture(dir.path(), &limits(5, 50)).unwrap();
     assert_eq!(captured.manifest.files.len(), 5);
@@ -76,7 +82,11 @@ fn capture_over_a_limit_is_refused_naming_the_key() {
 #[test]
 fn unpacking_checks_order_and_hashes() {
     let source = tempfile::tempdir().unwrap();
-    write(source.path(), "a.txt", &vec![7u8; SNAPSHOT_CHUNK_BYTES + 10]);
+    write(
+        source.path(),
+        "a.txt",
+        &vec![7u8; SNAPSHOT_CHUNK_BYTES + 10],
+    );
     write(source.path(), "z/empty", b"");
     write(source.path(), "z/b.txt", b"hello");
     let captured = capture(source.path(), &WorkspaceLimits::default()).unwrap();
@@ -172,7 +182,10 @@ fn peers_dir_shows_current_snapshots_read_only_and_drops_superseded_ones() {
         fs::read(peers.join("agent1.1/notes/plan.md")).unwrap(),
         b"plan v1"
     );
-    assert_eq!(fs::read(peers.join("agent2.1/app.py")).unwrap(), b"print('hi')");
+    assert_eq!(
+        fs::read(peers.join("agent2.1/app.py")).unwrap(),
+        b"print('hi')"
+    );
     assert!(!peers.join("agent9.9").exists());
     assert_eq!(mode(&peers.join("agent1.1/notes/plan.md")), 0o444);
     assert_eq!(mode(&peers.join("agent1.1/notes")), 0o555);

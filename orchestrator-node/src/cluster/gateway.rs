@@ -605,18 +605,18 @@ impl GatewayState {
             } => {
                 // Only a live agent of the session, asking through its own node's link.
                 let route = self.routes.get(&session);
-                let entitled = route
-                    .and_then(|r| r.agents.get(&agent))
-                    .is_some_and(|p| {
-                        p.node == sender && p.incarnation == incarnation && p.link == Link::Live
-                    });
+                let entitled = route.and_then(|r| r.agents.get(&agent)).is_some_and(|p| {
+                    p.node == sender && p.incarnation == incarnation && p.link == Link::Live
+                });
                 let store = route.and_then(|r| r.snapshots.clone());
                 let host = self.joined.get(&sender).map(|j| j.host.clone());
                 match (entitled, store, host) {
                     (true, Some(store), Some(host)) => {
                         crate::snapshots::spawn_serve(store, host, session, label, digest);
                     }
-                    _ => warn!(node = %sender, %session, agent, %label, "snapshot request of an agent this node does not host, or of a session without snapshots, dropped"),
+                    _ => {
+                        warn!(node = %sender, %session, agent, %label, "snapshot request of an agent this node does not host, or of a session without snapshots, dropped")
+                    }
                 }
             }
             ToOrchestrator::Hello(_) => {}

@@ -148,9 +148,15 @@ pub fn serve(
 
 /// A snapshot on its way in.
 enum Incoming {
-    Receiving { turn: TurnId, unpacker: Unpacker },
+    Receiving {
+        turn: TurnId,
+        unpacker: Unpacker,
+    },
     /// Something was wrong; the answer of `turn` will fail with `reason`.
-    Broken { turn: TurnId, reason: String },
+    Broken {
+        turn: TurnId,
+        reason: String,
+    },
     /// Complete and checked, waiting for its answer to be accepted.
     Ready {
         turn: TurnId,

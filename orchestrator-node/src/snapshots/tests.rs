@@ -86,11 +86,15 @@ fn broken_or_oversized_snapshots_fail_the_answer_instead_of_half_copying() {
 
     // Over the agent's own caps (the receiver enforces them too).
     let mut intake = SnapshotIntake::new(&config(1, 10_000_000), dir.path().join("s1"));
-    let refused = intake.begin(0, TurnId(1), snap.manifest.clone()).unwrap_err();
+    let refused = intake
+        .begin(0, TurnId(1), snap.manifest.clone())
+        .unwrap_err();
     assert!(refused.contains("`snapshot_max_files`"), "{refused}");
     assert!(intake.complete(0, TurnId(1)).is_err());
     let mut intake = SnapshotIntake::new(&config(10, 100), dir.path().join("s2"));
-    let refused = intake.begin(0, TurnId(1), snap.manifest.clone()).unwrap_err();
+    let refused = intake
+        .begin(0, TurnId(1), snap.manifest.clone())
+        .unwrap_err();
     assert!(refused.contains("`snapshot_max_bytes`"), "{refused}");
     // An agent without a workspace sends none.
     assert!(intake.begin(1, TurnId(1), snap.manifest.clone()).is_err());
@@ -118,7 +122,10 @@ fn a_lost_agents_snapshot_in_flight_is_dropped_and_described() {
     intake.begin(0, TurnId(7), snap.manifest.clone()).unwrap();
     intake.chunk(0, TurnId(7), 0, &snap.data[..SNAPSHOT_CHUNK_BYTES]);
     let dropped = intake.drop_incoming(0).expect("something was on its way");
-    assert!(dropped.contains(&format!("{SNAPSHOT_CHUNK_BYTES} of")), "{dropped}");
+    assert!(
+        dropped.contains(&format!("{SNAPSHOT_CHUNK_BYTES} of")),
+        "{dropped}"
+    );
     assert!(!dir.path().join("store/.incoming/0-7").exists());
     // Its answer, should it still come, has no snapshot to claim.
     assert!(matches!(intake.complete(0, TurnId(7)), Ok(None)));
@@ -148,7 +155,10 @@ fn restore_checks_current_snapshots_and_names_the_altered_file() {
         .restore(&accepted, &[label])
         .unwrap_err()
         .to_string();
-    assert!(error.contains("agent1.1") && error.contains("README"), "{error}");
+    assert!(
+        error.contains("agent1.1") && error.contains("README"),
+        "{error}"
+    );
     // A superseded answer's snapshot is not checked (it is never shown again).
     SnapshotIntake::new(&cfg, root.clone())
         .restore(&accepted, &[])

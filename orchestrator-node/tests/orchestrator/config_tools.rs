@@ -158,7 +158,6 @@ fn tool_keys_conclave_cannot_run_are_refused_naming_the_key() {
             "[{path: /tmp, permission: write}]",
             "not supported yet",
         ),
-        ("cwd", "workspace1", "not supported yet"),
     ] {
         let err = backend_err(&format!("type: openai\nmodel: m\n{key}: {value}\n"));
         let text = err.to_string();
@@ -176,6 +175,15 @@ fn tool_keys_conclave_cannot_run_are_refused_naming_the_key() {
          custom_tools: []\n    enable_image_generation: false\n",
     );
     assert!(loaded.config.agents[0].tools.mcp_servers.is_empty());
+    // `cwd` gives the agent a workspace (its snapshots travel with its answers).
+    let loaded = load("agent:\n  backend:\n    type: openai\n    model: m\n    cwd: workspace1\n");
+    let workspace = loaded.config.agents[0]
+        .tools
+        .workspace
+        .as_ref()
+        .expect("a workspace");
+    assert_eq!(workspace.cwd, "workspace1");
+    assert!(workspace.configured);
 }
 
 #[test]

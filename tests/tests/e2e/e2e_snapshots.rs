@@ -108,7 +108,10 @@ async fn two_agents_on_two_nodes_read_each_others_snapshots() {
     // The journal lists each answer's files with sizes and hashes.
     let session_dir = setup.session_dir("snaps");
     let journal = read_journal(&session_dir).unwrap();
-    for (agent, file, text) in [("alpha", ALPHA_FILE, ALPHA_TEXT), ("beta", BETA_FILE, BETA_TEXT)] {
+    for (agent, file, text) in [
+        ("alpha", ALPHA_FILE, ALPHA_TEXT),
+        ("beta", BETA_FILE, BETA_TEXT),
+    ] {
         let snapshots = manifests(&journal, agent);
         assert!(!snapshots.is_empty(), "{agent} never answered");
         for snapshot in snapshots {
@@ -128,7 +131,12 @@ async fn two_agents_on_two_nodes_read_each_others_snapshots() {
     for answer in &accepted {
         // As the orchestrator names it: relative to its working directory, here the test's.
         let dir = root.join(answer["snapshot_dir"].as_str().expect("a stored snapshot"));
-        assert_eq!(dir, session_dir.join("snapshots").join(answer["label"].as_str().unwrap()));
+        assert_eq!(
+            dir,
+            session_dir
+                .join("snapshots")
+                .join(answer["label"].as_str().unwrap())
+        );
         let (file, text) = if answer["agent"] == "alpha" {
             (ALPHA_FILE, ALPHA_TEXT)
         } else {
@@ -140,7 +148,10 @@ async fn two_agents_on_two_nodes_read_each_others_snapshots() {
     // Each node shows the other agent's current snapshot, read-only and anonymous.
     let peers_b = home_b.join("peers/snaps/beta");
     let alpha_seen = peer_dir(&peers_b, 1);
-    assert_eq!(std::fs::read(alpha_seen.join(ALPHA_FILE)).unwrap(), ALPHA_TEXT);
+    assert_eq!(
+        std::fs::read(alpha_seen.join(ALPHA_FILE)).unwrap(),
+        ALPHA_TEXT
+    );
     assert_eq!(mode(&alpha_seen.join(ALPHA_FILE)), 0o444);
     assert_eq!(mode(&alpha_seen), 0o555);
     let peers_a = home_a.join("peers/snaps/alpha");
@@ -153,7 +164,11 @@ async fn two_agents_on_two_nodes_read_each_others_snapshots() {
     }
     // The nodes' caches went with the session.
     for node in &node_runs {
-        assert!(!node.stderr.contains("snapshot refused"), "{}", explain(node));
+        assert!(
+            !node.stderr.contains("snapshot refused"),
+            "{}",
+            explain(node)
+        );
     }
     setup.sim.shutdown().await;
 }
@@ -192,18 +207,22 @@ async fn resume_refuses_an_altered_snapshot_and_continues_once_it_is_restored() 
         "",
         60,
     );
-    yaml = yaml.replace(
-        "      base_url:",
-        "      cwd: ws\n      base_url:",
-    );
+    yaml = yaml.replace("      base_url:", "      cwd: ws\n      base_url:");
     std::fs::write(dir.path().join("local.yaml"), yaml).unwrap();
     std::fs::create_dir_all(dir.path().join("ws")).unwrap();
     std::fs::write(dir.path().join("ws/result.txt"), b"42\n").unwrap();
     let run = conclave(
         dir.path(),
         &[
-            "--config", "local.yaml", "--display", "quiet", "--session-dir", "sessions",
-            "--session-id", "done", "Name a prime.",
+            "--config",
+            "local.yaml",
+            "--display",
+            "quiet",
+            "--session-dir",
+            "sessions",
+            "--session-id",
+            "done",
+            "Name a prime.",
         ],
     )
     .await;
@@ -232,7 +251,11 @@ async fn resume_refuses_an_altered_snapshot_and_continues_once_it_is_restored() 
     let stored = crashed.join("snapshots").join(&label).join("result.txt");
     std::fs::write(&stored, b"43\n").unwrap();
 
-    let refused = conclave(dir.path(), &["resume", "sessions/crashed", "--display", "quiet"]).await;
+    let refused = conclave(
+        dir.path(),
+        &["resume", "sessions/crashed", "--display", "quiet"],
+    )
+    .await;
     assert_ne!(refused.code, Some(0), "an altered snapshot was resumed");
     assert!(
         refused.stderr.contains(&label) && refused.stderr.contains("result.txt"),
@@ -242,7 +265,11 @@ async fn resume_refuses_an_altered_snapshot_and_continues_once_it_is_restored() 
     assert!(refused.stderr.contains("altered"), "{}", refused.stderr);
 
     std::fs::write(&stored, b"42\n").unwrap();
-    let resumed = conclave(dir.path(), &["resume", "sessions/crashed", "--display", "quiet"]).await;
+    let resumed = conclave(
+        dir.path(),
+        &["resume", "sessions/crashed", "--display", "quiet"],
+    )
+    .await;
     assert_eq!(resumed.code, Some(0), "stderr:\n{}", resumed.stderr);
     let after = read_journal(&crashed).unwrap();
     assert_eq!(events_of(&after, "session_resumed").len(), 1);
