@@ -198,6 +198,7 @@ async fn start(agents: &[&str], capacity: usize, budget: Budget) -> Harness {
             done: done_tx,
             resumed: None,
             budget,
+            snapshots: None,
         },
     )
     .await

@@ -215,6 +215,7 @@ async fn measure(
             done,
             resumed: None,
             budget: Budget::default(),
+            snapshots: None,
         },
     )
     .await?;
