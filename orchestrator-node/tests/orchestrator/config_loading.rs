@@ -375,6 +375,9 @@ fn massgen_style_config_resolves_to_the_expected_session() {
         config.orchestrator,
         OrchestratorSettings {
             max_new_answers_per_agent: Some(2),
+            // Read (answers' workspace snapshots are stored there), though no agent here has
+            // a workspace.
+            snapshot_storage: Some("snapshots".into()),
             ..OrchestratorSettings::default()
         }
     );
