@@ -16,6 +16,7 @@ pub mod cluster;
 pub mod llm;
 pub mod outbox;
 pub mod providers;
+pub mod snapshot;
 pub mod tools;
 pub mod turn;
 pub mod workflow;

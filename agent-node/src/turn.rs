@@ -96,6 +96,9 @@ pub struct AgentContext {
     /// The agent's tools besides the workflow ones (its MCP servers), started with the agent
     /// and stopped when the last reference goes (see [`crate::tools`]).
     pub tools: Arc<crate::tools::ToolBox>,
+    /// The agent's workspace snapshots (captured with each answer, peers' shown read-only);
+    /// `None` for an agent without a workspace (see [`crate::snapshot`]).
+    pub snapshots: Option<Arc<crate::snapshot::AgentSnapshots>>,
 }
 
 /// An agent's workflow mode (`workflow:` in its config) and, for `auto`, whether it has
@@ -397,6 +400,7 @@ async fn run_turn(
 ) -> Result<AgentReport, CallError> {
     let own_system = system_with_tools(context, spec.mode);
     let own_system = own_system.as_deref();
+    show_peer_snapshots(spec, context).await;
     match spec.mode {
         TurnMode::Present => {
             // The presenter may use its own tools (never the workflow ones).
@@ -501,15 +505,21 @@ async fn coordinate(
             workflow::DecisionProblem::ToolRoundsExhausted { limit }
         } else if text_mode {
             match workflow::text::parse_text_decision(spec, &output.text) {
-                Ok(decision) => return Ok(decided(spec, decision, DecisionHow::Text)),
+                Ok(decision) => match attach_snapshot(spec, context, &decision).await {
+                    Ok(()) => return Ok(decided(spec, decision, DecisionHow::Text)),
+                    Err(problem) => problem,
+                },
                 Err(problem) => problem,
             }
         } else {
             match workflow::parse_decision(spec, &output.tool_calls) {
-                Ok(decision) => {
-                    record_tool_call(&output, &decision);
-                    return Ok(decided(spec, decision, DecisionHow::Tool));
-                }
+                Ok(decision) => match attach_snapshot(spec, context, &decision).await {
+                    Ok(()) => {
+                        record_tool_call(&output, &decision);
+                        return Ok(decided(spec, decision, DecisionHow::Tool));
+                    }
+                    Err(problem) => problem,
+                },
                 Err(problem) => problem,
             }
         };
@@ -528,7 +538,10 @@ async fn coordinate(
                 },
             });
             let problem = match workflow::text::parse_text_decision(spec, &output.text) {
-                Ok(decision) => return Ok(decided(spec, decision, DecisionHow::Text)),
+                Ok(decision) => match attach_snapshot(spec, context, &decision).await {
+                    Ok(()) => return Ok(decided(spec, decision, DecisionHow::Text)),
+                    Err(problem) => problem,
+                },
                 Err(problem) => problem,
             };
             request = text_request(spec, own_system);
@@ -549,7 +562,7 @@ async fn coordinate(
         }
         last_problem = Some(problem);
     }
-    let problem = last_problem.map(|p| p.to_string()).unwrap_or_default();
+    let mut problem = last_problem.map(|p| p.to_string()).unwrap_or_default();
     let written = longest_text.trim();
     let has_own_answer = spec
         .answers
@@ -558,13 +571,13 @@ async fn coordinate(
     let substantial =
         written.chars().filter(|c| !c.is_whitespace()).count() >= MIN_IMPLICIT_ANSWER_CHARS;
     if spec.may_answer && !has_own_answer && substantial {
-        return Ok(decided(
-            &spec,
-            Decision::NewAnswer {
-                content: written.to_owned(),
-            },
-            DecisionHow::Implicit,
-        ));
+        let decision = Decision::NewAnswer {
+            content: written.to_owned(),
+        };
+        match attach_snapshot(&spec, context, &decision).await {
+            Ok(()) => return Ok(decided(&spec, decision, DecisionHow::Implicit)),
+            Err(refused) => problem = refused.to_string(),
+        }
     }
     if !spec.answers.is_empty() {
         return Ok(decided(
@@ -588,6 +601,50 @@ async fn coordinate(
             ),
         },
     })
+}
+
+/// For an agent with a workspace, captures it and sends the snapshot ahead of a `new_answer`
+/// decision (see [`crate::snapshot`]). A capture that fails (over `snapshot_max_files` or
+/// `snapshot_max_bytes`, an unreadable file) refuses the answer: the error is the problem the
+/// model reads in its corrective message. Votes and abstentions carry no snapshot.
+async fn attach_snapshot(
+    spec: &TurnSpec,
+    context: &AgentContext,
+    decision: &Decision,
+) -> Result<(), workflow::DecisionProblem> {
+    let (Some(snapshots), Decision::NewAnswer { .. }) = (&context.snapshots, decision) else {
+        return Ok(());
+    };
+    match snapshots.capture().await {
+        Ok(captured) => {
+            debug!(agent = %context.agent_id, turn = %spec.turn, files = captured.manifest.files.len(), bytes = captured.manifest.total_bytes, "workspace captured");
+            crate::snapshot::AgentSnapshots::send(&context.outbox, spec.turn, captured);
+            Ok(())
+        }
+        Err(error) => {
+            warn!(agent = %context.agent_id, turn = %spec.turn, %error, "answer refused: workspace snapshot failed");
+            Err(workflow::DecisionProblem::SnapshotRefused {
+                reason: error.to_string(),
+            })
+        }
+    }
+}
+
+/// Brings the agent's peers directory to the turn's snapshots (an agent with a workspace); a
+/// failure is reported and the turn goes on without them.
+async fn show_peer_snapshots(spec: &TurnSpec, context: &AgentContext) {
+    let Some(snapshots) = &context.snapshots else {
+        return;
+    };
+    if let Err(error) = snapshots.sync_peers(&spec.snapshots).await {
+        warn!(agent = %context.agent_id, turn = %spec.turn, %error, "peers' snapshots not shown");
+        context.outbox.send(AgentReport::TurnEvent {
+            turn: spec.turn,
+            event: TurnEvent::PeerSnapshotsUnavailable {
+                reason: error.to_string(),
+            },
+        });
+    }
 }
 
 /// Whether the reply calls any of the agent's own tools (anything but the workflow tools),
@@ -654,6 +711,7 @@ async fn call_with_tools(
             ));
         }
         if let Some((newer, injection)) = injections.and_then(|i| i.take(spec)) {
+            show_peer_snapshots(&newer, context).await;
             inject(spec, newer, injection, context, request);
         }
     }

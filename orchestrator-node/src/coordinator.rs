@@ -49,6 +49,7 @@ use crate::journal::{AgentUsage, FINAL_FILE, Journal, JournalError, JournalEvent
 /// What the coordinator hands over when the session ends (see [`crate::outcome`]).
 pub use crate::outcome::SessionOutcome;
 use crate::pricing::Price;
+use crate::snapshots::SnapshotIntake;
 
 /// Delivers a command to one agent. Returns false if the agent is unreachable.
 pub type CommandSink = Arc<dyn Fn(Envelope<CoordinatorCommand>) -> bool + Send + Sync>;
@@ -104,6 +105,9 @@ pub struct CoordinatorArgs {
     /// `final.md` names it): the presenter's (or, without a presentation, the winner's) is
     /// named in `final.md`.
     pub final_files: Vec<(String, String)>,
+    /// Answers' workspace snapshots (see [`crate::snapshots`]); `None` when no agent of the
+    /// session has a workspace.
+    pub snapshots: Option<SnapshotIntake>,
 }
 
 /// A session's spending limits and the price of each agent's model (by agent index).
@@ -173,6 +177,7 @@ pub struct CoordinatorState {
     resumed: Option<Resumed>,
     budget: Budget,
     final_files: Vec<(String, String)>,
+    snapshots: Option<SnapshotIntake>,
     /// The session's root span `invoke_workflow conclave`, from Begin to finish; every command
     /// carries its trace context.
     span: tracing::Span,
@@ -323,6 +328,9 @@ impl CoordinatorState {
 
     /// The end, after the last release: close the journal and report the outcome.
     async fn hand_over(&mut self, myself: &ActorRef<CoordinatorMsg>, outcome: SessionOutcome) {
+        if let Some(intake) = self.snapshots.as_mut() {
+            intake.close();
+        }
         if let Some(journal) = self.journal.take() {
             let closed = tokio::task::spawn_blocking(move || journal.close())
                 .await
@@ -423,7 +431,8 @@ impl CoordinatorState {
 
     /// Journals a turn and sends it to its agent.
     fn start_turn(&mut self, agent: AgentIndex, plan: TurnPlan) {
-        let spec = plan.into_spec(self.task.clone(), agent);
+        let mut spec = plan.into_spec(self.task.clone(), agent);
+        self.name_snapshots(&mut spec);
         self.turns += 1;
         self.record(JournalEvent::TurnStarted {
             agent: self.agent_name(agent),
@@ -453,7 +462,8 @@ impl CoordinatorState {
                     self.send(agent, CoordinatorCommand::Cancel { turn });
                 }
                 Action::InjectAnswers { agent, spec_parts } => {
-                    let spec = spec_parts.into_spec(self.task.clone(), agent);
+                    let mut spec = spec_parts.into_spec(self.task.clone(), agent);
+                    self.name_snapshots(&mut spec);
                     self.record(JournalEvent::InjectionSent {
                         agent: self.agent_name(agent),
                         turn: spec.turn.0,
@@ -472,13 +482,14 @@ impl CoordinatorState {
         let journal_event = match event {
             Event::AnswerAccepted {
                 agent,
+                turn,
                 label,
                 revision,
                 seen_revision,
                 stale,
-                ..
             } => {
                 self.answers += 1;
+                let snapshot_dir = self.store_snapshot(agent, turn, label);
                 let content = self
                     .machine
                     .answer_content(label)
@@ -492,12 +503,16 @@ impl CoordinatorState {
                     seen_revision,
                     stale,
                     content,
+                    snapshot_dir,
                 }
             }
-            Event::AnswerRejected { agent, reason, .. } => JournalEvent::AnswerRejected {
-                agent: self.agent_name(agent),
-                reason,
-            },
+            Event::AnswerRejected { agent, reason, .. } => {
+                self.drop_snapshot(agent, "its answer was rejected");
+                JournalEvent::AnswerRejected {
+                    agent: self.agent_name(agent),
+                    reason,
+                }
+            }
             Event::VoteAccepted {
                 agent,
                 label,
@@ -728,6 +743,58 @@ impl CoordinatorState {
         self.pending.push(Effect::End(outcome));
     }
 
+    /// Names the current answers' snapshots in a turn (`TurnSpec::snapshots`).
+    fn name_snapshots(&self, spec: &mut conclave_protocol::TurnSpec) {
+        if let Some(intake) = &self.snapshots {
+            spec.snapshots = intake.store().peer_snapshots(&spec.answers);
+        }
+    }
+
+    /// The snapshot that came with `agent`'s `new_answer` of `turn`, complete and checked.
+    fn complete_snapshot(
+        &mut self,
+        agent: AgentIndex,
+        turn: conclave_protocol::TurnId,
+    ) -> Result<Option<Arc<conclave_protocol::snapshot::SnapshotManifest>>, String> {
+        match self.snapshots.as_mut() {
+            Some(intake) => intake.complete(agent, turn),
+            None => Ok(None),
+        }
+    }
+
+    /// Stores the snapshot of an accepted answer under its label; returns where.
+    fn store_snapshot(
+        &mut self,
+        agent: AgentIndex,
+        turn: conclave_protocol::TurnId,
+        label: conclave_protocol::AnswerLabel,
+    ) -> Option<String> {
+        let intake = self.snapshots.as_mut()?;
+        match intake.accept(agent, turn, label) {
+            Ok(dir) => dir.map(|d| d.display().to_string()),
+            Err(error) => {
+                let reason = format!("answer {label}'s snapshot could not be stored: {error}");
+                error!(%reason, "snapshot lost");
+                self.record(JournalEvent::SnapshotDropped {
+                    agent: self.agent_name(agent),
+                    reason,
+                });
+                None
+            }
+        }
+    }
+
+    /// Drops `agent`'s snapshot on its way, journaling what was dropped and why.
+    fn drop_snapshot(&mut self, agent: AgentIndex, why: &str) {
+        let Some(dropped) = self.snapshots.as_mut().and_then(|i| i.drop_incoming(agent)) else {
+            return;
+        };
+        self.record(JournalEvent::SnapshotDropped {
+            agent: self.agent_name(agent),
+            reason: format!("{dropped} was dropped: {why}"),
+        });
+    }
+
     fn on_report(&mut self, envelope: Envelope<AgentReport>) {
         if envelope.session != self.session {
             warn!(session = %envelope.session, sender = %envelope.sender, "report for another session dropped");
@@ -776,6 +843,30 @@ impl CoordinatorState {
                 seen_revision,
                 how,
             } => {
+                let snapshot = match &decision {
+                    Decision::NewAnswer { .. } => match self.complete_snapshot(agent, turn) {
+                        Ok(snapshot) => snapshot,
+                        Err(reason) => {
+                            // Never a half-copied snapshot: the answer's turn fails instead.
+                            let message =
+                                format!("the answer's workspace snapshot was refused: {reason}");
+                            warn!(agent = %name, %turn, %message, "answer refused");
+                            self.record(JournalEvent::TurnFailed {
+                                agent: name.to_string(),
+                                turn: turn.0,
+                                kind: "snapshot".to_owned(),
+                                message: message.clone(),
+                            });
+                            self.apply(Input::TurnFailed {
+                                agent,
+                                turn,
+                                reason: format!("snapshot: {message}"),
+                            });
+                            return;
+                        }
+                    },
+                    _ => None,
+                };
                 self.record(JournalEvent::DecisionReceived {
                     agent: name.to_string(),
                     turn: turn.0,
@@ -784,6 +875,7 @@ impl CoordinatorState {
                         && matches!(decision, Decision::NewAnswer { .. }),
                     decision: decision.clone(),
                     how,
+                    snapshot: snapshot.map(|m| (*m).clone()),
                 });
                 self.apply(Input::Decided {
                     agent,
@@ -825,6 +917,22 @@ impl CoordinatorState {
                     turn,
                     reason: format!("{}: {}", error.kind.as_str(), error.message),
                 });
+            }
+            AgentReport::SnapshotBegin { turn, manifest } => {
+                let refused = self
+                    .snapshots
+                    .as_mut()
+                    .map_or(Err("the session keeps no snapshots".to_owned()), |intake| {
+                        intake.begin(agent, turn, manifest)
+                    });
+                if let Err(reason) = refused {
+                    warn!(agent = %name, %turn, %reason, "snapshot refused");
+                }
+            }
+            AgentReport::SnapshotChunk { turn, offset, data } => {
+                if let Some(intake) = self.snapshots.as_mut() {
+                    intake.chunk(agent, turn, offset, &data);
+                }
             }
             AgentReport::TurnEvent { turn, event } => {
                 let input = match &event {
@@ -887,6 +995,7 @@ impl Actor for Coordinator {
             resumed: args.resumed,
             budget: args.budget,
             final_files: args.final_files,
+            snapshots: args.snapshots,
             span: tracing::Span::none(),
             timeout_timer: None,
             agents: Vec::new(),
@@ -974,6 +1083,7 @@ impl Actor for Coordinator {
                     agent: name,
                     reason: reason.clone(),
                 });
+                state.drop_snapshot(agent, &format!("the agent was lost ({reason})"));
                 state.apply(Input::AgentLost { agent, reason });
             }
             CoordinatorMsg::AgentBack { agent } => {

@@ -522,6 +522,9 @@ pub(crate) fn describe_progress(event: &TurnEvent) -> String {
                 report.tool, report.duration_ms
             )
         }
+        TurnEvent::PeerSnapshotsUnavailable { reason } => {
+            format!("could not be shown its peers' workspace snapshots: {reason}")
+        }
         TurnEvent::InjectionDeclined { revision } => format!(
             "had no tool call in flight when revision {revision} arrived; the injection fallback applies"
         ),

@@ -180,6 +180,11 @@ pub enum JournalEvent {
         /// True for an answer kept from a turn that made no decision.
         #[serde(default, skip_serializing_if = "std::ops::Not::not")]
         implicit: bool,
+        /// The workspace snapshot that came with a `new_answer` (agents with a workspace): every
+        /// file with its size and SHA-256, and what was left out (symbolic links). Its files
+        /// are on disk before this line is (see `crate::snapshots`).
+        #[serde(default, skip_serializing_if = "Option::is_none")]
+        snapshot: Option<conclave_protocol::snapshot::SnapshotManifest>,
     },
     PresentationReceived {
         agent: String,
@@ -193,6 +198,16 @@ pub enum JournalEvent {
         seen_revision: u64,
         stale: bool,
         content: String,
+        /// Where the answer's workspace snapshot is stored (its manifest is in the answer's
+        /// `decision_received` line).
+        #[serde(default, skip_serializing_if = "Option::is_none")]
+        snapshot_dir: Option<String>,
+    },
+    /// A workspace snapshot was thrown away without becoming an answer's: its agent's node was
+    /// lost while it was on its way, or its answer was not accepted.
+    SnapshotDropped {
+        agent: String,
+        reason: String,
     },
     AnswerRejected {
         agent: String,
@@ -877,6 +892,7 @@ mod tests {
         }
         journal
             .record(JournalEvent::DecisionReceived {
+                snapshot: None,
                 agent: "a".into(),
                 turn: 1,
                 seen_revision: 0,
@@ -1007,6 +1023,7 @@ mod tests {
 
     fn decision() -> JournalEvent {
         JournalEvent::DecisionReceived {
+            snapshot: None,
             agent: "a".into(),
             turn: 1,
             seen_revision: 0,

@@ -38,6 +38,7 @@ pub mod probe;
 pub mod resume;
 pub mod server;
 pub mod session;
+pub mod snapshots;
 pub mod telemetry;
 pub mod tui;
 pub mod web;

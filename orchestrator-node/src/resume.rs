@@ -14,6 +14,10 @@
 //!   dead does not count against it);
 //! * a torn last line (the crash hit mid-write) is skipped and cut off before appending;
 //! * a session that had already ended is not run again: its outcome is read back and shown;
+//! * answers' workspace snapshots: the manifest of each accepted answer's snapshot is read
+//!   from its `decision_received` line ([`ResumePlan::snapshots`]); the session checks the
+//!   current answers' files on disk before it continues and refuses, naming the answer and the
+//!   file, when one is missing or altered (see `crate::snapshots`);
 //! * one process at a time: [`claim`] takes the journal's lock (see [`crate::journal`])
 //!   *before* reading it, so a session that is running elsewhere is refused, naming the
 //!   process that runs it, rather than read half-written and run twice. [`load`] reads without
@@ -22,7 +26,8 @@
 use std::path::{Path, PathBuf};
 
 use conclave_protocol::config::SessionConfig;
-use conclave_protocol::{SessionId, TaskSpec, TurnEvent, Usage};
+use conclave_protocol::snapshot::SnapshotManifest;
+use conclave_protocol::{AnswerLabel, SessionId, TaskSpec, TurnEvent, TurnId, Usage};
 
 use crate::consensus::{
     Action, AgentIndex, Consensus, ConsensusConfig, ConsensusConfigError, Event, Input, TurnPlan,
@@ -76,7 +81,12 @@ pub struct ResumePlan {
     pub ended: Option<EndedSession>,
     /// The journal's lock, when the plan was made by [`claim`]: the resumed session keeps it.
     pub lock: Option<JournalLock>,
+    /// Every accepted answer's workspace snapshot: label, author, turn and manifest.
+    pub snapshots: Vec<AcceptedSnapshot>,
 }
+
+/// An accepted answer's snapshot as the journal records it: (label, author, turn, manifest).
+pub type AcceptedSnapshot = (AnswerLabel, AgentIndex, TurnId, SnapshotManifest);
 
 /// Finds a session directory: a path to it, or an id under `root`.
 pub fn locate(target: &str, root: &Path) -> Result<PathBuf, ResumeError> {
@@ -140,9 +150,13 @@ pub fn load(dir: &Path) -> Result<ResumePlan, ResumeError> {
     // Newer answers sent to a turn in flight (restart policy `inject`), per agent: once the
     // agent took them, a re-sent turn must carry them (the machine expects that revision).
     let mut offered: Vec<Option<TurnPlan>> = vec![None; agents];
+    let mut snapshots: Vec<AcceptedSnapshot> = Vec::new();
+    // The snapshot of the decision being replayed, for the answer it may become.
+    let mut replayed_snapshot: Option<SnapshotManifest> = None;
     let mut feed = |machine: &mut Consensus,
                     input: Input,
-                    last_start: &mut Vec<Option<TurnPlan>>| {
+                    last_start: &mut Vec<Option<TurnPlan>>,
+                    snapshot: &mut Option<SnapshotManifest>| {
         replayed += 1;
         for action in machine.handle(input) {
             match action {
@@ -172,12 +186,24 @@ pub fn load(dir: &Path) -> Result<ResumePlan, ResumeError> {
                         *slot = Some(plan);
                     }
                 }
-                Action::Record(Event::AnswerAccepted { .. }) => answers += 1,
+                Action::Record(Event::AnswerAccepted {
+                    agent, turn, label, ..
+                }) => {
+                    answers += 1;
+                    if let Some(manifest) = snapshot.take() {
+                        snapshots.push((label, agent, turn, manifest));
+                    }
+                }
                 _ => {}
             }
         }
     };
-    feed(&mut machine, Input::Start, &mut last_start);
+    feed(
+        &mut machine,
+        Input::Start,
+        &mut last_start,
+        &mut replayed_snapshot,
+    );
     for event in lines {
         let input = match event {
             JournalEvent::DecisionReceived {
@@ -185,13 +211,17 @@ pub fn load(dir: &Path) -> Result<ResumePlan, ResumeError> {
                 turn,
                 seen_revision,
                 decision,
+                snapshot,
                 ..
-            } => Some(Input::Decided {
-                agent: index_of(&agent)?,
-                turn: conclave_protocol::TurnId(turn),
-                decision,
-                seen_revision,
-            }),
+            } => {
+                replayed_snapshot = snapshot;
+                Some(Input::Decided {
+                    agent: index_of(&agent)?,
+                    turn: conclave_protocol::TurnId(turn),
+                    decision,
+                    seen_revision,
+                })
+            }
             JournalEvent::PresentationReceived {
                 agent,
                 turn,
@@ -294,8 +324,9 @@ pub fn load(dir: &Path) -> Result<ResumePlan, ResumeError> {
             _ => None,
         };
         if let Some(input) = input {
-            feed(&mut machine, input, &mut last_start);
+            feed(&mut machine, input, &mut last_start, &mut replayed_snapshot);
         }
+        replayed_snapshot = None;
     }
     let resend = last_start
         .into_iter()
@@ -321,5 +352,6 @@ pub fn load(dir: &Path) -> Result<ResumePlan, ResumeError> {
         valid_len: journal.valid_len,
         ended,
         lock: None,
+        snapshots,
     })
 }

@@ -32,6 +32,7 @@ use chrono::{DateTime, Utc};
 use conclave_agent::agent::{AgentActor, AgentArgs, AgentMsg};
 use conclave_agent::outbox::{Outbox, ReportSink};
 use conclave_agent::providers::{Backend, ProviderError, http_client};
+use conclave_agent::snapshot::AgentSnapshots;
 use conclave_agent::tools::ToolBox;
 use conclave_agent::turn::{AgentContext, TurnSettings, WorkflowState};
 use conclave_protocol::config::{SessionConfig, WorkflowMode};
@@ -85,6 +86,8 @@ pub enum SessionError {
     JournalMoved(PathBuf),
     #[error("could not start the session's actors: {0}")]
     Spawn(String),
+    #[error(transparent)]
+    Snapshot(#[from] crate::snapshots::RestoreError),
     /// A required MCP server of a local agent did not start.
     #[error(transparent)]
     Tools(#[from] conclave_agent::tools::ToolStartError),
@@ -439,6 +442,7 @@ pub async fn run_session(
     } = plan;
     crate::pricing::check_budget(&config)?;
     place_workspaces(&mut config, &session, &dir);
+    let snapshots = crate::snapshots::intake_for(&config, &session, &dir);
     let http = match http {
         Some(http) => http,
         None => http_client(Duration::from_secs(
@@ -493,6 +497,7 @@ pub async fn run_session(
             tools,
             resumed: None,
             cluster,
+            snapshots,
         },
         display,
         interrupt,
@@ -536,6 +541,16 @@ pub async fn resume_session(
     let tools = start_tools(&plan.session, &plan.config, &env).await?;
     wait_for_nodes(&plan.config, cluster.as_ref()).await?;
     let remote = place_remote(&plan.session, &plan.config, cluster.as_ref()).await?;
+    let mut snapshots = crate::snapshots::intake_for(&plan.config, &plan.session, &plan.dir);
+    if let Some(intake) = snapshots.as_mut() {
+        let current: Vec<_> = plan
+            .machine
+            .current_answers()
+            .iter()
+            .map(|a| a.label)
+            .collect();
+        intake.restore(&plan.snapshots, &current)?;
+    }
     let journal = Journal::reopen(&plan.dir, plan.valid_len, Some(lock))?;
     journal.record(JournalEvent::SessionResumed {
         replayed_inputs: plan.replayed_inputs,
@@ -567,6 +582,7 @@ pub async fn resume_session(
             tools,
             resumed: Some(resumed),
             cluster,
+            snapshots,
         },
         display,
         interrupt,
@@ -587,6 +603,8 @@ struct Drive {
     tools: Vec<Arc<ToolBox>>,
     resumed: Option<Resumed>,
     cluster: Option<Cluster>,
+    /// Answers' workspace snapshots, when an agent has a workspace.
+    snapshots: Option<crate::snapshots::SnapshotIntake>,
 }
 
 /// Starts the session's actors and waits for the outcome.
@@ -606,7 +624,12 @@ async fn drive(
         tools,
         resumed,
         cluster,
+        snapshots,
     } = run;
+    let store = snapshots.as_ref().map(|intake| intake.store().clone());
+    if let (Some(cluster), Some(store)) = (&cluster, &store) {
+        cluster.share_snapshots(&session, store.clone());
+    }
     let (done_tx, done_rx) = oneshot::channel();
     let toolboxes = tools.clone();
     let timeout = Duration::from_secs(config.timeouts.orchestrator_timeout_seconds.max(1));
@@ -623,6 +646,7 @@ async fn drive(
             resumed,
             budget: budget_of(&config),
             final_files: final_files(&config),
+            snapshots,
         },
         agents: config
             .agents
@@ -638,6 +662,7 @@ async fn drive(
                         system_message: agent.system_message.clone(),
                         tools,
                         workflow: agent.workflow,
+                        snapshots: local_snapshots(agent, store.as_deref()),
                     },
                     (None, Some(cluster)) => PendingAgent::Remote {
                         id: agent.id.clone(),
@@ -687,6 +712,22 @@ async fn drive(
     }
 }
 
+/// The snapshots of a local agent with a workspace: its peers' come straight from the store.
+fn local_snapshots(
+    agent: &conclave_protocol::config::AgentSpec,
+    store: Option<&crate::snapshots::SnapshotStore>,
+) -> Option<Arc<AgentSnapshots>> {
+    let (workspace, store) = (agent.tools.workspace.as_ref()?, store?);
+    let source = conclave_agent::snapshot::peers::StoreSource {
+        root: store.root().to_path_buf(),
+    };
+    Some(Arc::new(AgentSnapshots::new(
+        workspace,
+        Path::new(""),
+        Arc::new(source),
+    )))
+}
+
 enum PendingAgent {
     /// Runs in this process, under the supervisor.
     Local {
@@ -695,6 +736,7 @@ enum PendingAgent {
         system_message: Option<String>,
         tools: Arc<ToolBox>,
         workflow: WorkflowMode,
+        snapshots: Option<Arc<AgentSnapshots>>,
     },
     /// Already started on its node; reached through the cluster.
     Remote { id: String, commands: CommandSink },
@@ -743,7 +785,7 @@ impl Actor for SessionSupervisor {
         let mut links = Vec::with_capacity(args.agents.len());
         let mut cells = Vec::with_capacity(args.agents.len());
         for (index, pending) in args.agents.into_iter().enumerate() {
-            let (id, backend, system_message, tools, workflow) = match pending {
+            let (id, backend, system_message, tools, workflow, snapshots) = match pending {
                 PendingAgent::Remote { id, commands } => {
                     links.push(AgentLink {
                         id: id.into(),
@@ -757,7 +799,8 @@ impl Actor for SessionSupervisor {
                     system_message,
                     tools,
                     workflow,
-                } => (id, backend, system_message, tools, workflow),
+                    snapshots,
+                } => (id, backend, system_message, tools, workflow, snapshots),
             };
             let to_coordinator = coordinator.clone();
             let sink: ReportSink = Arc::new(move |envelope| {
@@ -773,6 +816,7 @@ impl Actor for SessionSupervisor {
                 settings: args.settings.clone(),
                 workflow: WorkflowState::new(workflow),
                 tools,
+                snapshots,
             });
             let (agent, _) =
                 Actor::spawn_linked(None, AgentActor, AgentArgs { context }, myself.get_cell())

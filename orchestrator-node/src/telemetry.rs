@@ -162,6 +162,7 @@ pub fn session_event(span: &Span, event: &JournalEvent) {
             seen_revision,
             stale,
             content,
+            ..
         } => {
             let mut attributes = vec![
                 agent(a),
@@ -314,6 +315,10 @@ pub fn session_event(span: &Span, event: &JournalEvent) {
                         KeyValue::new("conclave.injection", i64::from(*injection)),
                         text("conclave.answers", &labels.join(",")),
                     ],
+                ),
+                conclave_protocol::TurnEvent::PeerSnapshotsUnavailable { reason } => (
+                    "conclave.snapshots.unavailable",
+                    vec![agent(a), turn, text("conclave.reason", reason)],
                 ),
                 conclave_protocol::TurnEvent::InjectionDeclined { revision } => (
                     "conclave.injection.declined",

@@ -126,6 +126,23 @@ pub enum ToHost {
     EndSession {
         session: SessionId,
     },
+    /// Bytes of a peer snapshot the node asked for ([`ToOrchestrator::FetchSnapshot`]), at
+    /// `offset` in the concatenation of its files (manifest order), at most
+    /// `crate::snapshot::SNAPSHOT_CHUNK_BYTES` per frame. The node checks every file against
+    /// the manifest it already has from the turn.
+    PeerSnapshotChunk {
+        session: SessionId,
+        digest: String,
+        offset: u64,
+        data: Vec<u8>,
+    },
+    /// The snapshot the node asked for cannot be sent (its answer is gone, or its files no
+    /// longer match); the waiting turn goes on without it.
+    PeerSnapshotUnavailable {
+        session: SessionId,
+        digest: String,
+        reason: String,
+    },
     /// Send `payload` straight back (link round-trip measurements).
     #[cfg(feature = "bench")]
     Echo {
@@ -170,6 +187,18 @@ pub enum ToOrchestrator {
         agent: u32,
         incarnation: u64,
         envelope: Envelope<AgentReport>,
+    },
+    /// A hosted agent needs the snapshot of answer `label` (content digest `digest`) to show
+    /// its peers' files and the node does not have it yet: the orchestrator sends it as
+    /// [`ToHost::PeerSnapshotChunk`]s. Nodes cache snapshots by digest per session, so a
+    /// snapshot crosses the link once per node, not once per turn.
+    FetchSnapshot {
+        link: u64,
+        session: SessionId,
+        agent: u32,
+        incarnation: u64,
+        label: String,
+        digest: String,
     },
     /// A hosted agent died on its own (not stopped by the session).
     AgentExited {

@@ -228,9 +228,9 @@ pub struct OrchestratorSettings {
     /// (`orchestrator.inject_fallback`).
     #[serde(default)]
     pub inject_fallback: RestartPolicy,
-    /// Where answer snapshots of agent workspaces are stored (`orchestrator.snapshot_storage`,
-    /// MassGen's key), resolved against the config file's directory. `None`: the session
-    /// chooses (under its session dir). Read by the snapshot layer.
+    /// Where answers' workspace snapshots are stored (`orchestrator.snapshot_storage`, MassGen's
+    /// key, resolved against the config file's directory), one folder per session under it;
+    /// `None`: `<session dir>/snapshots`.
     #[serde(default)]
     pub snapshot_storage: Option<String>,
 }

@@ -21,6 +21,7 @@ pub mod ids;
 pub mod message;
 pub mod presets;
 pub mod report;
+pub mod snapshot;
 pub mod tools;
 pub mod trace;
 pub mod trust;

@@ -78,6 +78,9 @@ pub struct TurnSpec {
     /// The anonymous number of the receiving agent (`agent{self_number}`), so it can recognise
     /// its own answers among the labels.
     pub self_number: u32,
+    /// The workspace snapshots of the current answers that have one, in label order: an agent
+    /// with a workspace shows them in its peers directory (`<peers_dir>/agent1.1/...`).
+    pub snapshots: Arc<[crate::snapshot::PeerSnapshot]>,
 }
 
 /// Coordinator → agent.
@@ -170,6 +173,9 @@ pub enum TurnEvent {
     /// Newer answers (revision `revision`) arrived while the turn could reach no tool boundary
     /// (no tools of its own, the text protocol, or deciding already): the coordinator applies the injection fallback.
     InjectionDeclined { revision: u64 },
+    /// The peers directory could not be brought up to date with the current answers'
+    /// snapshots (a snapshot could not be fetched or unpacked); the turn goes on without them.
+    PeerSnapshotsUnavailable { reason: String },
 }
 
 /// How much of a tool's result a [`TurnEvent::ToolCalled`] carries (the journal's copy; the
@@ -204,6 +210,19 @@ pub enum AgentReport {
     TurnEvent {
         turn: TurnId,
         event: TurnEvent,
+    },
+    /// The workspace snapshot of the answer this turn is about to submit: its manifest. The
+    /// files' bytes follow as [`AgentReport::SnapshotChunk`]s, then the `Decided` report with
+    /// the `new_answer` (see `crate::snapshot`).
+    SnapshotBegin {
+        turn: TurnId,
+        manifest: crate::snapshot::SnapshotManifest,
+    },
+    /// Bytes of the snapshot begun for `turn`, at `offset` in the concatenation of its files.
+    SnapshotChunk {
+        turn: TurnId,
+        offset: u64,
+        data: Vec<u8>,
     },
 }
 

@@ -44,6 +44,7 @@ fn every_command() -> Vec<CoordinatorCommand> {
             }]
             .into(),
             self_number: 3,
+            snapshots: Vec::new().into(),
         }),
         CoordinatorCommand::Cancel { turn: TurnId(9) },
         CoordinatorCommand::Stop,

@@ -254,6 +254,7 @@ fn command() -> BoxedStrategy<CoordinatorCommand> {
                         })
                         .collect(),
                     self_number: me,
+                    snapshots: Vec::new().into(),
                 }
             },
         );

@@ -378,8 +378,24 @@ pub fn start_agent_node(
     extra: &[&str],
     env: &[(&str, &str)],
 ) -> anyhow::Result<Running> {
+    start_agent_node_in(None, join, name, cookie_file, extra, env)
+}
+
+/// [`start_agent_node`] with the node's work directory (its current directory, against which
+/// relative workspace paths of its agents are taken) set to `work_dir`.
+pub fn start_agent_node_in(
+    work_dir: Option<&Path>,
+    join: &str,
+    name: &str,
+    cookie_file: &Path,
+    extra: &[&str],
+    env: &[(&str, &str)],
+) -> anyhow::Result<Running> {
     let bin = workspace_bin("conclave-agent")?;
     let mut command = Command::new(bin);
+    if let Some(dir) = work_dir {
+        command.current_dir(dir);
+    }
     command
         .args(["--join", join, "--name", name, "--cookie-file"])
         .arg(cookie_file)

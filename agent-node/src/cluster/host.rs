@@ -41,6 +41,12 @@
 //!   (it does not know this machine's layout) and are resolved against
 //!   [`HostOptions::work_dir`] (`--work-dir`, default the current directory) before its tools
 //!   start; the workspace is created then, on this node.
+//! - **Peer snapshots.** An agent with a workspace shows its peers' answer snapshots; the bytes
+//!   come from the orchestrator on request (`FetchSnapshot`, sent here with the link key) and
+//!   land in the node's [`NodeSnapshotCache`], keyed by session and digest, so each snapshot
+//!   crosses the link once per node. A session's cache goes with the session, a lost link
+//!   fails the fetches in flight, and the host's stop removes the cache (see
+//!   `crate::snapshot::cache`).
 
 use std::collections::HashMap;
 use std::sync::Arc;
@@ -68,6 +74,8 @@ use super::{NodeEnv, settings_from_limits};
 use crate::agent::{AgentActor, AgentArgs, AgentMsg};
 use crate::outbox::{Outbox, ReportSink};
 use crate::providers::{Backend, http_client};
+use crate::snapshot::AgentSnapshots;
+use crate::snapshot::cache::{FetchRequest, FetchSender, NodeSnapshotCache, NodeSource};
 use crate::tools::{ServerStart, ToolBox, ToolStartError};
 use crate::turn::AgentContext;
 use crate::turn::WorkflowState;
@@ -112,6 +120,8 @@ pub enum HostMsg {
     Tick,
     /// An agent's MCP servers finished starting (see the module docs).
     ToolsStarted(Box<ToolsStarted>),
+    /// A hosted agent needs a peer snapshot the node lacks: ask the orchestrator.
+    FetchSnapshot(FetchRequest),
     /// A hosted agent's report, to forward.
     Report {
         agent: u32,
@@ -166,6 +176,8 @@ pub struct HostState {
     /// Agents whose MCP servers are starting: their incarnation.
     starting: HashMap<(SessionId, u32), u64>,
     http: HashMap<u64, reqwest::Client>,
+    /// Peer snapshots fetched from the orchestrator (see the module docs).
+    snapshots: Arc<NodeSnapshotCache>,
 }
 
 /// The agent node's root actor.
@@ -195,6 +207,9 @@ impl AgentHost {
     fn teardown(myself: &ActorRef<HostMsg>, state: &mut HostState, reason: &str) {
         let hosted = state.agents.len();
         Self::stop_agents(state, "link lost");
+        state
+            .snapshots
+            .fail_all_fetches("the link to the orchestrator was lost");
         if let Some(session) = state.session.take() {
             session.actor.stop(Some(reason.to_owned()));
         }
@@ -484,6 +499,24 @@ impl AgentHost {
             settings: settings_from_limits(&request.limits),
             workflow: WorkflowState::new(request.spec.workflow),
             tools,
+            snapshots: request.spec.tools.workspace.as_ref().map(|workspace| {
+                let to_host = myself.clone();
+                let send: FetchSender = Arc::new(move |fetch| {
+                    to_host.send_message(HostMsg::FetchSnapshot(fetch)).is_ok()
+                });
+                let source = NodeSource {
+                    cache: state.snapshots.clone(),
+                    send,
+                    session: request.session.clone(),
+                    agent,
+                    incarnation,
+                };
+                Arc::new(AgentSnapshots::new(
+                    workspace,
+                    &state.opts.work_dir,
+                    Arc::new(source),
+                ))
+            }),
         });
         match Actor::spawn_linked(None, AgentActor, AgentArgs { context }, myself.get_cell()).await
         {
@@ -543,7 +576,19 @@ impl AgentHost {
                     ),
                 }
             }
+            ToHost::PeerSnapshotChunk {
+                session,
+                digest,
+                offset,
+                data,
+            } => state.snapshots.on_chunk(&session, &digest, offset, &data),
+            ToHost::PeerSnapshotUnavailable {
+                session,
+                digest,
+                reason,
+            } => state.snapshots.fail(&session, &digest, &reason),
             ToHost::EndSession { session } => {
+                state.snapshots.end_session(&session);
                 state.starting.retain(|(s, _), _| *s != session);
                 let ended: Vec<_> = state
                     .agents
@@ -627,6 +672,7 @@ impl Actor for AgentHost {
         myself.send_interval(opts.heartbeat.interval, || HostMsg::Tick);
         myself.send_message(HostMsg::Connect { attempt: 0 })?;
         let deadline = opts.heartbeat.deadline;
+        let opts_instance = opts.instance;
         Ok(HostState {
             opts: Arc::new(opts),
             node,
@@ -643,6 +689,7 @@ impl Actor for AgentHost {
             by_actor: HashMap::new(),
             starting: HashMap::new(),
             http: HashMap::new(),
+            snapshots: Arc::new(NodeSnapshotCache::for_instance(opts_instance)),
         })
     }
 
@@ -729,6 +776,27 @@ impl Actor for AgentHost {
                 }
                 _ => {}
             },
+            HostMsg::FetchSnapshot(fetch) => {
+                let sent = matches!(state.phase, Phase::Joined)
+                    && Self::send(
+                        state,
+                        ToOrchestrator::FetchSnapshot {
+                            link: state.link,
+                            session: fetch.session.clone(),
+                            agent: fetch.agent,
+                            incarnation: fetch.incarnation,
+                            label: fetch.label,
+                            digest: fetch.digest.clone(),
+                        },
+                    );
+                if !sent {
+                    state.snapshots.fail(
+                        &fetch.session,
+                        &fetch.digest,
+                        "the link to the orchestrator is down",
+                    );
+                }
+            }
             HostMsg::Report {
                 agent,
                 incarnation,
@@ -811,6 +879,7 @@ impl Actor for AgentHost {
         state: &mut HostState,
     ) -> Result<(), ActorProcessingErr> {
         Self::stop_agents(state, "host stopped");
+        state.snapshots.clear();
         state.node.server.stop(Some("host stopped".into()));
         Ok(())
     }

@@ -303,6 +303,8 @@ pub enum DecisionProblem {
         "the turn has used its {limit} tool rounds (`max_tool_rounds`); no more tool calls: decide now"
     )]
     ToolRoundsExhausted { limit: u32 },
+    #[error("your `new_answer` was not accepted: {reason}")]
+    SnapshotRefused { reason: String },
 }
 
 impl DecisionProblem {
@@ -319,6 +321,7 @@ impl DecisionProblem {
             DecisionProblem::UnknownLabel { .. } => "unknown_label",
             DecisionProblem::NoMarkedDecision { .. } => "no_marked_decision",
             DecisionProblem::ToolRoundsExhausted { .. } => "tool_rounds_exhausted",
+            DecisionProblem::SnapshotRefused { .. } => "snapshot_refused",
         }
     }
 }
@@ -543,6 +546,7 @@ pub(crate) mod tests {
             may_answer,
             votes: Vec::new().into(),
             self_number: 2,
+            snapshots: Vec::new().into(),
         }
     }
 

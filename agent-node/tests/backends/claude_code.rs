@@ -143,6 +143,7 @@ fn turn_spec() -> TurnSpec {
         may_answer: true,
         votes: Vec::new().into(),
         self_number: 2,
+        snapshots: Vec::new().into(),
     }
 }
 
@@ -536,6 +537,7 @@ async fn a_turn_shows_the_cli_s_tools_and_decides_with_the_workflow_call_only() 
         },
         workflow: Default::default(),
         tools: Arc::new(conclave_agent::tools::ToolBox::empty()),
+        snapshots: None,
     });
     let (actor, handle) = ractor::Actor::spawn(None, AgentActor, AgentArgs { context })
         .await

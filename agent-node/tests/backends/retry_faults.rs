@@ -393,6 +393,7 @@ async fn turn_worker_reports_each_retry_then_decides() {
         },
         workflow: Default::default(),
         tools: Arc::new(conclave_agent::tools::ToolBox::empty()),
+        snapshots: None,
     });
     let turn = TurnSpec {
         turn: TurnId(1),
@@ -406,6 +407,7 @@ async fn turn_worker_reports_each_retry_then_decides() {
         may_answer: true,
         votes: Arc::from(Vec::new()),
         self_number: 1,
+        snapshots: Vec::new().into(),
     };
     let (_worker, handle) = Actor::spawn(
         None,

@@ -91,6 +91,7 @@ impl Agent {
             settings,
             workflow: Default::default(),
             tools: Arc::new(conclave_agent::tools::ToolBox::empty()),
+            snapshots: None,
         });
         let (actor, handle) = Actor::spawn(None, AgentActor, AgentArgs { context })
             .await
@@ -163,6 +164,7 @@ fn turn_spec(turn: u64) -> TurnSpec {
         may_answer: true,
         votes: Arc::from(Vec::new()),
         self_number: 1,
+        snapshots: Vec::new().into(),
     }
 }
 

@@ -108,6 +108,11 @@ pub enum GatewayMsg {
     EndSession {
         session: SessionId,
     },
+    /// The session's answer snapshots, for its nodes' `FetchSnapshot`s.
+    ShareSnapshots {
+        session: SessionId,
+        store: std::sync::Arc<crate::snapshots::SnapshotStore>,
+    },
     #[cfg(feature = "bench")]
     Echo {
         node: String,
@@ -174,6 +179,8 @@ struct Route {
     agents: HashMap<u32, Placed>,
     /// While placing: the reply and the agents not yet confirmed.
     placing: Option<(PlaceReply, HashSet<u32>)>,
+    /// The session's answer snapshots, served to its nodes on request.
+    snapshots: Option<std::sync::Arc<crate::snapshots::SnapshotStore>>,
 }
 
 impl Route {
@@ -524,6 +531,7 @@ impl GatewayState {
             ToOrchestrator::Heartbeat { link }
             | ToOrchestrator::Spawned { link, .. }
             | ToOrchestrator::Report { link, .. }
+            | ToOrchestrator::FetchSnapshot { link, .. }
             | ToOrchestrator::AgentExited { link, .. } => *link,
             #[cfg(feature = "bench")]
             ToOrchestrator::EchoReply { nonce, payload } => {
@@ -612,6 +620,30 @@ impl GatewayState {
                             agent,
                             reason: format!("agent on node `{}` exited: {reason}", placed.node),
                         });
+                    }
+                }
+            }
+            ToOrchestrator::FetchSnapshot {
+                session,
+                agent,
+                incarnation,
+                label,
+                digest,
+                ..
+            } => {
+                // Only a live agent of the session, asking through its own node's link.
+                let route = self.routes.get(&session);
+                let entitled = route.and_then(|r| r.agents.get(&agent)).is_some_and(|p| {
+                    p.node == sender && p.incarnation == incarnation && p.link == Link::Live
+                });
+                let store = route.and_then(|r| r.snapshots.clone());
+                let host = self.joined.get(&sender).map(|j| j.host.clone());
+                match (entitled, store, host) {
+                    (true, Some(store), Some(host)) => {
+                        crate::snapshots::spawn_serve(store, host, session, label, digest);
+                    }
+                    _ => {
+                        warn!(node = %sender, %session, agent, %label, "snapshot request of an agent this node does not host, or of a session without snapshots, dropped")
                     }
                 }
             }
@@ -787,6 +819,7 @@ impl Actor for Gateway {
                     coordinator: None,
                     agents: HashMap::new(),
                     placing: None,
+                    snapshots: None,
                 };
                 let mut pending = HashSet::new();
                 let mut requests = Vec::new();
@@ -898,6 +931,11 @@ impl Actor for Gateway {
                 };
                 if !sent {
                     debug!(%session, agent, "command for an agent that is not live dropped");
+                }
+            }
+            GatewayMsg::ShareSnapshots { session, store } => {
+                if let Some(route) = state.routes.get_mut(&session) {
+                    route.snapshots = Some(store);
                 }
             }
             GatewayMsg::EndSession { session } => {
@@ -1180,6 +1218,7 @@ mod tests {
                 coordinator: Some(coordinator),
                 agents,
                 placing: None,
+                snapshots: None,
             },
         );
         (state, rx)

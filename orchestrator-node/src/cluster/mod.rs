@@ -230,6 +230,18 @@ impl Cluster {
         });
     }
 
+    /// Lets the session's nodes fetch its answer snapshots (see [`crate::snapshots`]).
+    pub fn share_snapshots(
+        &self,
+        session: &SessionId,
+        store: std::sync::Arc<crate::snapshots::SnapshotStore>,
+    ) {
+        let _ = self.gateway.send_message(GatewayMsg::ShareSnapshots {
+            session: session.clone(),
+            store,
+        });
+    }
+
     /// The command channel of one remote agent.
     pub fn command_sink(&self, session: &SessionId, agent: u32) -> CommandSink {
         let gateway = self.gateway.clone();

@@ -436,6 +436,14 @@ fn orchestrator_settings(
     })? {
         settings.inject_fallback = fallback;
     }
+    // Where answers' workspace snapshots are kept (see `crate::snapshots`).
+    settings.snapshot_storage = optional(&mut fields, "snapshot_storage", |f| {
+        let text = f.string(ctx)?;
+        if text.trim().is_empty() {
+            return Err(ctx.invalid_value(f.path, text, "a directory path"));
+        }
+        Ok(text)
+    })?;
     if let Some(injections) = injections.filter(|n| *n > 0) {
         settings.max_midstream_injections_per_round = injections;
     }

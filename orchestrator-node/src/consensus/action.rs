@@ -61,6 +61,7 @@ impl TurnPlan {
             may_answer: self.may_answer,
             votes: self.votes,
             self_number: agent.saturating_add(1),
+            snapshots: Vec::new().into(),
         }
     }
 }

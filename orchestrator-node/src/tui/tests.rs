@@ -68,6 +68,7 @@ fn three_agents_fit_side_by_side_at_80_by_24_with_state_node_and_answers() {
         },
     });
     app.apply(Shown::Event(JournalEvent::AnswerAccepted {
+        snapshot_dir: None,
         agent: "agent-2".into(),
         label: "agent3.1".into(),
         revision: 1,
@@ -222,6 +223,7 @@ fn every_view_draws_at_any_size_without_panicking() {
         });
     }
     app.apply(Shown::Event(JournalEvent::AnswerAccepted {
+        snapshot_dir: None,
         agent: "agent-3".into(),
         label: "agent4.1".into(),
         revision: 1,

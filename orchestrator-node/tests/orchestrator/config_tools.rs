@@ -165,6 +165,21 @@ fn tool_keys_conclave_cannot_run_are_refused_naming_the_key() {
          custom_tools: []\n    enable_image_generation: false\n",
     );
     assert!(loaded.config.agents[0].tools.mcp_servers.is_empty());
+    // `cwd` gives the agent a workspace (its snapshots travel with its answers).
+    let loaded = load("agent:\n  backend:\n    type: openai\n    model: m\n    cwd: workspace1\n");
+    let workspace = loaded.config.agents[0]
+        .tools
+        .workspace
+        .as_ref()
+        .expect("a workspace");
+    // Relative to the config file's directory.
+    assert!(
+        std::path::Path::new(&workspace.cwd).is_absolute()
+            && workspace.cwd.ends_with("/workspace1"),
+        "{}",
+        workspace.cwd
+    );
+    assert!(workspace.configured);
 }
 
 #[test]
@@ -310,6 +325,12 @@ fn massgen_keys_that_change_an_agent_are_honoured_or_refused() {
          max_orchestration_restarts: 2\n"
     ));
     let warnings: Vec<String> = loaded.warnings.iter().map(ToString::to_string).collect();
+    let storage = loaded.config.orchestrator.snapshot_storage.as_deref();
+    assert!(
+        storage
+            .is_some_and(|dir| std::path::Path::new(dir).is_absolute() && dir.ends_with("/snaps")),
+        "{storage:?}"
+    );
     for key in [
         "orchestrator.session_storage",
         "orchestrator.coordination.max_orchestration_restarts",

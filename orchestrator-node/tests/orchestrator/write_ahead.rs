@@ -199,6 +199,7 @@ async fn start(agents: &[&str], capacity: usize, budget: Budget) -> Harness {
             resumed: None,
             budget,
             final_files: Vec::new(),
+            snapshots: None,
         },
     )
     .await

@@ -216,6 +216,7 @@ async fn measure(
             resumed: None,
             budget: Budget::default(),
             final_files: Vec::new(),
+            snapshots: None,
         },
     )
     .await?;

@@ -25,6 +25,7 @@ mod server;
 mod server_conversations;
 mod server_trust;
 mod session;
+mod snapshots;
 mod tools;
 mod tui;
 mod web;
