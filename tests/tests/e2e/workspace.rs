@@ -52,8 +52,12 @@ async fn agents_write_in_their_cwd_the_winner_leaves_its_files_and_escapes_are_r
     let base_url = sim.base_url();
     // Relative `cwd`s: relative to the config file's directory (`conf/`). Beta starts 400 ms
     // late, so alpha answers first and wins the vote.
+    // Gamma searches its peers directory (where answers' snapshots appear, read-only) for
+    // alpha's file; it starts 400 ms late, so its turn restarts on alpha's answer first.
+    let peers = root.join("sessions/ws1/peers/gamma");
+    let peers = peers.display();
     let yaml = format!(
-        "agents:\n  - id: alpha\n    backend:\n      type: sim\n      model: \"sim-a:policy=tools,tool=write_file,tool_args=path~report.md|content~alpha wrote this\"\n      base_url: \"{base_url}\"\n      cwd: work/alpha\n  - id: beta\n    backend:\n      type: sim\n      model: \"sim-b:policy=tools,first_byte_ms=400,tool=write_file,tool_args=path~../../escaped.txt|content~should not exist\"\n      base_url: \"{base_url}\"\n      cwd: work/beta\norchestrator:\n  restart_policy: cancel\n  max_new_answers_per_agent: 1\ntimeout_settings:\n  orchestrator_timeout_seconds: 60\n"
+        "agents:\n  - id: alpha\n    backend:\n      type: sim\n      model: \"sim-a:policy=tools,tool=write_file,tool_args=path~report.md|content~alpha wrote this\"\n      base_url: \"{base_url}\"\n      cwd: work/alpha\n  - id: beta\n    backend:\n      type: sim\n      model: \"sim-b:policy=tools,first_byte_ms=400,tool=write_file,tool_args=path~../../escaped.txt|content~should not exist\"\n      base_url: \"{base_url}\"\n      cwd: work/beta\n  - id: gamma\n    backend:\n      type: sim\n      model: \"sim-c:policy=tools,first_byte_ms=400,tool=search_files,tool_args=path~{peers}|pattern~report.md|content~alpha wrote\"\n      base_url: \"{base_url}\"\n      cwd: work/gamma\norchestrator:\n  restart_policy: cancel\n  max_new_answers_per_agent: 1\ntimeout_settings:\n  orchestrator_timeout_seconds: 60\n"
     );
     let config = root.join("conf/workspace.yaml");
     std::fs::write(&config, yaml).expect("write config");
@@ -64,6 +68,8 @@ async fn agents_write_in_their_cwd_the_winner_leaves_its_files_and_escapes_are_r
         "plain",
         "--session-dir",
         "sessions",
+        "--session-id",
+        "ws1",
         "Write the report.",
     ]
     .iter()
@@ -124,7 +130,40 @@ async fn agents_write_in_their_cwd_the_winner_leaves_its_files_and_escapes_are_r
         );
     }
 
-    // The winner is alpha (both vote for the first answer); its presentation wrote in its
+    // Gamma found alpha's file in its peers directory, under an anonymous label, and read it.
+    let gamma_calls = of("gamma");
+    let (_, _, last) = gamma_calls.last().expect("gamma called its tool");
+    assert_eq!(last["tool"], "mcp__filesystem__search_files", "{last}");
+    assert!(last["error"].is_null(), "gamma's search failed: {last}");
+    let found: Vec<String> = conclave_tests::events_of(&journal, "turn_progress")
+        .into_iter()
+        .filter(|e| e["agent"] == "gamma")
+        .filter_map(|e| {
+            e["event"]["ToolCalled"]["result"]
+                .as_str()
+                .map(str::to_owned)
+        })
+        .collect();
+    let hit = found
+        .iter()
+        .find(|text| text.contains("alpha wrote this"))
+        .unwrap_or_else(|| panic!("gamma never saw alpha's file: {found:#?}"));
+    assert!(
+        hit.contains("/agent") && hit.contains("/report.md") && !hit.contains("alpha/"),
+        "the snapshot is not under an anonymous label: {hit}"
+    );
+    let snapshot_file = std::fs::read_dir(root.join("sessions/ws1/peers/gamma"))
+        .expect("gamma's peers dir")
+        .flatten()
+        .map(|entry| entry.path().join("report.md"))
+        .find(|path| path.exists())
+        .expect("alpha's snapshot in gamma's peers dir");
+    let mode = std::fs::metadata(&snapshot_file)
+        .expect("metadata")
+        .permissions();
+    assert!(mode.readonly(), "a peer's snapshot is writable");
+
+    // The winner is alpha (every agent votes for the first answer); its presentation wrote in its
     // real cwd, and final.md names that directory.
     let finals = conclave_tests::events_of(&journal, "final_answer");
     assert_eq!(finals.len(), 1, "{finals:#?}");
