@@ -198,3 +198,53 @@ async fn a_missing_image_fails_the_start_saying_how_to_build_one() {
     assert!(text.contains("deploy/runner-image/build.sh"), "{text}");
     assert!(text.contains("never pulls"), "{text}");
 }
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn context_paths_are_mounted_read_only_in_the_container() {
+    if !docker_ready() {
+        return;
+    }
+    let dir = tempfile::tempdir().expect("tempdir");
+    let workspace = dir.path().join("ws");
+    let project = dir.path().join("project");
+    std::fs::create_dir_all(&project).expect("project dir");
+    std::fs::write(project.join("data.txt"), "shared facts\n").expect("data file");
+    let project = project.canonicalize().expect("canonical project");
+    let mut tools = command_tools(&workspace, docker_mode("none"), spec());
+    if let Some(ws) = tools.workspace.as_mut() {
+        // A `write` path still cannot be written by a command (see the docker module's docs).
+        ws.context_paths
+            .push(conclave_protocol::tools::ContextPath {
+                path: project.display().to_string(),
+                permission: conclave_protocol::tools::ContextPermission::Write,
+                protected_paths: Vec::new(),
+            });
+    }
+    let session = unique("s-context");
+    let toolbox = start_tools(&session, &tools).await;
+    let shown = project.display();
+    let (record, result) = exec(
+        &toolbox,
+        serde_json::json!({"command": format!("cat {shown}/data.txt && echo changed > {shown}/new.txt")}),
+    )
+    .await;
+    assert!(record.error.is_none(), "{}", record.content);
+    assert_eq!(
+        result["stdout"].as_str().unwrap_or_default(),
+        "shared facts\n",
+        "{result}"
+    );
+    assert_ne!(
+        result["exit_code"], 0,
+        "a read-only mount was written: {result}"
+    );
+    assert!(
+        !project.join("new.txt").exists(),
+        "the command wrote into a context path"
+    );
+    toolbox.shutdown().await;
+    assert!(
+        containers_of(&session).is_empty(),
+        "the container outlived its toolbox"
+    );
+}

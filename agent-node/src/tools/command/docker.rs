@@ -11,8 +11,10 @@
 //!   `DOCKER_HOST` and the user's docker contexts, and it is what the operator debugs with.
 //!   Every invocation has a deadline. `CONCLAVE_DOCKER_BIN` names another binary.
 //! - **The workspace is mounted at its own path** (read-write; the peers' snapshot directory
-//!   read-only), and commands run there: paths the model sees in one mode mean the same in the
-//!   other. `HOME` is the workspace. No variable of the node's environment is passed.
+//!   and the agent's context paths read-only), and commands run there: paths the model sees in
+//!   one mode mean the same in the other. Context paths are read-only for commands even when
+//!   they are `write` paths: the container lives for the whole session, and a `write` path may
+//!   only be written during the final presentation, which the file tools enforce per call. `HOME` is the workspace. No variable of the node's environment is passed.
 //! - **Limits**: `--network` (`none` unless configured), `--memory`, `--cpus` from the config.
 //! - **No registry**: the image must exist on the engine (`docker image inspect`); conclave never
 //!   pulls (`--pull never`).
@@ -226,7 +228,7 @@ impl Container {
         agent: &str,
         settings: &DockerSettings,
         workspace: &Path,
-        peers: Option<&Path>,
+        read_only: &[std::path::PathBuf],
     ) -> Result<Container, String> {
         SWEPT
             .get_or_init(|| async {
@@ -273,9 +275,9 @@ impl Container {
             "--env".into(),
             format!("HOME={workspace}"),
         ];
-        if let Some(peers) = peers {
-            let peers = peers.display().to_string();
-            args.extend(["--volume".into(), format!("{peers}:{peers}:ro")]);
+        for dir in read_only {
+            let dir = dir.display().to_string();
+            args.extend(["--volume".into(), format!("{dir}:{dir}:ro")]);
         }
         if let Some(memory) = &settings.memory_limit {
             args.extend(["--memory".into(), memory.clone()]);

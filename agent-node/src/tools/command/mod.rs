@@ -158,13 +158,15 @@ impl CommandTool {
     /// Prepares the tool for agent `agent` of session `session`: creates the workspace if it
     /// is missing and, in docker mode, starts the agent's container (which fails when the
     /// image is missing, saying how to build one). `peers` is the directory of peers'
-    /// snapshots, mounted read-only in the container when given.
+    /// snapshots, mounted read-only in the container when given; so is each of `context`
+    /// (the agent's context paths, which must exist).
     pub async fn start(
         session: &str,
         agent: &str,
         spec: &CommandLineSpec,
         workspace: &Path,
         peers: Option<&Path>,
+        context: &[&Path],
     ) -> Result<CommandTool, String> {
         let filters = CommandFilters::new(&spec.allowed_commands, &spec.blocked_commands)?;
         std::fs::create_dir_all(workspace).map_err(|error| {
@@ -206,9 +208,14 @@ impl CommandTool {
                     ),
                     None => None,
                 };
+                let mut read_only: Vec<std::path::PathBuf> = peers.into_iter().collect();
+                for path in context {
+                    read_only.push(path.canonicalize().map_err(|error| {
+                        format!("cannot use the context path {}: {error}", path.display())
+                    })?);
+                }
                 Runner::Docker(
-                    Container::start(session, agent, &settings, &workspace, peers.as_deref())
-                        .await?,
+                    Container::start(session, agent, &settings, &workspace, &read_only).await?,
                 )
             }
         };
@@ -324,12 +331,18 @@ pub(crate) async fn start_for_agent(
         )
     })?;
     let peers = Path::new(&workspace.peers_dir);
+    let context: Vec<&Path> = workspace
+        .context_paths
+        .iter()
+        .map(|context| Path::new(&context.path))
+        .collect();
     let tool = CommandTool::start(
         session,
         agent,
         spec,
         Path::new(&workspace.cwd),
         (!workspace.peers_dir.trim().is_empty()).then_some(peers),
+        &context,
     )
     .await
     .map_err(failed)?;
