@@ -312,16 +312,7 @@ impl McpServer {
                 if let Some(cwd) = cwd {
                     cmd.current_dir(cwd);
                 }
-                #[cfg(unix)]
-                cmd.process_group(0);
-                #[cfg(target_os = "linux")]
-                // SAFETY: prctl is async-signal-safe and touches only the child's own state.
-                unsafe {
-                    cmd.pre_exec(|| {
-                        libc::prctl(libc::PR_SET_PDEATHSIG, libc::SIGKILL);
-                        Ok(())
-                    });
-                }
+                super::own_group_dying_with_us(&mut cmd);
                 let (child, stderr) = TokioChildProcess::builder(cmd)
                     .stderr(Stdio::piped())
                     .spawn()

@@ -131,6 +131,22 @@ pub trait ToolKind: Send + Sync {
     }
 }
 
+/// Makes a child process (an MCP server over stdio, a command) its own process group, so it
+/// can be killed with everything it started, and, on Linux, makes the kernel kill it when
+/// this process dies (`PR_SET_PDEATHSIG`), so a crash leaves no orphan behind.
+pub(crate) fn own_group_dying_with_us(cmd: &mut tokio::process::Command) {
+    #[cfg(unix)]
+    cmd.process_group(0);
+    #[cfg(target_os = "linux")]
+    // SAFETY: prctl is async-signal-safe and touches only the child's own state.
+    unsafe {
+        cmd.pre_exec(|| {
+            libc::prctl(libc::PR_SET_PDEATHSIG, libc::SIGKILL);
+            Ok(())
+        });
+    }
+}
+
 /// The MassGen name of tool `tool` of server `server`.
 pub fn mcp_tool_name(server: &str, tool: &str) -> String {
     format!("mcp__{server}__{tool}")
