@@ -78,6 +78,10 @@ pub enum CoordinatorMsg {
     Timeout,
     /// The user pressed Ctrl-C.
     Interrupt,
+    /// Stop without ending the session: send no new turn, let the turns in flight finish (their
+    /// provider calls are paid for) and journal them, then stop with the journal left open
+    /// for a resume. A batch's first Ctrl-C or SIGTERM (see [`crate::batch`]).
+    Pause,
     /// The journal's writer synced everything up to commit number `upto` (or failed).
     Committed {
         upto: u64,
@@ -96,8 +100,9 @@ pub struct CoordinatorArgs {
     pub journal: Journal,
     pub display: Display,
     pub timeout: Duration,
-    /// Receives the outcome, or the journal error that ended the session.
-    pub done: oneshot::Sender<Result<SessionOutcome, JournalError>>,
+    /// Receives the outcome (`None` when the session was paused), or the journal error that
+    /// ended the session.
+    pub done: oneshot::Sender<Result<Option<SessionOutcome>, JournalError>>,
     /// Set when the session continues from its journal after a crash.
     pub resumed: Option<Resumed>,
     pub budget: Budget,
@@ -143,6 +148,8 @@ enum Effect {
     },
     /// The session is over: close the journal and hand the outcome over.
     End(SessionOutcome),
+    /// The session paused: close the journal as it stands (no end line) and say so.
+    Paused,
 }
 
 pub struct CoordinatorState {
@@ -153,7 +160,14 @@ pub struct CoordinatorState {
     journal: Option<Journal>,
     display: Display,
     timeout: Duration,
-    done: Option<oneshot::Sender<Result<SessionOutcome, JournalError>>>,
+    done: Option<oneshot::Sender<Result<Option<SessionOutcome>, JournalError>>>,
+    /// Set by [`CoordinatorMsg::Pause`]: turns are journaled as started but not sent.
+    pausing: bool,
+    /// Set once the pause is decided: only journal commits are handled after it.
+    paused: bool,
+    /// Per agent, the turn journaled while pausing and never sent (it is still the machine's
+    /// turn in flight, so a resume sends it).
+    unsent: Vec<Option<conclave_protocol::TurnId>>,
     /// What the current message made visible.
     pending: Vec<Effect>,
     /// Whether something the current message recorded must be synced first.
@@ -303,7 +317,11 @@ impl CoordinatorState {
                     self.display.show(shown);
                 }
                 Effect::End(outcome) => {
-                    self.hand_over(myself, outcome).await;
+                    self.hand_over(myself, Some(outcome)).await;
+                    return;
+                }
+                Effect::Paused => {
+                    self.hand_over(myself, None).await;
                     return;
                 }
             }
@@ -326,8 +344,13 @@ impl CoordinatorState {
         }
     }
 
-    /// The end, after the last release: close the journal and report the outcome.
-    async fn hand_over(&mut self, myself: &ActorRef<CoordinatorMsg>, outcome: SessionOutcome) {
+    /// The end, after the last release: close the journal and report the outcome (`None`:
+    /// paused).
+    async fn hand_over(
+        &mut self,
+        myself: &ActorRef<CoordinatorMsg>,
+        outcome: Option<SessionOutcome>,
+    ) {
         if let Some(intake) = self.snapshots.as_mut() {
             intake.close();
         }
@@ -340,7 +363,9 @@ impl CoordinatorState {
                 return;
             }
         }
-        crate::telemetry::end_session(&self.span, &outcome);
+        if let Some(outcome) = &outcome {
+            crate::telemetry::end_session(&self.span, outcome);
+        }
         // Dropping the span ends it.
         self.span = tracing::Span::none();
         if let Some(done) = self.done.take() {
@@ -348,6 +373,37 @@ impl CoordinatorState {
         }
         self.over = true;
         myself.stop(Some("session finished".into()));
+    }
+
+    /// While pausing: once no turn that was sent is still running, stop the agents and
+    /// close the journal as it stands (after its lines are durable, like an end).
+    fn pause_if_drained(&mut self) {
+        if !self.pausing || self.paused || self.over || self.machine.is_finished() {
+            return;
+        }
+        let agents = self.agents.len() as AgentIndex;
+        let running = (0..agents).any(|agent| {
+            let in_flight = self.machine.in_flight_turn(agent);
+            in_flight.is_some() && in_flight != self.unsent.get(agent as usize).copied().flatten()
+        });
+        if running {
+            return;
+        }
+        let agents_waiting = (0..agents)
+            .filter(|&agent| self.machine.in_flight_turn(agent).is_some())
+            .map(|agent| self.agent_name(agent))
+            .collect::<Vec<_>>();
+        info!(
+            waiting = agents_waiting.len(),
+            "no provider call in flight; pausing the session"
+        );
+        self.record(JournalEvent::SessionPaused { agents_waiting });
+        for agent in 0..agents {
+            self.send(agent, CoordinatorCommand::Stop);
+        }
+        self.pending.push(Effect::Paused);
+        // Nothing more is taken in: the machine must stay as the journal has it.
+        self.paused = true;
     }
 
     /// The journal cannot be written: nothing more is released or sent, and the session
@@ -434,6 +490,7 @@ impl CoordinatorState {
         let mut spec = plan.into_spec(self.task.clone(), agent);
         self.name_snapshots(&mut spec);
         self.turns += 1;
+        let (agent_index, turn) = (agent as usize, spec.turn);
         self.record(JournalEvent::TurnStarted {
             agent: self.agent_name(agent),
             turn: spec.turn.0,
@@ -445,6 +502,13 @@ impl CoordinatorState {
             may_answer: spec.may_answer,
             answers: spec.answers.iter().map(|a| a.label.to_string()).collect(),
         });
+        if self.pausing {
+            // Journaled, so a resume sends it; not sent, so nobody pays for it twice.
+            if let Some(slot) = self.unsent.get_mut(agent_index) {
+                *slot = Some(turn);
+            }
+            return;
+        }
         self.send(agent, CoordinatorCommand::StartTurn(spec));
     }
 
@@ -992,6 +1056,9 @@ impl Actor for Coordinator {
             display: args.display,
             timeout: args.timeout,
             done: Some(args.done),
+            pausing: false,
+            paused: false,
+            unsent: Vec::new(),
             resumed: args.resumed,
             budget: args.budget,
             final_files: args.final_files,
@@ -1028,6 +1095,7 @@ impl Actor for Coordinator {
                 .map(|(i, a)| (a.id.clone(), i as AgentIndex))
                 .collect();
             state.usage = vec![Usage::default(); agents.len()];
+            state.unsent = vec![None; agents.len()];
             state.agents = agents;
             state.started = Instant::now();
             state.span = crate::telemetry::session_span(
@@ -1071,7 +1139,7 @@ impl Actor for Coordinator {
             state.on_committed(&myself, upto, result).await;
             return Ok(());
         }
-        if state.machine.is_finished() {
+        if state.machine.is_finished() || state.paused {
             return Ok(());
         }
         match message {
@@ -1094,7 +1162,14 @@ impl Actor for Coordinator {
             }
             CoordinatorMsg::Timeout => state.apply(Input::Timeout),
             CoordinatorMsg::Interrupt => state.apply(Input::Interrupted),
+            CoordinatorMsg::Pause => {
+                if !state.pausing {
+                    info!("pausing: no new turn is sent; waiting for the turns in flight");
+                    state.pausing = true;
+                }
+            }
         }
+        state.pause_if_drained();
         state.flush(&myself).await;
         Ok(())
     }

@@ -483,9 +483,53 @@ impl PlainState {
                 format_args!("timed out after {after_ms} ms"),
             ),
             JournalEvent::Interrupted => self.note(out, "conclave", format_args!("interrupted")),
+            JournalEvent::ToolServerStarted { .. } => match describe_tool_server(&event) {
+                Some((agent, line)) => self.note(out, agent, format_args!("{line}")),
+                None => Ok(()),
+            },
+            JournalEvent::SessionPaused { agents_waiting } => self.note(
+                out,
+                "conclave",
+                format_args!(
+                    "paused after the provider calls in flight finished; {} turn(s) wait for the resume",
+                    agents_waiting.len()
+                ),
+            ),
             _ => Ok(()),
         }
     }
+}
+
+/// How an agent's MCP server started, as a sentence for people (`tool_server_started`):
+/// the agent and the sentence.
+pub(crate) fn describe_tool_server(event: &JournalEvent) -> Option<(&str, String)> {
+    let JournalEvent::ToolServerStarted {
+        agent,
+        node,
+        server,
+        transport,
+        duration_ms,
+        tools,
+        optional,
+        error,
+    } = event
+    else {
+        return None;
+    };
+    let place = node
+        .as_deref()
+        .map(|node| format!(" on node {node}"))
+        .unwrap_or_default();
+    let line = match error {
+        Some(error) => format!(
+            "✗ {}MCP server {server} ({transport}){place} did not start after {duration_ms} ms: {error}; the agent goes on without its tools",
+            if *optional { "optional " } else { "" }
+        ),
+        None => format!(
+            "MCP server {server} ({transport}){place} started in {duration_ms} ms with {tools} tool(s)"
+        ),
+    };
+    Some((agent, line))
 }
 
 /// A turn's progress as a sentence for people.

@@ -295,6 +295,14 @@ pub enum JournalEvent {
         after_ms: u64,
     },
     Interrupted,
+    /// The session stopped at the operator's request (a batch's first Ctrl-C or SIGTERM)
+    /// once the provider calls in flight had finished and been journaled. It did not end:
+    /// no `session_ended` follows, and a resume sends the turns these agents were about to
+    /// start (they were journaled as started but never sent).
+    SessionPaused {
+        /// Agents whose next turn was held back.
+        agents_waiting: Vec<String>,
+    },
     FinalAnswer {
         winner: Option<String>,
         label: Option<String>,

@@ -48,7 +48,7 @@ use crate::coordinator::{
     AgentLink, Budget, CommandSink, Coordinator, CoordinatorArgs, CoordinatorMsg, Resumed,
     SessionOutcome,
 };
-use crate::display::Display;
+use crate::display::{Display, Shown};
 use crate::journal::{AgentInfo, EVENTS_FILE, Journal, JournalError, JournalEvent, JournalLock};
 use crate::pricing::PriceBook;
 use crate::resume::ResumePlan;
@@ -95,6 +95,33 @@ pub enum SessionError {
         "the coordinator stopped without an outcome (it crashed); the journal at {0} holds everything decided up to then"
     )]
     CoordinatorLost(PathBuf),
+    /// Asked for with [`Controls::pause`]: the turns in flight finished and were journaled,
+    /// and the session stopped without ending.
+    #[error(
+        "the session was paused with its journal left open; `conclave resume {}` continues it",
+        .0.display()
+    )]
+    Paused(PathBuf),
+}
+
+/// How the caller stops a running session early.
+#[derive(Clone, Default)]
+pub struct Controls {
+    /// Ends the session with the best available answer (the CLI's and server's Ctrl-C).
+    pub interrupt: CancellationToken,
+    /// Stops it without ending it, once the provider calls in flight have finished: the
+    /// journal stays open and a resume sends nothing twice ([`SessionError::Paused`]).
+    pub pause: CancellationToken,
+}
+
+impl Controls {
+    /// Only an interrupt.
+    pub fn interrupt(interrupt: CancellationToken) -> Self {
+        Self {
+            interrupt,
+            pause: CancellationToken::new(),
+        }
+    }
 }
 
 /// Everything needed to run one session.
@@ -391,11 +418,13 @@ async fn place_remote(
 
 /// Journals how every agent's MCP servers started, one `tool_server_started` per server and
 /// agent: the local agents' from their toolboxes, the remote ones' as their nodes reported.
-fn journal_tool_starts(
+/// Once they are durable, the display shows them.
+async fn journal_tool_starts(
     journal: &Journal,
     config: &SessionConfig,
     local: &[Arc<ToolBox>],
     remote: &PlacedTools,
+    display: &Display,
 ) -> Result<(), SessionError> {
     let local = local
         .iter()
@@ -405,12 +434,13 @@ fn journal_tool_starts(
     let remote = remote
         .iter()
         .map(|(agent, reports)| (*agent as usize, reports.clone()));
+    let mut shown = Vec::new();
     for (agent, reports) in local.into_iter().chain(remote) {
         let Some(spec) = config.agents.get(agent) else {
             continue;
         };
         for report in reports {
-            journal.record(JournalEvent::ToolServerStarted {
+            let event = JournalEvent::ToolServerStarted {
                 agent: spec.id.clone(),
                 node: spec.node.clone(),
                 server: report.server,
@@ -419,8 +449,16 @@ fn journal_tool_starts(
                 tools: report.tools,
                 optional: report.optional,
                 error: report.error,
-            })?;
+            };
+            journal.record(event.clone())?;
+            shown.push(event);
         }
+    }
+    if !shown.is_empty() {
+        journal.commit().await?;
+    }
+    for event in shown {
+        display.show(Shown::Event(event));
     }
     Ok(())
 }
@@ -430,6 +468,15 @@ pub async fn run_session(
     plan: SessionPlan,
     display: Display,
     interrupt: CancellationToken,
+) -> Result<SessionOutcome, SessionError> {
+    run_session_with(plan, display, Controls::interrupt(interrupt)).await
+}
+
+/// [`run_session`], with a pause as well as an interrupt.
+pub async fn run_session_with(
+    plan: SessionPlan,
+    display: Display,
+    controls: Controls,
 ) -> Result<SessionOutcome, SessionError> {
     let SessionPlan {
         session,
@@ -482,7 +529,7 @@ pub async fn run_session(
             .collect(),
         config: config.clone(),
     })?;
-    journal_tool_starts(&journal, &config, &tools, &remote.tools)?;
+    journal_tool_starts(&journal, &config, &tools, &remote.tools, &display).await?;
     info!(session = %session, dir = %dir.display(), agents = config.agents.len(), "session started");
 
     drive(
@@ -500,7 +547,7 @@ pub async fn run_session(
             snapshots,
         },
         display,
-        interrupt,
+        controls,
     )
     .await
 }
@@ -513,6 +560,17 @@ pub async fn resume_session(
     cluster: Option<Cluster>,
     display: Display,
     interrupt: CancellationToken,
+) -> Result<SessionOutcome, SessionError> {
+    resume_session_with(plan, env, cluster, display, Controls::interrupt(interrupt)).await
+}
+
+/// [`resume_session`], with a pause as well as an interrupt.
+pub async fn resume_session_with(
+    plan: ResumePlan,
+    env: EnvFn,
+    cluster: Option<Cluster>,
+    display: Display,
+    controls: Controls,
 ) -> Result<SessionOutcome, SessionError> {
     let mut plan = plan;
     crate::pricing::check_budget(&plan.config)?;
@@ -557,7 +615,7 @@ pub async fn resume_session(
         resent_turns: plan.resend.iter().map(|(_, p)| p.turn.0).collect(),
         torn_lines_skipped: plan.torn_lines,
     })?;
-    journal_tool_starts(&journal, &plan.config, &tools, &remote.tools)?;
+    journal_tool_starts(&journal, &plan.config, &tools, &remote.tools, &display).await?;
     info!(
         session = %plan.session,
         replayed = plan.replayed_inputs,
@@ -585,7 +643,7 @@ pub async fn resume_session(
             snapshots,
         },
         display,
-        interrupt,
+        controls,
     )
     .await
 }
@@ -611,7 +669,7 @@ struct Drive {
 async fn drive(
     run: Drive,
     display: Display,
-    interrupt: CancellationToken,
+    controls: Controls,
 ) -> Result<SessionOutcome, SessionError> {
     let Drive {
         session,
@@ -685,13 +743,17 @@ async fn drive(
 
     let outcome = {
         let mut done_rx = done_rx;
-        let mut interrupted = false;
+        let (mut interrupted, mut paused) = (false, false);
         loop {
             tokio::select! {
                 result = &mut done_rx => break result,
-                _ = interrupt.cancelled(), if !interrupted => {
+                _ = controls.interrupt.cancelled(), if !interrupted => {
                     interrupted = true;
                     let _ = supervisor.send_message(SupervisorMsg::Interrupt);
+                }
+                _ = controls.pause.cancelled(), if !paused => {
+                    paused = true;
+                    let _ = supervisor.send_message(SupervisorMsg::Pause);
                 }
             }
         }
@@ -706,7 +768,8 @@ async fn drive(
     }
     shutdown_tools(&toolboxes).await;
     match outcome {
-        Ok(Ok(outcome)) => Ok(outcome),
+        Ok(Ok(Some(outcome))) => Ok(outcome),
+        Ok(Ok(None)) => Err(SessionError::Paused(dir)),
         Ok(Err(journal)) => Err(SessionError::Journal(journal)),
         Err(_) => Err(SessionError::CoordinatorLost(dir)),
     }
@@ -751,6 +814,7 @@ struct SupervisorArgs {
 
 enum SupervisorMsg {
     Interrupt,
+    Pause,
 }
 
 impl ractor::Message for SupervisorMsg {}
@@ -847,6 +911,9 @@ impl Actor for SessionSupervisor {
         match message {
             SupervisorMsg::Interrupt => {
                 let _ = state.coordinator.send_message(CoordinatorMsg::Interrupt);
+            }
+            SupervisorMsg::Pause => {
+                let _ = state.coordinator.send_message(CoordinatorMsg::Pause);
             }
         }
         Ok(())

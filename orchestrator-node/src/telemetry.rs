@@ -387,6 +387,13 @@ pub fn session_event(span: &Span, event: &JournalEvent) {
             vec![text("conclave.reason", reason)],
         ),
         JournalEvent::Interrupted => ("conclave.interrupted", Vec::new()),
+        JournalEvent::SessionPaused { agents_waiting } => (
+            "conclave.paused",
+            vec![KeyValue::new(
+                "conclave.turns_waiting",
+                agents_waiting.len() as i64,
+            )],
+        ),
         JournalEvent::AllAgentsFailed => ("conclave.all_agents_failed", Vec::new()),
         _ => return,
     };

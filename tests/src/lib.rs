@@ -206,7 +206,9 @@ pub fn sim_config_yaml_with(
 pub struct Running {
     child: std::process::Child,
     stdout: std::thread::JoinHandle<String>,
-    stderr: std::thread::JoinHandle<String>,
+    stderr: std::thread::JoinHandle<()>,
+    /// What the child wrote to stderr so far.
+    stderr_text: std::sync::Arc<std::sync::Mutex<String>>,
     started: Instant,
 }
 
@@ -227,17 +229,38 @@ impl Running {
             let _ = std::io::Read::read_to_string(&mut out, &mut buf);
             buf
         });
-        let stderr = std::thread::spawn(move || {
-            let mut buf = String::new();
-            let _ = std::io::Read::read_to_string(&mut err, &mut buf);
-            buf
+        let stderr_text = std::sync::Arc::new(std::sync::Mutex::new(String::new()));
+        let stderr = std::thread::spawn({
+            let text = stderr_text.clone();
+            move || {
+                let mut buf = [0u8; 4096];
+                let mut bytes = Vec::new();
+                while let Ok(n) = std::io::Read::read(&mut err, &mut buf) {
+                    if n == 0 {
+                        break;
+                    }
+                    bytes.extend_from_slice(&buf[..n]);
+                    if let Ok(mut text) = text.lock() {
+                        *text = String::from_utf8_lossy(&bytes).into_owned();
+                    }
+                }
+            }
         });
         Ok(Running {
             child,
             stdout,
             stderr,
+            stderr_text,
             started,
         })
+    }
+
+    /// What the child wrote to stderr so far.
+    pub fn stderr_so_far(&self) -> String {
+        self.stderr_text
+            .lock()
+            .map(|text| text.clone())
+            .unwrap_or_default()
     }
 
     /// The child's process id.
@@ -280,7 +303,12 @@ impl Running {
             std::thread::sleep(Duration::from_millis(5));
         };
         let stdout = self.stdout.join().unwrap_or_default();
-        let stderr = self.stderr.join().unwrap_or_default();
+        let _ = self.stderr.join();
+        let stderr = self
+            .stderr_text
+            .lock()
+            .map(|text| text.clone())
+            .unwrap_or_default();
         let Some(status) = status else {
             bail!(
                 "the child did not finish within {deadline:?}\nstdout:\n{stdout}\nstderr:\n{stderr}"

@@ -19,9 +19,14 @@
 //!   listed as failed with its error (`failed.jsonl`, the summary). Two runs of the same batch
 //!   cannot collide: the batch directory is locked ([`JournalLock`]) while one runs, and the
 //!   second is refused naming the holder.
-//! * **Ctrl-C** stops at once without ending the running sessions, so their journals stay
-//!   unfinished and the next run resumes them (ending them would journal an interrupted
-//!   answer as the task's result).
+//! * **Ctrl-C or SIGTERM** pauses the batch: no task and no turn starts any more, the
+//!   provider calls in flight finish and are journaled (they are paid for; cutting them would
+//!   make the next run pay for them again), then each running session stops with its journal
+//!   left open (`session_paused`) and the run exits 130. The next run resumes those sessions
+//!   and sends exactly the turns that were held back. A second Ctrl-C or SIGTERM stops at once,
+//!   cutting the calls in flight (their sessions are resumed all the same, as after a crash).
+//!   The wait is bounded by each turn's own deadline (`timeouts.turn_timeout_seconds`).
+//!   Ending the sessions instead would journal an interrupted answer as the task's result.
 //! * **Budget**: `--max-cost` / `--max-tokens` cap the whole batch. Each session starts with the
 //!   remainder as its own cap, so running sessions cannot overshoot much; once the batch's
 //!   usage reaches a cap no further task starts, and the run exits 3 listing how many did not
@@ -60,7 +65,9 @@ use crate::console;
 use crate::display::Display;
 use crate::journal::{JournalError, JournalLock};
 use crate::outcome::SessionOutcome;
-use crate::session::{EnvFn, SessionPlan, resume_session, run_session};
+use crate::session::{
+    Controls, EnvFn, SessionError, SessionPlan, resume_session_with, run_session_with,
+};
 
 use journal::{BATCH_FILE, BatchEvent, SyncedLines, TaskState};
 use tasks::Task;
@@ -143,6 +150,8 @@ struct Shared {
     max_cost: Option<f64>,
     max_tokens: Option<u64>,
     progress: Progress,
+    /// Cancelled by the first Ctrl-C or SIGTERM (see the module docs).
+    pause: CancellationToken,
 }
 
 /// Counters for the progress display and the budget.
@@ -249,7 +258,12 @@ impl Progress {
 /// What one task came to.
 enum Finished {
     Done(Value),
-    Failed { session: String, error: String },
+    Failed {
+        session: String,
+        error: String,
+    },
+    /// The batch paused: the session stopped with its journal open, or never started.
+    Paused,
 }
 
 /// Runs a batch (see the module docs).
@@ -375,23 +389,18 @@ pub async fn run(args: BatchArgs, env: EnvFn) -> Result<u8, Failure> {
         max_cost: args.max_cost,
         max_tokens: args.max_tokens,
         progress,
+        pause: CancellationToken::new(),
     });
 
     let interrupt = CancellationToken::new();
-    let watcher = tokio::spawn({
-        let interrupt = interrupt.clone();
-        async move {
-            if tokio::signal::ctrl_c().await.is_ok() {
-                interrupt.cancel();
-            }
-        }
-    });
+    let watcher = tokio::spawn(watch_signals(shared.clone(), interrupt.clone()));
     let slots = Arc::new(tokio::sync::Semaphore::new(args.concurrency as usize));
     let mut running = tokio::task::JoinSet::new();
     let mut failures: Vec<(String, String)> = Vec::new();
     let mut not_run = 0usize;
     let mut stopped_by: Option<String> = None;
     let mut interrupted = false;
+    let mut paused = false;
     let mut journal_error: Option<String> = None;
     let mut queue = todo.into_iter();
     let tick = if shared.progress.bar.is_some() {
@@ -401,7 +410,7 @@ pub async fn run(args: BatchArgs, env: EnvFn) -> Result<u8, Failure> {
     };
     let mut ticker = tokio::time::interval(tick);
     loop {
-        let next = if stopped_by.is_none() && journal_error.is_none() {
+        let next = if stopped_by.is_none() && journal_error.is_none() && !paused {
             queue.next()
         } else {
             None
@@ -415,10 +424,18 @@ pub async fn run(args: BatchArgs, env: EnvFn) -> Result<u8, Failure> {
                         record(joined, &mut failures, &mut journal_error);
                     }
                     _ = interrupt.cancelled() => { interrupted = true; break None; }
+                    _ = shared.pause.cancelled(), if !paused => { paused = true; break None; }
                     _ = ticker.tick() => shared.progress.update(false),
                 }
             };
-            let Some(permit) = permit else { break };
+            let Some(permit) = permit else {
+                if paused {
+                    // This task was taken from the queue but never started.
+                    not_run += 1;
+                    continue;
+                }
+                break;
+            };
             // Checked once the slot is ours: the sessions that held it have counted by now.
             if let Some(reason) = shared
                 .progress
@@ -451,6 +468,7 @@ pub async fn run(args: BatchArgs, env: EnvFn) -> Result<u8, Failure> {
         tokio::select! {
             Some(joined) = running.join_next() => record(joined, &mut failures, &mut journal_error),
             _ = interrupt.cancelled() => { interrupted = true; break; }
+            _ = shared.pause.cancelled(), if !paused => paused = true,
             _ = ticker.tick() => shared.progress.update(false),
         }
     }
@@ -465,6 +483,17 @@ pub async fn run(args: BatchArgs, env: EnvFn) -> Result<u8, Failure> {
             shared.progress.summary_line()
         );
         // The running sessions are left unfinished on purpose (see the module docs).
+        return Ok(EXIT_INTERRUPTED);
+    }
+    if paused {
+        if let Some(cluster) = cluster {
+            cluster.shutdown().await;
+        }
+        write_failed(&batch_dir, &failures).map_err(execution)?;
+        console::note!(
+            "\nbatch paused: {}; every provider call in flight finished and was journaled; run the same command again to continue",
+            shared.progress.summary_line()
+        );
         return Ok(EXIT_INTERRUPTED);
     }
     if let Some(cluster) = cluster {
@@ -522,7 +551,7 @@ fn record(
     journal_error: &mut Option<String>,
 ) {
     match joined {
-        Ok((_, Ok(Finished::Done(_)))) => {}
+        Ok((_, Ok(Finished::Done(_) | Finished::Paused))) => {}
         Ok((id, Ok(Finished::Failed { error, .. }))) => failures.push((id, error)),
         Ok((_, Err(error))) => {
             journal_error.get_or_insert(error);
@@ -609,6 +638,9 @@ async fn run_task(
     prior: Option<TaskState>,
     mut config: SessionConfig,
 ) -> Result<Finished, String> {
+    if shared.pause.is_cancelled() {
+        return Ok(Finished::Paused);
+    }
     let counters = &shared.progress.counters;
     counters.running.fetch_add(1, Ordering::Relaxed);
     shared.progress.update(false);
@@ -686,6 +718,7 @@ async fn run_task(
             error: format!("the session ended without an answer ({reason})"),
         },
         TaskOutcome::Error { session, error } => Finished::Failed { session, error },
+        TaskOutcome::Paused => Finished::Paused,
     };
     match &finished {
         Finished::Done(result) => {
@@ -705,6 +738,7 @@ async fn run_task(
                 .map_err(|e| format!("cannot write the results file: {e}"))?;
             counters.done.fetch_add(1, Ordering::Relaxed);
         }
+        Finished::Paused => {}
         Finished::Failed { session, error } => {
             append(
                 shared,
@@ -750,6 +784,60 @@ enum TaskOutcome {
         session: String,
         error: String,
     },
+    /// Paused with its journal open (see the module docs).
+    Paused,
+}
+
+/// A session's error as a task outcome.
+fn task_error(session: &str, error: SessionError) -> TaskOutcome {
+    match error {
+        SessionError::Paused(_) => TaskOutcome::Paused,
+        error => TaskOutcome::Error {
+            session: session.to_owned(),
+            error: conclave_protocol::error_text(&error),
+        },
+    }
+}
+
+/// The controls of a batch's session: no interrupt (a second Ctrl-C ends the process), the
+/// batch's pause.
+fn controls(shared: &Shared) -> Controls {
+    Controls {
+        interrupt: CancellationToken::new(),
+        pause: shared.pause.clone(),
+    }
+}
+
+/// The next Ctrl-C or SIGTERM; `false` when signals cannot be watched.
+async fn next_signal(sigterm: &mut Option<tokio::signal::unix::Signal>) -> bool {
+    match sigterm {
+        Some(term) => tokio::select! {
+            ctrl_c = tokio::signal::ctrl_c() => ctrl_c.is_ok(),
+            got = term.recv() => got.is_some(),
+        },
+        None => tokio::signal::ctrl_c().await.is_ok(),
+    }
+}
+
+/// The first Ctrl-C or SIGTERM pauses the batch, the second stops it at once.
+async fn watch_signals(shared: Arc<Shared>, interrupt: CancellationToken) {
+    use tokio::signal::unix::{SignalKind, signal};
+    let mut sigterm = signal(SignalKind::terminate()).ok();
+    if !next_signal(&mut sigterm).await {
+        return;
+    }
+    shared.pause.cancel();
+    let running = shared.progress.counters.running.load(Ordering::Relaxed);
+    let line = format!(
+        "pausing: no new task or turn starts; waiting for the provider calls in flight of {running} running session(s) to finish (Ctrl-C again to stop at once)"
+    );
+    match &shared.progress.bar {
+        Some(bar) => bar.println(line),
+        None => console::note!("{line}"),
+    }
+    if next_signal(&mut sigterm).await {
+        interrupt.cancel();
+    }
 }
 
 fn ended(outcome: SessionOutcome, dir: PathBuf) -> TaskOutcome {
@@ -784,12 +872,9 @@ async fn new_task(
         http: Some(shared.http.clone()),
         cluster: shared.cluster.clone(),
     };
-    match run_session(plan, Display::none(), CancellationToken::new()).await {
+    match run_session_with(plan, Display::none(), controls(shared)).await {
         Ok(outcome) => ended(outcome, dir),
-        Err(error) => TaskOutcome::Error {
-            session: session.to_string(),
-            error: conclave_protocol::error_text(&error),
-        },
+        Err(error) => task_error(session.as_str(), error),
     }
 }
 
@@ -864,17 +949,17 @@ async fn resume_task(
         .max_cost_usd
         .or(plan.config.orchestrator.max_cost_usd);
     plan.config.orchestrator.pricing = config.orchestrator.pricing;
-    match resume_session(
+    match resume_session_with(
         plan,
         shared.env.clone(),
         shared.cluster.clone(),
         Display::none(),
-        CancellationToken::new(),
+        controls(shared),
     )
     .await
     {
         Ok(outcome) => ended(outcome, dir),
-        Err(e) => error(conclave_protocol::error_text(&e)),
+        Err(e) => task_error(session, e),
     }
 }
 

@@ -523,6 +523,16 @@ impl App {
                 view.state = AgentState::Failed;
                 view.note(LineKind::Error, format!("✗ agent failed: {reason}"));
             }
+            JournalEvent::ToolServerStarted { .. } => {
+                if let Some((agent, line)) = crate::display::describe_tool_server(&event) {
+                    let kind = if line.starts_with('✗') {
+                        LineKind::Error
+                    } else {
+                        LineKind::Note
+                    };
+                    self.agent(agent).note(kind, line);
+                }
+            }
             JournalEvent::AgentLost { agent, reason } => {
                 let view = self.agent(&agent);
                 view.state = AgentState::Failed;
@@ -546,6 +556,7 @@ impl App {
                 self.status = Some(format!("timed out after {:.0} s", after_ms as f64 / 1e3));
             }
             JournalEvent::Interrupted => self.status = Some("interrupted".into()),
+            JournalEvent::SessionPaused { .. } => self.status = Some("paused".into()),
             JournalEvent::AllAgentsFailed => self.status = Some("every agent failed".into()),
             JournalEvent::BudgetExhausted { reason, .. } => {
                 self.status = Some(format!("budget reached: {reason}"));

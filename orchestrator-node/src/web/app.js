@@ -292,11 +292,18 @@ class SessionView {
       case "agent_failed": this.note(event.agent, "failure", "failed: " + event.reason); this.column(event.agent).status.textContent = "failed"; break;
       case "agent_lost": this.note(event.agent, "failure", "lost: " + event.reason); break;
       case "agent_rejoined": this.note(event.agent, "restart", "rejoined"); break;
+      case "tool_server_started": {
+        const where = event.node ? " on node " + event.node : "";
+        if (event.error) this.note(event.agent, "failure", (event.optional ? "optional " : "") + "MCP server " + event.server + " (" + event.transport + ")" + where + " did not start after " + event.duration_ms + " ms: " + event.error);
+        else this.note(event.agent, "restart", "MCP server " + event.server + " (" + event.transport + ")" + where + " started in " + event.duration_ms + " ms with " + event.tools + " tool(s)");
+        break;
+      }
       case "answer_rejected": this.note(event.agent, "failure", "answer rejected: " + event.reason); break;
       case "presentation_failed": this.note(event.agent, "failure", "presentation failed: " + event.reason); break;
       case "consensus_reached": $("session-state").textContent = "consensus: " + event.label + " by " + event.winner + " (" + event.votes + " votes)"; break;
       case "timed_out": $("session-state").textContent = "timed out"; break;
       case "interrupted": $("session-state").textContent = "interrupted"; break;
+      case "session_paused": $("session-state").textContent = "paused: resume it to continue"; break;
       case "all_agents_failed": $("session-state").textContent = "every agent failed"; break;
       case "budget_exhausted": $("session-state").textContent = "budget reached: " + event.reason; break;
       case "session_ended": $("session-state").textContent = "ended: " + event.reason + " · " + (event.input_tokens + event.output_tokens) + " tokens" + (event.cost_usd != null ? " · $" + event.cost_usd.toFixed(4) : ""); break;

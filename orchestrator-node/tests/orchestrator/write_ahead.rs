@@ -142,7 +142,7 @@ struct Harness {
     disk: Disk,
     coordinator: ractor::ActorRef<CoordinatorMsg>,
     commands: mpsc::UnboundedReceiver<(String, Envelope<CoordinatorCommand>)>,
-    done: oneshot::Receiver<Result<SessionOutcome, JournalError>>,
+    done: oneshot::Receiver<Result<Option<SessionOutcome>, JournalError>>,
     violations: Arc<Mutex<Vec<String>>>,
     session: SessionId,
     seq: u64,
@@ -224,9 +224,12 @@ async fn start(agents: &[&str], capacity: usize, budget: Budget) -> Harness {
                         CoordinatorCommand::Cancel { turn } => durable.iter().any(|e| {
                             matches!(e, JournalEvent::TurnCancelled { turn: t, .. } if *t == turn.0)
                         }),
-                        _ => durable
-                            .iter()
-                            .any(|e| matches!(e, JournalEvent::SessionEnded { .. })),
+                        _ => durable.iter().any(|e| {
+                            matches!(
+                                e,
+                                JournalEvent::SessionEnded { .. } | JournalEvent::SessionPaused { .. }
+                            )
+                        }),
                     };
                     if !covered {
                         violations
@@ -286,6 +289,13 @@ impl Harness {
     }
 
     async fn outcome(&mut self) -> Result<SessionOutcome, JournalError> {
+        self.end()
+            .await
+            .map(|outcome| outcome.expect("the session ended, it did not pause"))
+    }
+
+    /// The coordinator's end: `None` when it paused.
+    async fn end(&mut self) -> Result<Option<SessionOutcome>, JournalError> {
         let outcome = tokio::time::timeout(WAIT, &mut self.done)
             .await
             .expect("the session ends in time")
@@ -484,5 +494,103 @@ async fn a_reached_cap_starts_no_turn_cancels_the_others_and_records_the_oversho
         e,
         JournalEvent::TurnStarted { mode, .. } if mode == "present"
     )));
+    assert_eq!(h.violations(), Vec::<String>::new());
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_pause_sends_no_turn_waits_for_the_turns_in_flight_and_leaves_the_journal_open() {
+    let mut h = start(&["a", "b"], usize::MAX, Budget::default()).await;
+    let mut turns = std::collections::HashMap::new();
+    for _ in 0..2 {
+        let (agent, spec) = h.next_start().await;
+        turns.insert(agent, spec);
+    }
+    // a answers: a goes on to vote and b restarts with the answer (both sent: no pause yet).
+    let a = turns["a"].clone();
+    h.report(
+        "a",
+        AgentReport::Decided {
+            turn: a.turn,
+            decision: Decision::NewAnswer {
+                content: "42".into(),
+            },
+            seen_revision: a.revision,
+            how: conclave_protocol::DecisionHow::Tool,
+        },
+    );
+    for _ in 0..2 {
+        let (agent, spec) = h.next_start().await;
+        turns.insert(agent, spec);
+    }
+    h.coordinator.send_message(CoordinatorMsg::Pause).unwrap();
+    let not_yet = tokio::time::timeout(Duration::from_millis(300), &mut h.done).await;
+    assert!(not_yet.is_err(), "paused with two turns in flight");
+
+    // b votes: a's turn is still in flight, so the pause still waits.
+    let b = turns["b"].clone();
+    let label = b.answers[0].label;
+    h.report(
+        "b",
+        AgentReport::Decided {
+            turn: b.turn,
+            decision: Decision::Vote {
+                label,
+                reason: "right".into(),
+            },
+            seen_revision: b.revision,
+            how: conclave_protocol::DecisionHow::Tool,
+        },
+    );
+    let not_yet = tokio::time::timeout(Duration::from_millis(300), &mut h.done).await;
+    assert!(not_yet.is_err(), "paused with a's turn in flight");
+
+    // a votes: consensus. Its presentation turn is journaled but not sent, and the session
+    // pauses instead of ending.
+    let a = turns["a"].clone();
+    h.report(
+        "a",
+        AgentReport::Decided {
+            turn: a.turn,
+            decision: Decision::Vote {
+                label,
+                reason: "mine".into(),
+            },
+            seen_revision: a.revision,
+            how: conclave_protocol::DecisionHow::Tool,
+        },
+    );
+    let end = h.end().await.expect("the pause is durable");
+    assert!(end.is_none(), "the session paused: {end:?}");
+    let mut stopped = std::collections::HashSet::new();
+    while let Ok((agent, envelope)) = h.commands.try_recv() {
+        match envelope.body {
+            CoordinatorCommand::StartTurn(spec) => {
+                panic!("a turn was sent while pausing: {:?}", spec.mode)
+            }
+            CoordinatorCommand::Stop => {
+                stopped.insert(agent);
+            }
+            _ => {}
+        }
+    }
+    assert_eq!(stopped.len(), 2, "both agents are stopped");
+    let durable = h.disk.durable_events();
+    let presentation = durable.iter().any(|e| {
+        matches!(e, JournalEvent::TurnStarted { agent, mode, .. } if agent == "a" && mode == "present")
+    });
+    assert!(presentation, "the held-back turn is journaled: {durable:?}");
+    assert!(
+        durable.iter().any(|e| matches!(
+            e,
+            JournalEvent::SessionPaused { agents_waiting } if agents_waiting == &["a".to_owned()]
+        )),
+        "{durable:?}"
+    );
+    assert!(
+        !durable
+            .iter()
+            .any(|e| matches!(e, JournalEvent::SessionEnded { .. })),
+        "a paused session has no end line"
+    );
     assert_eq!(h.violations(), Vec::<String>::new());
 }

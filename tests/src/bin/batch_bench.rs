@@ -5,9 +5,10 @@
 //!    bound — C slots each hold one session at a time, so the batch cannot take less than
 //!    `max(Σ session wall / C, longest session)`, with each session's wall read from its
 //!    journal — and the batch process's peak RSS (VmHWM, polled from /proc).
-//! 2. **Kill and resume**: the same batch killed with SIGKILL once half the results are in,
-//!    then run again to the end. Prints the provider requests of both runs against the
-//!    uninterrupted run's.
+//! 2. **Stop and resume**: the same batch stopped once half the results are in, then run
+//!    again to the end, twice: with SIGTERM (the batch pauses once the provider calls in
+//!    flight have finished) and with SIGKILL (a crash: the calls in flight are cut and must be
+//!    sent again). Prints the provider requests of both runs against the uninterrupted run's.
 //! 3. **Endpoint**: K streamed `/v1/chat/completions` one after the other; for each, the time
 //!    from the session's `final` event (its live feed, `GET /sessions/{id}/events`, watched
 //!    at the same time) to the completion stream's last byte. Prints p50 and max.
@@ -88,12 +89,13 @@ struct BatchRun {
     code: Option<i32>,
 }
 
-/// Runs `conclave batch` in `dir`; with `kill_at`, SIGKILLs it once that many results are in.
+/// Runs `conclave batch` in `dir`; with `stop_at` (results, signal), sends the signal once
+/// that many results are in and waits for the batch to exit.
 fn run_batch(
     bin: &Path,
     dir: &Path,
     args: &Args,
-    kill_at: Option<usize>,
+    stop_at: Option<(usize, libc::c_int)>,
     deadline: Duration,
 ) -> anyhow::Result<BatchRun> {
     let started = Instant::now();
@@ -117,6 +119,7 @@ fn run_batch(
     let pid = child.id();
     let mut peak = 0;
     let out = dir.join("results.jsonl");
+    let mut signalled = false;
     loop {
         if let Some(kb) = vm_hwm_kb(pid) {
             peak = peak.max(kb);
@@ -128,16 +131,16 @@ fn run_batch(
                 code: status.code(),
             });
         }
-        if let Some(at) = kill_at
+        if let Some((at, signal)) = stop_at
+            && !signalled
             && result_lines(&out) >= at
         {
-            child.kill()?;
-            child.wait()?;
-            return Ok(BatchRun {
-                wall: started.elapsed(),
-                peak_rss_kb: peak,
-                code: None,
-            });
+            let pid = libc::pid_t::try_from(pid).context("pid out of range")?;
+            // SAFETY: kill(2) on the child this function spawned and has not reaped yet.
+            if unsafe { libc::kill(pid, signal) } != 0 {
+                bail!("kill: {}", std::io::Error::last_os_error());
+            }
+            signalled = true;
         }
         if started.elapsed() > deadline {
             let _ = child.kill();
@@ -212,36 +215,47 @@ async fn main() -> anyhow::Result<()> {
         run.peak_rss_kb as f64 / 1024.0
     );
 
-    // 2. Killed half way, then resumed.
-    sim.reset();
-    let killed = tempfile::tempdir()?;
-    prepare(killed.path(), &sim, args.tasks)?;
-    let first = tokio::task::block_in_place(|| {
-        run_batch(&bin, killed.path(), &args, Some(args.tasks / 2), deadline)
-    })?;
-    let at_kill = result_lines(&killed.path().join("results.jsonl"));
-    let second =
-        tokio::task::block_in_place(|| run_batch(&bin, killed.path(), &args, None, deadline))?;
-    if second.code != Some(0) {
-        bail!("the resumed batch exited with {:?}", second.code);
+    // 2. Stopped half way, then resumed: paused (SIGTERM), then crashed (SIGKILL).
+    for (signal, name) in [(libc::SIGTERM, "SIGTERM"), (libc::SIGKILL, "kill -9")] {
+        sim.reset();
+        let stopped = tempfile::tempdir()?;
+        prepare(stopped.path(), &sim, args.tasks)?;
+        let first = tokio::task::block_in_place(|| {
+            run_batch(
+                &bin,
+                stopped.path(),
+                &args,
+                Some((args.tasks / 2, signal)),
+                deadline,
+            )
+        })?;
+        let at_stop = result_lines(&stopped.path().join("results.jsonl"));
+        let first_requests = sim.requests().len();
+        let cut = sim.requests().iter().filter(|r| !r.completed).count();
+        let second =
+            tokio::task::block_in_place(|| run_batch(&bin, stopped.path(), &args, None, deadline))?;
+        if second.code != Some(0) {
+            bail!("the resumed batch exited with {:?}", second.code);
+        }
+        let resumed_requests = sim.requests().len();
+        let resumed_completed = sim.requests().iter().filter(|r| r.completed).count();
+        let results = result_lines(&stopped.path().join("results.jsonl"));
+        println!(
+            "{name} at {at_stop} results (exit {:?} after {:.1} s, {first_requests} requests, {cut} cut), rerun {:.1} s: {results} results; provider requests {resumed_requests} vs {uninterrupted_requests} uninterrupted: {:+.2}%",
+            first.code,
+            first.wall.as_secs_f64(),
+            second.wall.as_secs_f64(),
+            (resumed_requests as f64 - uninterrupted_requests as f64) * 100.0
+                / uninterrupted_requests as f64
+        );
+        // Requests cut by a kill never completed (the provider streamed part of a reply);
+        // the completed ones are the replies paid for in full.
+        println!(
+            "{name} and resume: completed provider requests {resumed_completed} vs {uninterrupted_completed} uninterrupted: {:+.2}%",
+            (resumed_completed as f64 - uninterrupted_completed as f64) * 100.0
+                / uninterrupted_completed as f64
+        );
     }
-    let resumed_requests = sim.requests().len();
-    let resumed_completed = sim.requests().iter().filter(|r| r.completed).count();
-    let results = result_lines(&killed.path().join("results.jsonl"));
-    println!(
-        "kill -9 at {at_kill} results ({:.1} s), rerun {:.1} s: {results} results; provider requests {resumed_requests} vs {uninterrupted_requests} uninterrupted: {:+.2}%",
-        first.wall.as_secs_f64(),
-        second.wall.as_secs_f64(),
-        (resumed_requests as f64 - uninterrupted_requests as f64) * 100.0
-            / uninterrupted_requests as f64
-    );
-    // Requests cut by the kill never completed (the provider streamed part of a reply); the
-    // completed ones are the replies paid for in full.
-    println!(
-        "kill -9 and resume: completed provider requests {resumed_completed} vs {uninterrupted_completed} uninterrupted: {:+.2}%",
-        (resumed_completed as f64 - uninterrupted_completed as f64) * 100.0
-            / uninterrupted_completed as f64
-    );
 
     // 3. The endpoint.
     let latencies = endpoint(&bin, &sim, args.completions).await?;

@@ -1,7 +1,8 @@
 //! `conclave batch` through the real binary against the simulated provider: a batch killed
 //! with SIGKILL half way and run again finishes every task exactly once without paying for a
 //! journaled turn twice; a second run of the same batch is refused while one runs; Ctrl-C
-//! leaves the running sessions to be resumed; a failing task never stops the batch and is
+//! pauses once the calls in flight finish, and the next run sends none of them again; a
+//! second signal stops at once; a failing task never stops the batch and is
 //! listed with its error (and retried by the next run); CSV tasks; a batch token cap stops
 //! starting tasks (exit 3).
 
@@ -229,7 +230,7 @@ async fn a_batch_killed_half_way_resumes_and_finishes_every_task_once_without_pa
 }
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
-async fn ctrl_c_leaves_running_sessions_for_the_next_run_to_resume() {
+async fn ctrl_c_pauses_once_the_calls_in_flight_finish_and_the_next_run_sends_nothing_twice() {
     let sim = start_sim(10, 30).await.expect("sim provider starts");
     let dir = tempfile::tempdir().expect("tempdir");
     let yaml = sim_config_yaml(
@@ -258,8 +259,13 @@ async fn ctrl_c_leaves_running_sessions_for_the_next_run_to_resume() {
     });
     assert!(mid.is_some(), "no decision was journaled within 60 s");
     run.signal(libc::SIGINT).expect("SIGINT");
-    let stopped = run.wait(Duration::from_secs(30)).expect("stops");
+    let stopped = run.wait(Duration::from_secs(60)).expect("stops");
     assert_eq!(stopped.code, Some(130), "stderr:\n{}", stopped.stderr);
+    assert!(
+        stopped.stderr.contains("pausing:") && stopped.stderr.contains("batch paused"),
+        "stderr:\n{}",
+        stopped.stderr
+    );
     assert!(stopped.stderr.contains("run the same command again"));
     let text = std::fs::read_to_string(&journal).expect("batch journal");
     assert!(text.contains("\"started\""));
@@ -267,6 +273,34 @@ async fn ctrl_c_leaves_running_sessions_for_the_next_run_to_resume() {
         results(&out).len() < total,
         "everything finished before Ctrl-C"
     );
+
+    // Nothing was cut: every request the provider saw ran to its end and was journaled.
+    let first_run = sim.requests();
+    assert!(
+        first_run.iter().all(|r| r.completed),
+        "{} request(s) were cut",
+        first_run.iter().filter(|r| !r.completed).count()
+    );
+    let journaled: usize = decided(&sessions).values().map(Vec::len).sum();
+    assert_eq!(
+        journaled,
+        first_run.len(),
+        "every completed request's decision is in a journal"
+    );
+    // The running sessions paused with their journals open and said which turns wait.
+    let mut paused = HashMap::new();
+    for entry in std::fs::read_dir(&sessions).expect("sessions").flatten() {
+        let events = read_journal(&entry.path()).unwrap_or_default();
+        if let Some(line) = events_of(&events, "session_paused").first() {
+            assert!(
+                events_of(&events, "session_ended").is_empty(),
+                "a paused session has no end line"
+            );
+            let waiting = line["agents_waiting"].as_array().map_or(0, Vec::len);
+            paused.insert(entry.file_name().to_string_lossy().into_owned(), waiting);
+        }
+    }
+    assert!(!paused.is_empty(), "no session paused");
 
     let rerun = run_with_deadline(
         &mut batch(dir.path(), &["--config", "team.yaml", "--concurrency", "4"]),
@@ -279,18 +313,77 @@ async fn ctrl_c_leaves_running_sessions_for_the_next_run_to_resume() {
         .filter_map(|l| l["id"].as_str().map(str::to_owned))
         .collect();
     assert_eq!((ids.len(), results(&out).len()), (total, total));
-    let resumed: usize = std::fs::read_dir(&sessions)
-        .expect("sessions")
-        .flatten()
-        .map(|e| {
-            events_of(
-                &read_journal(&e.path()).unwrap_or_default(),
-                "session_resumed",
-            )
-            .len()
-        })
-        .sum();
-    assert!(resumed > 0, "no interrupted session was resumed");
+    // Each paused session resumed and sent exactly the turns it held back.
+    for (session, waiting) in &paused {
+        let events = read_journal(&sessions.join(session)).expect("journal");
+        let resumed = events_of(&events, "session_resumed");
+        assert_eq!(resumed.len(), 1, "{session}");
+        let resent = resumed[0]["resent_turns"].as_array().map_or(0, Vec::len);
+        assert_eq!(resent, *waiting, "{session}");
+    }
+    // No request of the first run was sent again.
+    let key = |r: &conclave_sim::RequestRecord| (r.model.clone(), r.fingerprint.clone());
+    let paid: HashSet<_> = first_run.iter().map(key).collect();
+    let again = sim.requests()[first_run.len()..]
+        .iter()
+        .filter(|r| paid.contains(&key(r)))
+        .count();
+    assert_eq!(
+        again, 0,
+        "requests paid for in the first run were sent again"
+    );
+    sim.shutdown().await;
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_second_ctrl_c_stops_at_once_and_the_cut_sessions_resume() {
+    // 40 pieces x 50 ms: a reply streams for 2 s, so the pause is still waiting.
+    let sim = start_sim(40, 50).await.expect("sim provider starts");
+    let dir = tempfile::tempdir().expect("tempdir");
+    let yaml = sim_config_yaml(
+        &sim.base_url(),
+        &agents(),
+        "  restart_policy: finish\n",
+        120,
+    );
+    std::fs::write(dir.path().join("team.yaml"), yaml).expect("config written");
+    write_tasks(&dir.path().join("tasks.jsonl"), 4);
+    let run = Running::start(&mut batch(
+        dir.path(),
+        &["--config", "team.yaml", "--concurrency", "2"],
+    ))
+    .expect("batch starts");
+    let streaming = poll_until(Duration::from_secs(60), || {
+        (sim.requests().len() >= 6).then_some(())
+    });
+    assert!(
+        streaming.is_some(),
+        "the sessions did not start within 60 s"
+    );
+    run.signal(libc::SIGTERM).expect("SIGTERM");
+    let pausing = poll_until(Duration::from_secs(30), || {
+        run.stderr_so_far().contains("pausing:").then_some(())
+    });
+    assert!(pausing.is_some(), "the first SIGTERM did not pause");
+    run.signal(libc::SIGINT).expect("SIGINT");
+    let stopped = run.wait(Duration::from_secs(30)).expect("stops");
+    assert_eq!(stopped.code, Some(130), "stderr:\n{}", stopped.stderr);
+    assert!(
+        stopped.stderr.contains("batch interrupted") && !stopped.stderr.contains("batch paused"),
+        "stderr:\n{}",
+        stopped.stderr
+    );
+    assert!(
+        sim.requests().iter().any(|r| !r.completed),
+        "the second signal cut no call"
+    );
+    let rerun = run_with_deadline(
+        &mut batch(dir.path(), &["--config", "team.yaml", "--concurrency", "2"]),
+        Duration::from_secs(120),
+    )
+    .expect("rerun");
+    assert_eq!(rerun.code, Some(0), "stderr:\n{}", rerun.stderr);
+    assert_eq!(results(&dir.path().join("results.jsonl")).len(), 4);
     sim.shutdown().await;
 }
 

@@ -125,6 +125,12 @@ async fn mcp_servers_start_with_the_session_and_leave_no_process_behind() {
     assert!(start["duration_ms"].is_u64(), "{start}");
     // The demo server has several tools; the config filters none.
     assert!(start["tools"].as_u64().unwrap_or(0) >= 2, "{start}");
+    // The display says so, as a sentence.
+    let shown = format!(
+        "[alpha] MCP server demo (stdio) started in {} ms with {} tool(s)",
+        start["duration_ms"], start["tools"]
+    );
+    assert!(run.stdout.contains(&shown), "stdout:\n{}", run.stdout);
 }
 
 /// The one session directory under `dir/sessions`.
