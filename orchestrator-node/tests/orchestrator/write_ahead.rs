@@ -294,6 +294,19 @@ impl Harness {
             .map(|outcome| outcome.expect("the session ended, it did not pause"))
     }
 
+    /// `agent` decides its turn `spec` (by a tool call).
+    fn decide(&mut self, agent: &str, spec: &conclave_protocol::TurnSpec, decision: Decision) {
+        self.report(
+            agent,
+            AgentReport::Decided {
+                turn: spec.turn,
+                decision,
+                seen_revision: spec.revision,
+                how: conclave_protocol::DecisionHow::Tool,
+            },
+        );
+    }
+
     /// The coordinator's end: `None` when it paused.
     async fn end(&mut self) -> Result<Option<SessionOutcome>, JournalError> {
         let outcome = tokio::time::timeout(WAIT, &mut self.done)
@@ -507,15 +520,11 @@ async fn a_pause_sends_no_turn_waits_for_the_turns_in_flight_and_leaves_the_jour
     }
     // a answers: a goes on to vote and b restarts with the answer (both sent: no pause yet).
     let a = turns["a"].clone();
-    h.report(
+    h.decide(
         "a",
-        AgentReport::Decided {
-            turn: a.turn,
-            decision: Decision::NewAnswer {
-                content: "42".into(),
-            },
-            seen_revision: a.revision,
-            how: conclave_protocol::DecisionHow::Tool,
+        &a,
+        Decision::NewAnswer {
+            content: "42".into(),
         },
     );
     for _ in 0..2 {
@@ -529,36 +538,22 @@ async fn a_pause_sends_no_turn_waits_for_the_turns_in_flight_and_leaves_the_jour
     // b votes: a's turn is still in flight, so the pause still waits.
     let b = turns["b"].clone();
     let label = b.answers[0].label;
-    h.report(
-        "b",
-        AgentReport::Decided {
-            turn: b.turn,
-            decision: Decision::Vote {
-                label,
-                reason: "right".into(),
-            },
-            seen_revision: b.revision,
-            how: conclave_protocol::DecisionHow::Tool,
-        },
-    );
+    let right = Decision::Vote {
+        label,
+        reason: "right".into(),
+    };
+    h.decide("b", &b, right);
     let not_yet = tokio::time::timeout(Duration::from_millis(300), &mut h.done).await;
     assert!(not_yet.is_err(), "paused with a's turn in flight");
 
     // a votes: consensus. Its presentation turn is journaled but not sent, and the session
     // pauses instead of ending.
     let a = turns["a"].clone();
-    h.report(
-        "a",
-        AgentReport::Decided {
-            turn: a.turn,
-            decision: Decision::Vote {
-                label,
-                reason: "mine".into(),
-            },
-            seen_revision: a.revision,
-            how: conclave_protocol::DecisionHow::Tool,
-        },
-    );
+    let mine = Decision::Vote {
+        label,
+        reason: "mine".into(),
+    };
+    h.decide("a", &a, mine);
     let end = h.end().await.expect("the pause is durable");
     assert!(end.is_none(), "the session paused: {end:?}");
     let mut stopped = std::collections::HashSet::new();

@@ -34,6 +34,13 @@ fn agents() -> [SimAgent<'static>; 3] {
     ]
 }
 
+/// `team.yaml` in `dir`: the three sim agents under `restart_policy: finish`, so a turn is
+/// never cancelled and every request a batch sends runs to its end unless the batch is cut.
+fn write_team(dir: &Path, base_url: &str) {
+    let yaml = sim_config_yaml(base_url, &agents(), "  restart_policy: finish\n", 120);
+    std::fs::write(dir.join("team.yaml"), yaml).expect("config written");
+}
+
 fn write_tasks(path: &Path, count: usize) {
     let text: String = (1..=count)
         .map(|i| format!("{{\"id\": \"q{i}\", \"question\": \"What is {i} times {i}?\"}}\n"))
@@ -86,13 +93,7 @@ async fn a_batch_killed_half_way_resumes_and_finishes_every_task_once_without_pa
     // 10 pieces x 20 ms: every turn streams ~200 ms, so the kill lands with sessions mid-way.
     let sim = start_sim(10, 20).await.expect("sim provider starts");
     let dir = tempfile::tempdir().expect("tempdir");
-    let yaml = sim_config_yaml(
-        &sim.base_url(),
-        &agents(),
-        "  restart_policy: finish\n",
-        120,
-    );
-    std::fs::write(dir.path().join("team.yaml"), yaml).expect("config written");
+    write_team(dir.path(), &sim.base_url());
     let total = 24;
     write_tasks(&dir.path().join("tasks.jsonl"), total);
     let out = dir.path().join("results.jsonl");
@@ -233,13 +234,7 @@ async fn a_batch_killed_half_way_resumes_and_finishes_every_task_once_without_pa
 async fn ctrl_c_pauses_once_the_calls_in_flight_finish_and_the_next_run_sends_nothing_twice() {
     let sim = start_sim(10, 30).await.expect("sim provider starts");
     let dir = tempfile::tempdir().expect("tempdir");
-    let yaml = sim_config_yaml(
-        &sim.base_url(),
-        &agents(),
-        "  restart_policy: finish\n",
-        120,
-    );
-    std::fs::write(dir.path().join("team.yaml"), yaml).expect("config written");
+    write_team(dir.path(), &sim.base_url());
     let total = 8;
     write_tasks(&dir.path().join("tasks.jsonl"), total);
     let out = dir.path().join("results.jsonl");
@@ -340,13 +335,7 @@ async fn a_second_ctrl_c_stops_at_once_and_the_cut_sessions_resume() {
     // 40 pieces x 50 ms: a reply streams for 2 s, so the pause is still waiting.
     let sim = start_sim(40, 50).await.expect("sim provider starts");
     let dir = tempfile::tempdir().expect("tempdir");
-    let yaml = sim_config_yaml(
-        &sim.base_url(),
-        &agents(),
-        "  restart_policy: finish\n",
-        120,
-    );
-    std::fs::write(dir.path().join("team.yaml"), yaml).expect("config written");
+    write_team(dir.path(), &sim.base_url());
     write_tasks(&dir.path().join("tasks.jsonl"), 4);
     let run = Running::start(&mut batch(
         dir.path(),
