@@ -73,7 +73,13 @@ pub enum CoordinatorMsg {
     /// started): it rejoins with the current answers. The new incarnation numbers its reports
     /// from 1, so the agent's sequence numbers are forgotten here, on purpose; reports of the
     /// old incarnation never get this far (the cluster gateway drops them).
-    AgentBack { agent: AgentIndex },
+    AgentBack {
+        agent: AgentIndex,
+        /// The node it is back on.
+        node: String,
+        /// How its MCP servers started on the node this time (journaled like the first start).
+        tools: Vec<conclave_protocol::tools::ServerStartReport>,
+    },
     /// The orchestrator timeout expired.
     Timeout,
     /// The user pressed Ctrl-C.
@@ -1154,10 +1160,22 @@ impl Actor for Coordinator {
                 state.drop_snapshot(agent, &format!("the agent was lost ({reason})"));
                 state.apply(Input::AgentLost { agent, reason });
             }
-            CoordinatorMsg::AgentBack { agent } => {
+            CoordinatorMsg::AgentBack { agent, node, tools } => {
                 let name = state.agent_name(agent);
                 state.seen.reset(&name);
                 info!(agent = %name, "agent back; it rejoins with the current answers");
+                for report in tools {
+                    state.record(JournalEvent::ToolServerStarted {
+                        agent: name.clone(),
+                        node: Some(node.clone()),
+                        server: report.server,
+                        transport: report.transport,
+                        duration_ms: report.duration_ms,
+                        tools: report.tools,
+                        optional: report.optional,
+                        error: report.error,
+                    });
+                }
                 state.apply(Input::AgentRejoined { agent });
             }
             CoordinatorMsg::Timeout => state.apply(Input::Timeout),

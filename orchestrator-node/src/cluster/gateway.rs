@@ -498,13 +498,17 @@ impl GatewayState {
         match error {
             None => {
                 placed.link = Link::Live;
-                placed.tools = tools;
                 if rejoin {
                     info!(%session, agent = %placed.spec.id, node = %placed.node, "agent back on its node");
                     if let Some(coordinator) = &route.coordinator {
-                        let _ = coordinator.send_message(CoordinatorMsg::AgentBack { agent });
+                        let _ = coordinator.send_message(CoordinatorMsg::AgentBack {
+                            agent,
+                            node: placed.node.clone(),
+                            tools: tools.clone(),
+                        });
                     }
                 }
+                placed.tools = tools;
                 if let Some((_, pending)) = &mut route.placing {
                     pending.remove(&agent);
                 }

@@ -410,8 +410,12 @@ async fn a_frozen_node_is_lost_at_the_heartbeat_deadline_and_rejoins() {
         "--heartbeat-deadline-ms",
         "1500",
     ];
-    // Slow turns everywhere, so the session is still running when beta comes back.
-    let config = setup.write_config(&sim_cluster_yaml(
+    // Slow turns everywhere, so the session is still running when beta comes back. Beta has
+    // an MCP server: it starts again on the node with the new incarnation, and the journal
+    // says so.
+    let demo = workspace_bin("conclave-mcp-demo").expect("demo server built");
+    let beta_model = "      model: \"sim-b:tokens=40,token_delay_ms=60\"\n";
+    let yaml = sim_cluster_yaml(
         &base,
         &[
             NodeAgent {
@@ -433,7 +437,17 @@ async fn a_frozen_node_is_lost_at_the_heartbeat_deadline_and_rejoins() {
         "  restart_policy: finish\n",
         60,
         30,
-    ));
+    )
+    .replacen(
+        beta_model,
+        &format!(
+            "{beta_model}      mcp_servers:\n        - name: demo\n          type: stdio\n          command: \"{}\"\n",
+            demo.display()
+        ),
+        1,
+    );
+    assert!(yaml.contains("mcp_servers"), "{yaml}");
+    let config = setup.write_config(&yaml);
     let orchestrator = setup.orchestrator(&config, "rejoin", &heartbeat);
     let node_a = setup.node("node-a", &heartbeat);
     let node_b = setup.node("node-b", &heartbeat);
@@ -478,6 +492,17 @@ async fn a_frozen_node_is_lost_at_the_heartbeat_deadline_and_rejoins() {
         .unwrap_or_else(|| panic!("beta never rejoined: {}", explain(&run)));
     // After rejoining, beta got a fresh turn.
     let rejoin_at = beta_back["t_ms"].as_u64().unwrap();
+    // Its MCP server started twice on its node, once per incarnation, both journaled.
+    let starts: Vec<_> = events_of(&journal, "tool_server_started")
+        .into_iter()
+        .filter(|e| e["agent"] == "beta")
+        .collect();
+    assert_eq!(starts.len(), 2, "{starts:#?}");
+    for start in &starts {
+        assert_eq!(start["node"], "node-b", "{start}");
+        assert_eq!(start["server"], "demo", "{start}");
+        assert!(start["error"].is_null(), "{start}");
+    }
     assert!(
         events_of(&journal, "turn_started")
             .iter()
