@@ -1165,16 +1165,9 @@ impl Actor for Coordinator {
                 state.seen.reset(&name);
                 info!(agent = %name, "agent back; it rejoins with the current answers");
                 for report in tools {
-                    state.record(JournalEvent::ToolServerStarted {
-                        agent: name.clone(),
-                        node: Some(node.clone()),
-                        server: report.server,
-                        transport: report.transport,
-                        duration_ms: report.duration_ms,
-                        tools: report.tools,
-                        optional: report.optional,
-                        error: report.error,
-                    });
+                    let event =
+                        JournalEvent::tool_server_started(&name, Some(node.clone()), report);
+                    state.record(event);
                 }
                 state.apply(Input::AgentRejoined { agent });
             }

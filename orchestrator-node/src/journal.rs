@@ -361,6 +361,24 @@ impl JournalEvent {
     /// Whether this event must be on disk before anything that follows from it is visible:
     /// everything that changes the session's state or its record. Usage reports, progress
     /// notes and ignored inputs are bookkeeping; the next synced line covers them.
+    /// `tool_server_started` for one of `agent`'s MCP servers, as its toolbox reported it.
+    pub fn tool_server_started(
+        agent: &str,
+        node: Option<String>,
+        report: conclave_protocol::tools::ServerStartReport,
+    ) -> JournalEvent {
+        JournalEvent::ToolServerStarted {
+            agent: agent.to_owned(),
+            node,
+            server: report.server,
+            transport: report.transport,
+            duration_ms: report.duration_ms,
+            tools: report.tools,
+            optional: report.optional,
+            error: report.error,
+        }
+    }
+
     pub fn needs_sync(&self) -> bool {
         !matches!(
             self,

@@ -440,16 +440,7 @@ async fn journal_tool_starts(
             continue;
         };
         for report in reports {
-            let event = JournalEvent::ToolServerStarted {
-                agent: spec.id.clone(),
-                node: spec.node.clone(),
-                server: report.server,
-                transport: report.transport,
-                duration_ms: report.duration_ms,
-                tools: report.tools,
-                optional: report.optional,
-                error: report.error,
-            };
+            let event = JournalEvent::tool_server_started(&spec.id, spec.node.clone(), report);
             journal.record(event.clone())?;
             shown.push(event);
         }
