@@ -6,6 +6,15 @@
 //! both ends of a conclave link send an application heartbeat every `interval` and each end
 //! declares the other lost once nothing arrived for `deadline`. The deadline is several
 //! intervals (default 1 s / 5 s) so one late heartbeat on a busy node is not a loss.
+//!
+//! How the two ends use it, so that a live peer busy with a large transfer (a snapshot is tens
+//! of 1 MiB frames) is never lost:
+//! - any frame from the peer counts as a sign of life, not only a heartbeat (a heartbeat may
+//!   wait behind the chunks on the same link);
+//! - the check is judged as of the instant the timer fired, not when the actor got round to it:
+//!   every frame that arrived before that instant has been handled by then;
+//! - an agent node sends its heartbeats from a task of its own, so they never wait behind the
+//!   host actor's work.
 
 use std::time::Duration;
 

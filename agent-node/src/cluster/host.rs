@@ -117,7 +117,11 @@ pub enum HostMsg {
         error: String,
     },
     Node(NodeEvent),
-    Tick,
+    /// The heartbeat timer, with the instant it fired. The orchestrator's liveness is judged as
+    /// of that instant: every frame that reached this actor before it has been handled by then,
+    /// while frames that arrived later may still wait behind a long queue (a snapshot's
+    /// chunks), so judging as of the handling time could lose a live orchestrator.
+    Tick(Instant),
     /// An agent's MCP servers finished starting (see the module docs).
     ToolsStarted(Box<ToolsStarted>),
     /// A hosted agent needs a peer snapshot the node lacks: ask the orchestrator.
@@ -178,6 +182,49 @@ pub struct HostState {
     http: HashMap<u64, reqwest::Client>,
     /// Peer snapshots fetched from the orchestrator (see the module docs).
     snapshots: Arc<NodeSnapshotCache>,
+    beats: Beats,
+}
+
+/// The node's heartbeats to the orchestrator leave from a task of their own, not from the host
+/// actor: the host may be busy for seconds with a snapshot (encoding its chunks, or unpacking a
+/// peer's), and a heartbeat queued behind that work would make the orchestrator lose a live
+/// node. The host aims the task at the orchestrator while joined and disarms it when the link
+/// goes; its liveness check of the orchestrator stays in the host (`HostMsg::Tick`).
+struct Beats {
+    target: Arc<std::sync::Mutex<Option<(OrchestratorInbox, u64)>>>,
+    task: tokio::task::JoinHandle<()>,
+}
+
+impl Beats {
+    fn start(interval: Duration) -> Self {
+        let target: Arc<std::sync::Mutex<Option<(OrchestratorInbox, u64)>>> = Arc::default();
+        let aimed = target.clone();
+        let task = tokio::spawn(async move {
+            let mut ticks = tokio::time::interval(interval);
+            ticks.set_missed_tick_behavior(tokio::time::MissedTickBehavior::Delay);
+            loop {
+                ticks.tick().await;
+                let to = aimed.lock().unwrap_or_else(|p| p.into_inner()).clone();
+                if let Some((gateway, link)) = to
+                    && let Err(error) =
+                        send_to_orchestrator(&gateway, ToOrchestrator::Heartbeat { link })
+                {
+                    debug!(%error, "heartbeat not sent");
+                }
+            }
+        });
+        Beats { target, task }
+    }
+
+    fn aim(&self, to: Option<(OrchestratorInbox, u64)>) {
+        *self.target.lock().unwrap_or_else(|p| p.into_inner()) = to;
+    }
+}
+
+impl Drop for Beats {
+    fn drop(&mut self) {
+        self.task.abort();
+    }
 }
 
 /// The agent node's root actor.
@@ -215,6 +262,7 @@ impl AgentHost {
         }
         state.gateway = None;
         state.link = 0;
+        state.beats.aim(None);
         state.hello_sent = false;
         state.authenticated = false;
         let delay = Self::schedule_retry(myself, state);
@@ -537,11 +585,19 @@ impl AgentHost {
     }
 
     async fn on_frame(myself: &ActorRef<HostMsg>, state: &mut HostState, frame: ToHost) {
+        // Once joined, any frame from the orchestrator shows the link is alive: its heartbeat
+        // may wait behind a snapshot's chunks on the same link.
+        if matches!(state.phase, Phase::Joined) {
+            state.liveness.saw(Instant::now());
+        }
         match frame {
             ToHost::Welcome { orchestrator, link } => {
                 if matches!(state.phase, Phase::Connecting { .. }) {
                     state.phase = Phase::Joined;
                     state.link = link;
+                    state
+                        .beats
+                        .aim(state.gateway.clone().map(|gateway| (gateway, link)));
                     state.failures = 0;
                     state.liveness = Liveness::new(Instant::now(), state.opts.heartbeat.deadline);
                     info!(
@@ -556,7 +612,7 @@ impl AgentHost {
                 error!(orchestrator = %state.opts.join, %reason, "the orchestrator refused this node");
                 Self::teardown(myself, state, "refused by the orchestrator");
             }
-            ToHost::Heartbeat => state.liveness.saw(Instant::now()),
+            ToHost::Heartbeat => {}
             ToHost::Spawn(request) => Self::on_spawn(myself, state, *request),
             ToHost::Command {
                 agent,
@@ -669,9 +725,10 @@ impl Actor for AgentHost {
             allowed_key_envs = %opts.allow.key_envs().collect::<Vec<_>>().join(", "),
             "agent node started"
         );
-        myself.send_interval(opts.heartbeat.interval, || HostMsg::Tick);
+        myself.send_interval(opts.heartbeat.interval, || HostMsg::Tick(Instant::now()));
         myself.send_message(HostMsg::Connect { attempt: 0 })?;
         let deadline = opts.heartbeat.deadline;
+        let heartbeat_interval = opts.heartbeat.interval;
         let opts_instance = opts.instance;
         Ok(HostState {
             opts: Arc::new(opts),
@@ -690,6 +747,7 @@ impl Actor for AgentHost {
             starting: HashMap::new(),
             http: HashMap::new(),
             snapshots: Arc::new(NodeSnapshotCache::for_instance(opts_instance)),
+            beats: Beats::start(heartbeat_interval),
         })
     }
 
@@ -710,6 +768,7 @@ impl Actor for AgentHost {
                 state.session = None;
                 state.authenticated = false;
                 state.gateway = None;
+                state.beats.aim(None);
                 state.hello_sent = false;
                 let server = state.node.server.clone();
                 let join = state.opts.join.clone();
@@ -744,9 +803,9 @@ impl Actor for AgentHost {
             HostMsg::ToolsStarted(started) => {
                 Self::on_tools_started(&myself, state, *started).await;
             }
-            HostMsg::Tick => match state.phase {
+            HostMsg::Tick(fired) => match state.phase {
                 Phase::Joined => {
-                    let now = Instant::now();
+                    let now = fired;
                     if state.liveness.expired(now) {
                         let silent = state.liveness.silent_for(now);
                         Self::teardown(
@@ -758,8 +817,6 @@ impl Actor for AgentHost {
                                 state.opts.heartbeat.deadline.as_millis()
                             ),
                         );
-                    } else {
-                        Self::send(state, ToOrchestrator::Heartbeat { link: state.link });
                     }
                 }
                 Phase::Connecting { since } if since.elapsed() > state.opts.join_timeout => {
@@ -812,6 +869,11 @@ impl Actor for AgentHost {
                             envelope,
                         },
                     );
+                    // Let the link's writer run before the next report: the frame just handed
+                    // over wakes it on this worker, where it would wait until this actor ran
+                    // out of messages (a snapshot queues tens of 1 MiB chunks at once), and
+                    // nothing, heartbeats included, would leave the node meanwhile.
+                    tokio::task::yield_now().await;
                 }
             }
             HostMsg::Shutdown => {

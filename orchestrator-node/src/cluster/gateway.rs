@@ -87,7 +87,9 @@ pub enum GatewayMsg {
     /// A frame from an agent node (through the inbox).
     FromNode(ToOrchestrator),
     Node(NodeEvent),
-    Tick,
+    /// The heartbeat timer, with the instant it fired: nodes' liveness is judged as of then
+    /// (every frame that reached the gateway before it has been handled by the time it is).
+    Tick(Instant),
     Place {
         session: SessionId,
         placements: Vec<Placement>,
@@ -549,12 +551,14 @@ impl GatewayState {
             debug!("cluster frame with an unknown link key dropped");
             return;
         };
+        // Any frame under the node's key shows that its link is alive, not only a heartbeat:
+        // a heartbeat queued behind a large snapshot (tens of 1 MiB chunks on the same link)
+        // reaches us late although the node never stopped talking.
+        if let Some(joined) = self.joined.get_mut(&sender) {
+            joined.liveness.saw(Instant::now());
+        }
         match frame {
-            ToOrchestrator::Heartbeat { .. } => {
-                if let Some(joined) = self.joined.get_mut(&sender) {
-                    joined.liveness.saw(Instant::now());
-                }
-            }
+            ToOrchestrator::Heartbeat { .. } => {}
             ToOrchestrator::Spawned {
                 session,
                 agent,
@@ -733,8 +737,9 @@ impl GatewayState {
         }
     }
 
-    fn check_heartbeats(&mut self) {
-        let now = Instant::now();
+    /// Loses the nodes silent past the deadline as of `now` (when the timer fired), then
+    /// sends each joined node a heartbeat.
+    fn check_heartbeats(&mut self, now: Instant) {
         let expired: Vec<(String, u128)> = self
             .joined
             .iter()
@@ -783,7 +788,7 @@ impl Actor for Gateway {
             }),
         )
         .await?;
-        myself.send_interval(args.heartbeat.interval, || GatewayMsg::Tick);
+        myself.send_interval(args.heartbeat.interval, || GatewayMsg::Tick(Instant::now()));
         info!(listen = %args.listen, tls = args.tls, "cluster listening for agent nodes");
         Ok(GatewayState {
             node: args.node,
@@ -813,7 +818,7 @@ impl Actor for Gateway {
         match message {
             GatewayMsg::FromNode(frame) => state.on_frame(frame),
             GatewayMsg::Node(event) => state.on_node_event(&myself, event),
-            GatewayMsg::Tick => state.check_heartbeats(),
+            GatewayMsg::Tick(fired) => state.check_heartbeats(fired),
             GatewayMsg::Place {
                 session,
                 placements,
@@ -1277,6 +1282,20 @@ mod tests {
         let silent_a = state.joined["node-a"].liveness.silent_for(now);
         let silent_b = state.joined["node-b"].liveness.silent_for(now);
         assert!(silent_b < silent_a, "node-b's key refreshed node-b only");
+    }
+
+    #[tokio::test]
+    async fn any_frame_under_a_nodes_key_keeps_it_alive_not_only_heartbeats() {
+        let session = SessionId("s".into());
+        let (mut state, _rx) = state_with_two_nodes(&session).await;
+        tokio::time::sleep(Duration::from_millis(20)).await;
+        // A snapshot chunk (a report) from node-a, with its heartbeat still queued behind it.
+        state.on_frame(report(&session, LINK_A));
+        let now = Instant::now();
+        let silent_a = state.joined["node-a"].liveness.silent_for(now);
+        let silent_b = state.joined["node-b"].liveness.silent_for(now);
+        assert!(silent_a < silent_b, "node-a's report refreshed node-a");
+        assert!(silent_b >= Duration::from_millis(20));
     }
 
     #[test]

@@ -27,7 +27,7 @@ async fn sim() -> SimServer {
 }
 
 /// Percent-encodes every byte that is not a letter or a digit (the sim's `tool_args`).
-fn percent_encode(text: &str) -> String {
+pub(crate) fn percent_encode(text: &str) -> String {
     text.bytes()
         .map(|b| {
             if b.is_ascii_alphanumeric() {

@@ -56,11 +56,13 @@ fn manifests<'a>(journal: &'a [Value], agent: &str) -> Vec<&'a Value> {
         .collect()
 }
 
-#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
-async fn two_agents_on_two_nodes_read_each_others_snapshots() {
-    let setup = Setup::new().await;
+/// Two agents, alpha on node-a and beta on node-b, each working in `work/` under its node's
+/// home, which holds the one file given: the config and the two homes.
+pub(crate) fn two_workspace_nodes(
+    setup: &Setup,
+    files: [(&str, &[u8]); 2],
+) -> (PathBuf, PathBuf, PathBuf) {
     let base = setup.sim.base_url();
-    let root = setup.dir.path();
     let yaml = format!(
         "agents:\n\
          \x20 - id: alpha\n    node: node-a\n    backend: {{type: sim, model: sim-a, base_url: \"{base}\", cwd: work}}\n\
@@ -69,31 +71,49 @@ async fn two_agents_on_two_nodes_read_each_others_snapshots() {
          timeout_settings:\n  orchestrator_timeout_seconds: 60\n  node_join_timeout_seconds: 30\n"
     );
     let config = setup.write_config(&yaml);
+    let root = setup.dir.path();
     let (home_a, home_b) = (root.join("node-a"), root.join("node-b"));
-    for (home, file, text) in [
-        (&home_a, ALPHA_FILE, ALPHA_TEXT),
-        (&home_b, BETA_FILE, BETA_TEXT),
-    ] {
+    for (home, (file, bytes)) in [&home_a, &home_b].into_iter().zip(files) {
         let path = home.join("work").join(file);
         std::fs::create_dir_all(path.parent().unwrap()).unwrap();
-        std::fs::write(path, text).unwrap();
+        std::fs::write(path, bytes).unwrap();
     }
-    let orchestrator = setup.orchestrator(&config, "snaps", &[]);
+    (config, home_a, home_b)
+}
+
+/// An agent node with its home at `home`, joining at `join`, allowed the simulator.
+pub(crate) fn node_in(
+    setup: &Setup,
+    name: &str,
+    home: &Path,
+    join: &str,
+    extra: &[&str],
+) -> conclave_tests::Running {
+    let base = setup.sim.base_url();
     let mut flags = FAST_RECONNECT.to_vec();
     flags.extend_from_slice(&["--allow-base-url", &base]);
+    flags.extend_from_slice(extra);
+    start_agent_node_in(
+        Some(home),
+        join,
+        name,
+        &setup.cookie,
+        &flags,
+        &[("CONCLAVE_SIM_API_KEY", SECRET)],
+    )
+    .expect("agent node starts")
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn two_agents_on_two_nodes_read_each_others_snapshots() {
+    let setup = Setup::new().await;
+    let (config, home_a, home_b) =
+        two_workspace_nodes(&setup, [(ALPHA_FILE, ALPHA_TEXT), (BETA_FILE, BETA_TEXT)]);
+    let root = setup.dir.path();
+    let orchestrator = setup.orchestrator(&config, "snaps", &[]);
     let nodes: Vec<_> = [("node-a", &home_a), ("node-b", &home_b)]
         .into_iter()
-        .map(|(name, home)| {
-            start_agent_node_in(
-                Some(home),
-                &setup.join(),
-                name,
-                &setup.cookie,
-                &flags,
-                &[("CONCLAVE_SIM_API_KEY", SECRET)],
-            )
-            .expect("agent node starts")
-        })
+        .map(|(name, home)| node_in(&setup, name, home, &setup.join(), &[]))
         .collect();
     let run = wait(orchestrator, DEADLINE).await;
     let mut node_runs = Vec::new();
