@@ -174,6 +174,8 @@ pub struct HostState {
     /// The link key of the current link (from `Welcome`).
     link: u64,
     hello_sent: bool,
+    /// When the last `Hello` left, while no `Welcome` came back (see [`HELLO_AGAIN`]).
+    hello_at: Option<Instant>,
     liveness: Liveness,
     agents: HashMap<(SessionId, u32), Hosted>,
     by_actor: HashMap<ActorId, (SessionId, u32)>,
@@ -184,6 +186,12 @@ pub struct HostState {
     snapshots: Arc<NodeSnapshotCache>,
     beats: Beats,
 }
+
+/// A `Hello` with no `Welcome` after this long is sent again (until the join timeout). The
+/// orchestrator drops a `Hello` that arrives before it has learnt this node's inbox from the
+/// cluster's group sync (a race of the two on a fresh link); an unanswered one used to cost
+/// the whole join timeout and a reconnect. A repeated `Hello` is answered with the same link.
+const HELLO_AGAIN: Duration = Duration::from_secs(1);
 
 /// The node's heartbeats to the orchestrator leave from a task of their own, not from the host
 /// actor: the host may be busy for seconds with a snapshot (encoding its chunks, or unpacking a
@@ -264,6 +272,7 @@ impl AgentHost {
         state.link = 0;
         state.beats.aim(None);
         state.hello_sent = false;
+        state.hello_at = None;
         state.authenticated = false;
         let delay = Self::schedule_retry(myself, state);
         warn!(
@@ -307,6 +316,7 @@ impl AgentHost {
             provider_keys: state.opts.env.provider_key_names(),
         };
         state.hello_sent = Self::send(state, ToOrchestrator::Hello(hello));
+        state.hello_at = state.hello_sent.then(Instant::now);
     }
 
     fn on_pg(myself: &ActorRef<HostMsg>, state: &mut HostState, change: GroupChangeMessage) {
@@ -594,6 +604,7 @@ impl AgentHost {
             ToHost::Welcome { orchestrator, link } => {
                 if matches!(state.phase, Phase::Connecting { .. }) {
                     state.phase = Phase::Joined;
+                    state.hello_at = None;
                     state.link = link;
                     state
                         .beats
@@ -741,6 +752,7 @@ impl Actor for AgentHost {
             gateway: None,
             link: 0,
             hello_sent: false,
+            hello_at: None,
             liveness: Liveness::new(Instant::now(), deadline),
             agents: HashMap::new(),
             by_actor: HashMap::new(),
@@ -770,6 +782,7 @@ impl Actor for AgentHost {
                 state.gateway = None;
                 state.beats.aim(None);
                 state.hello_sent = false;
+                state.hello_at = None;
                 let server = state.node.server.clone();
                 let join = state.opts.join.clone();
                 let tls: Option<(Tls, _)> =
@@ -819,7 +832,17 @@ impl Actor for AgentHost {
                         );
                     }
                 }
-                Phase::Connecting { since } if since.elapsed() > state.opts.join_timeout => {
+                Phase::Connecting { since } if since.elapsed() <= state.opts.join_timeout => {
+                    // Unanswered, or never sent (the send failed): say hello (again).
+                    let unanswered = state
+                        .hello_at
+                        .is_some_and(|at| fired.duration_since(at) >= HELLO_AGAIN);
+                    if unanswered || !state.hello_sent {
+                        state.hello_sent = false;
+                        Self::maybe_hello(state);
+                    }
+                }
+                Phase::Connecting { .. } => {
                     let reason = if state.session.is_some() && !state.authenticated {
                         "connected, but the cookie handshake did not complete (is the cookie the same on both nodes?)"
                     } else {

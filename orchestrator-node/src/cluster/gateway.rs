@@ -353,7 +353,9 @@ impl GatewayState {
                 ActorId::Local(_) => 0,
             })
         else {
-            warn!(node = %hello.name, "hello from a node whose inbox is not in the cluster; ignored");
+            // The cluster's group sync of a fresh link can land after the node's first frame;
+            // the node says hello again each second until it is welcomed.
+            debug!(node = %hello.name, "hello from a node whose inbox is not in the cluster yet; ignored");
             return;
         };
         let node_id = match cell.get_id() {
